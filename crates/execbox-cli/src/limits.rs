@@ -1,0 +1,132 @@
+//! Per-run limits from flags, capped by operator maxima from the environment.
+
+use clap::Args;
+use execbox_jail::{LimitError, Limits};
+
+/// Limit flags. Unset flags take the defaults; every value is checked against the maxima.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Wall-clock limit, e.g. `5s`, `1500ms` (default 5s).
+    #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
+    timeout: Option<u64>,
+    /// Wall-clock limit in milliseconds.
+    #[arg(long, conflicts_with = "timeout", value_name = "MS")]
+    timeout_ms: Option<u64>,
+    /// Memory limit, e.g. `256M`, `1G` (default 256M).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    memory: Option<u64>,
+    /// Memory limit in MiB.
+    #[arg(long, conflicts_with = "memory", value_name = "MIB")]
+    memory_mb: Option<u64>,
+    /// Maximum number of processes and threads (default 64).
+    #[arg(long)]
+    pids: Option<u32>,
+    /// Cap on each of stdout and stderr, bytes (default 1 MiB).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    output_limit_bytes: Option<u64>,
+    /// Operator maximum for the wall-clock limit, ms.
+    #[arg(long, env = "EXECBOX_MAX_TIMEOUT_MS", hide = true)]
+    max_timeout_ms: Option<u64>,
+    /// Operator maximum for memory, MiB.
+    #[arg(long, env = "EXECBOX_MAX_MEMORY_MB", hide = true)]
+    max_memory_mb: Option<u64>,
+    /// Operator maximum for pids.
+    #[arg(long, env = "EXECBOX_MAX_PIDS", hide = true)]
+    max_pids: Option<u32>,
+    /// Operator maximum for the output cap, bytes.
+    #[arg(long, env = "EXECBOX_MAX_OUTPUT_BYTES", hide = true)]
+    max_output_bytes: Option<u64>,
+}
+
+impl LimitArgs {
+    /// Defaults, overridden by flags, checked against the maxima.
+    pub fn resolve(&self) -> Result<Limits, LimitError> {
+        let mut max = Limits::default_maxima();
+        if let Some(v) = self.max_timeout_ms {
+            max.wall_time_ms = v;
+            max.cpu_time_ms = v;
+        }
+        if let Some(v) = self.max_memory_mb {
+            max.memory_bytes = v.saturating_mul(1 << 20);
+        }
+        if let Some(v) = self.max_pids {
+            max.pids = v;
+        }
+        if let Some(v) = self.max_output_bytes {
+            max.output_bytes = v;
+        }
+        let mut l = Limits::default();
+        if let Some(t) = self.timeout.or(self.timeout_ms) {
+            l.wall_time_ms = t;
+            l.cpu_time_ms = t;
+        }
+        if let Some(m) = self
+            .memory
+            .or(self.memory_mb.map(|m| m.saturating_mul(1 << 20)))
+        {
+            l.memory_bytes = m;
+        }
+        if let Some(p) = self.pids {
+            l.pids = p;
+        }
+        if let Some(o) = self.output_limit_bytes {
+            l.output_bytes = o;
+        }
+        l.validate(&max)?;
+        Ok(l)
+    }
+}
+
+/// `5s`, `1500ms`, `2m`, or a bare number of milliseconds.
+fn parse_duration_ms(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (s, 1)
+    };
+    let v: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}"))?;
+    v.checked_mul(mult)
+        .ok_or_else(|| format!("duration {s:?} too large"))
+}
+
+/// `256M`, `1G`, `64k`, `1MiB`, or a bare number of bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
+    let (num, mult) = match t.chars().last() {
+        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
+        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
+        _ => (t, 1),
+    };
+    let v: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}"))?;
+    v.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_units() {
+        assert_eq!(parse_duration_ms("5s"), Ok(5000));
+        assert_eq!(parse_duration_ms("1500ms"), Ok(1500));
+        assert_eq!(parse_duration_ms("250"), Ok(250));
+        assert!(parse_duration_ms("x").is_err());
+        assert_eq!(parse_size("256M"), Ok(256 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("lots").is_err());
+    }
+}

@@ -1,0 +1,163 @@
+//! The child side: runs in the freshly cloned process (new namespaces), in a fixed order, and
+//! ends in `execve` or `_exit`. The order, and why each step sits where it does, is mirrored in
+//! `docs/jail-sequence.md`.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsFd, FromRawFd, RawFd};
+use std::path::Path;
+
+use nix::sched::{unshare, CloneFlags};
+
+use crate::config::{JailSpec, SANDBOX_ID};
+use crate::seccomp::SeccompPolicy;
+use crate::{creds, landlock_rules, launch_msg, rlimit, rootfs, seccomp, sys};
+
+/// Descriptor numbers inside the jail.
+pub(crate) mod fdnum {
+    /// Child → parent: `R` when ready, `E<message>` on failure, EOF on successful exec.
+    pub const STATUS: i32 = 4;
+    /// Parent → child: `G` once uid maps and cgroup are in place, then the launch message.
+    pub const SYNC: i32 = 5;
+}
+
+/// Everything the child needs, copied into it by `clone3`.
+pub(crate) struct ChildPlan<'a> {
+    /// Parent-side numbers of: stdin read end, stdout write end, stderr write end, result write
+    /// end, status write end, sync read end. They land on 0..=5 in that order.
+    pub fds: [RawFd; 6],
+    /// Whether a user namespace was created (false only in degraded mode).
+    pub userns: bool,
+    /// The run's host uid; the identity in degraded mode without a user namespace.
+    pub host_uid: u32,
+    pub jail_root: &'a Path,
+    pub spec: &'a JailSpec,
+    pub have_cgroup: bool,
+    pub landlock: bool,
+    pub seccomp: &'a SeccompPolicy,
+}
+
+/// Run the jail sequence; never returns.
+pub(crate) fn run(plan: &ChildPlan<'_>) -> ! {
+    if place_fds(&plan.fds).is_err() {
+        sys::exit_now(126);
+    }
+    let Err(msg) = jail_and_exec(plan);
+    report(&format!("E{msg}"));
+    sys::exit_now(127)
+}
+
+fn report(msg: &str) {
+    // fd 4 is ours (placed by place_fds); ManuallyDrop keeps it open for later reports.
+    let mut f = ManuallyDrop::new(status_file());
+    let _ = f.write_all(msg.as_bytes());
+}
+
+fn status_file() -> File {
+    // SAFETY: fd 4 was placed by `place_fds` and stays owned by this process; callers wrap the
+    // File in ManuallyDrop or drop it exactly once, at the point where fd 4 is meant to close.
+    unsafe { File::from_raw_fd(fdnum::STATUS) }
+}
+
+/// Move the six descriptors onto 0..=5 and close everything else. Sources may themselves be
+/// small numbers, so everything is first copied above 64.
+fn place_fds(fds: &[RawFd; 6]) -> Result<(), nix::errno::Errno> {
+    let mut high = [0; 6];
+    for (h, &fd) in high.iter_mut().zip(fds) {
+        *h = sys::dup_above(fd, 64)?;
+    }
+    for (i, &h) in high.iter().enumerate() {
+        sys::dup_to(h, i as RawFd)?;
+    }
+    sys::close_from(6)?;
+    sys::set_cloexec(fdnum::STATUS, true)?;
+    sys::set_cloexec(fdnum::SYNC, true)
+}
+
+fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
+    // 1. Descriptors are in place (run). The environment is not inherited: execve below gets
+    //    only the payload's env.
+
+    // 2. Wait until the parent has written our uid/gid maps and put us in the run's cgroup:
+    //    nothing below may run unaccounted or as an unmapped id. EOF means the parent died.
+    // SAFETY: fd 5 was placed by `place_fds`; wrapped in ManuallyDrop, closed explicitly later.
+    let mut sync = ManuallyDrop::new(unsafe { File::from_raw_fd(fdnum::SYNC) });
+    let mut go = [0u8; 1];
+    sync.read_exact(&mut go)
+        .map_err(|e| format!("wait for parent: {e}"))?;
+    if go != *b"G" {
+        return Err("unexpected sync byte".into());
+    }
+
+    // 3. Become the run's uid now (user namespace case), before creating any file or mount, so
+    //    everything the jail creates belongs to it. Capabilities in the run's own user namespace
+    //    are kept for the mounts; they are dropped at step 9.
+    if plan.userns {
+        creds::switch_identity(SANDBOX_ID)?;
+    }
+
+    // 4. A cgroup namespace rooted at the run's cgroup (joined at step 2), so /proc/self/cgroup
+    //    shows nothing of the host's hierarchy.
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup ns: {e}"))?;
+
+    // 5-6. Mounts and pivot_root (rootfs.rs): needs CAP_SYS_ADMIN in the mount namespace's
+    //      owner, which we still hold.
+    rootfs::build(plan.jail_root, &plan.spec.binds, &plan.spec.limits)?;
+
+    // 7. Ready: a prepared jail may wait here, ahead of demand, for its payload.
+    {
+        let mut st = ManuallyDrop::new(status_file());
+        st.write_all(b"R")
+            .map_err(|e| format!("signal ready: {e}"))?;
+    }
+    let payload = launch_msg::decode(&mut *sync, plan.spec.limits.file_size_bytes)?;
+    drop(ManuallyDrop::into_inner(sync));
+
+    // 8. Files into /work, refusing any path that would resolve outside it.
+    let work = File::open("/work").map_err(|e| format!("open /work: {e}"))?;
+    for f in &payload.files {
+        let fd = sys::create_beneath(work.as_fd(), &f.name, 0o644)
+            .map_err(|e| format!("create /work/{}: {e}", f.name))?;
+        File::from(fd)
+            .write_all(&f.content)
+            .map_err(|e| format!("write /work/{}: {e}", f.name))?;
+    }
+    drop(work);
+    nix::unistd::chdir("/work").map_err(|e| format!("chdir /work: {e}"))?;
+
+    // 9. rlimits while we still may raise nothing anyway; then credentials: empty bounding,
+    //    ambient and inheritable sets (needs CAP_SETPCAP), switch identity in the degraded
+    //    no-user-namespace case, then clear effective and permitted.
+    rlimit::apply(&plan.spec.limits, plan.have_cgroup)?;
+    creds::drop_inheritable_caps()?;
+    if !plan.userns {
+        creds::switch_identity(plan.host_uid)?;
+    }
+    creds::drop_all_caps()?;
+
+    // 10. no_new_privs: required by Landlock and seccomp for an unprivileged process, and makes
+    //     setuid binaries and file capabilities inert.
+    creds::no_new_privs()?;
+
+    // 11. Landlock, then seccomp last: the filter must allow everything before it (landlock
+    //     syscalls are not on the allowlist).
+    if plan.landlock {
+        landlock_rules::apply()?;
+    }
+    seccomp::apply(plan.seccomp).map_err(|e| e.to_string())?;
+
+    // 12. execve. On success fd 4 (CLOEXEC) closes and the parent reads EOF.
+    let cs = |v: &[String]| -> Result<Vec<CString>, String> {
+        v.iter()
+            .map(|s| CString::new(s.as_str()).map_err(|_| "NUL in argv/env".to_string()))
+            .collect()
+    };
+    let argv = cs(&payload.argv)?;
+    let env = cs(&payload.env)?;
+    let prog = argv.first().ok_or("empty argv")?;
+    let e = nix::unistd::execve(prog, &argv, &env).unwrap_err();
+    Err(format!("execve {}: {e}", payload.argv[0]))
+}

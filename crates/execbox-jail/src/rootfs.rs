@@ -1,0 +1,248 @@
+//! The jail's file system, built in the child inside its new mount namespace: a tmpfs root,
+//! recursive read-only binds of what the runtime needs, a generated minimal `/etc`, fresh
+//! read-only `/proc`, a minimal `/dev`, capped tmpfs `/tmp` and `/work`, then `pivot_root` and
+//! detach of the old root.
+
+use std::fs;
+use std::os::unix::fs::{symlink, OpenOptionsExt};
+use std::path::Path;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::unistd::{chdir, sethostname};
+
+use crate::config::{BindMount, Limits, SANDBOX_ID};
+use crate::sys;
+
+/// System paths exposed read-only when the host has them (as symlinks where the host has
+/// symlinks, as on merged-/usr Debian).
+const SYSTEM_PATHS: &[&str] = &[
+    "/usr", "/lib", "/lib64", "/lib32", "/libx32", "/bin", "/sbin",
+];
+/// Single host files bound read-only into the generated `/etc`.
+const ETC_FILES: &[&str] = &["/etc/ld.so.cache", "/etc/localtime"];
+/// Device nodes bound from the host; nothing else exists in `/dev`.
+pub const DEVICES: &[&str] = &["null", "zero", "random", "urandom"];
+
+/// Step error: which operation on which path, and the errno.
+type StepResult = Result<(), String>;
+
+fn ctx<T, E: std::fmt::Display>(
+    r: Result<T, E>,
+    what: impl FnOnce() -> String,
+) -> Result<T, String> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+fn bind(src: &Path, dst: &Path) -> StepResult {
+    ctx(
+        mount(
+            Some(src),
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        || format!("bind {} -> {}", src.display(), dst.display()),
+    )
+}
+
+fn tmpfs(dst: &Path, opts: &str, flags: MsFlags) -> StepResult {
+    ctx(
+        mount(Some("tmpfs"), dst, Some("tmpfs"), flags, Some(opts)),
+        || format!("mount tmpfs on {}", dst.display()),
+    )
+}
+
+fn mkdir_p(p: &Path) -> StepResult {
+    ctx(fs::create_dir_all(p), || format!("mkdir {}", p.display()))
+}
+
+fn touch(p: &Path) -> StepResult {
+    ctx(
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o644)
+            .open(p),
+        || format!("create {}", p.display()),
+    )
+    .map(drop)
+}
+
+fn readonly(p: &Path, nodev: bool) -> StepResult {
+    let s = p
+        .to_str()
+        .ok_or_else(|| format!("non-UTF-8 path {}", p.display()))?;
+    ctx(sys::make_readonly_recursive(s, nodev), || {
+        format!("mount_setattr ro {s}")
+    })
+}
+
+/// Put `host` into the new root at the same path: a symlink stays a symlink, a directory or
+/// file is bound read-only.
+fn expose(root: &Path, host: &Path, target: &Path) -> StepResult {
+    let dst = root.join(target.strip_prefix("/").unwrap_or(target));
+    let meta = match fs::symlink_metadata(host) {
+        Ok(m) => m,
+        Err(_) => return Ok(()), // the host does not have it: nothing to expose
+    };
+    if meta.file_type().is_symlink() {
+        let link = ctx(fs::read_link(host), || {
+            format!("readlink {}", host.display())
+        })?;
+        if let Some(parent) = dst.parent() {
+            mkdir_p(parent)?;
+        }
+        return ctx(symlink(&link, &dst), || {
+            format!("symlink {}", dst.display())
+        });
+    }
+    if meta.is_dir() {
+        mkdir_p(&dst)?;
+    } else {
+        if let Some(parent) = dst.parent() {
+            mkdir_p(parent)?;
+        }
+        touch(&dst)?;
+    }
+    bind(host, &dst)?;
+    readonly(&dst, true)
+}
+
+/// Build the root at `root` (an empty directory on the host, private to this mount namespace),
+/// then pivot into it. On return the process's `/` is the jail root and the host's root is gone.
+pub fn build(root: &Path, binds: &[BindMount], limits: &Limits) -> StepResult {
+    // Nothing below may propagate back to the host's mount namespace.
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+        || "make / private".into(),
+    )?;
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    tmpfs(root, "size=1m,nr_inodes=512,mode=0755", nosuid_nodev)?;
+
+    for p in SYSTEM_PATHS.iter().chain(ETC_FILES) {
+        expose(root, Path::new(p), Path::new(p))?;
+    }
+    for b in binds {
+        if !b.target.is_absolute() {
+            return Err(format!(
+                "bind target {} is not absolute",
+                b.target.display()
+            ));
+        }
+        if fs::symlink_metadata(&b.source).is_err() {
+            return Err(format!("bind source {} does not exist", b.source.display()));
+        }
+        expose(root, &b.source, &b.target)?;
+    }
+    write_etc(root)?;
+
+    // A fresh proc for the new pid namespace, read-only; no /sys at all.
+    let proc_dir = root.join("proc");
+    mkdir_p(&proc_dir)?;
+    ctx(
+        mount(
+            Some("proc"),
+            &proc_dir,
+            Some("proc"),
+            nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+            None::<&str>,
+        ),
+        || "mount proc".into(),
+    )?;
+
+    build_dev(root)?;
+
+    let scratch = |name: &str, size: u64, mode: &str| -> StepResult {
+        let d = root.join(name);
+        mkdir_p(&d)?;
+        let opts = format!("size={size},nr_inodes={},mode={mode}", limits.inodes);
+        tmpfs(&d, &opts, nosuid_nodev)
+    };
+    scratch("tmp", limits.tmp_bytes, "1777")?;
+    scratch("work", limits.work_bytes, "0755")?;
+
+    pivot(root)?;
+    // The root tmpfs itself becomes read-only; /tmp and /work are separate mounts and stay
+    // writable. (Non-recursive on purpose.)
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY | nosuid_nodev,
+            None::<&str>,
+        ),
+        || "remount / read-only".into(),
+    )?;
+    ctx(sethostname("execbox"), || "sethostname".into())
+}
+
+fn write_etc(root: &Path) -> StepResult {
+    let etc = root.join("etc");
+    mkdir_p(&etc)?;
+    let id = SANDBOX_ID;
+    let files = [
+        (
+            "passwd",
+            format!("root:x:0:0::/:/bin/false\nsandbox:x:{id}:{id}::/tmp:/bin/false\n"),
+        ),
+        ("group", format!("root:x:0:\nsandbox:x:{id}:\n")),
+        ("hosts", "127.0.0.1 localhost\n::1 localhost\n".to_owned()),
+        ("hostname", "execbox\n".to_owned()),
+        (
+            "nsswitch.conf",
+            "passwd: files\ngroup: files\nhosts: files\n".to_owned(),
+        ),
+    ];
+    for (name, text) in files {
+        let p = etc.join(name);
+        ctx(fs::write(&p, text), || format!("write {}", p.display()))?;
+    }
+    Ok(())
+}
+
+fn build_dev(root: &Path) -> StepResult {
+    let dev = root.join("dev");
+    mkdir_p(&dev)?;
+    tmpfs(
+        &dev,
+        "size=64k,nr_inodes=64,mode=0755",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+    )?;
+    for d in DEVICES {
+        let dst = dev.join(d);
+        touch(&dst)?;
+        bind(&Path::new("/dev").join(d), &dst)?;
+    }
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ctx(symlink(target, dev.join(name)), || {
+            format!("symlink /dev/{name}")
+        })?;
+    }
+    // Read-only, but not nodev: the four bound nodes must stay usable.
+    readonly(&dev, false)
+}
+
+/// `pivot_root(".", ".")` then detach the old root stacked on top: the host tree becomes
+/// unreachable, not just hidden.
+fn pivot(root: &Path) -> StepResult {
+    ctx(chdir(root), || format!("chdir {}", root.display()))?;
+    ctx(sys::pivot_root(".", "."), || "pivot_root".into())?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), || {
+        "detach old root".into()
+    })?;
+    ctx(chdir("/"), || "chdir /".into())
+}

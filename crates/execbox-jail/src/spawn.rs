@@ -1,0 +1,340 @@
+//! The parent side: prepare a jail (cgroup, uid slot, clone into new namespaces, id maps, wait
+//! until the child has built its root), launch a payload in it, supervise it to the end.
+//!
+//! Runs in a single-threaded process only (the spawner, or `execbox run`): `clone3` copies just
+//! the calling thread.
+
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::sys::wait::waitpid;
+use nix::unistd::{pipe2, Pid};
+
+use crate::cgroup::{self, CgroupBackend, NoCgroup, RunCgroup};
+use crate::check::{self, HostReport, Verdict};
+use crate::config::{HostConfig, JailSpec, Payload, SANDBOX_ID};
+use crate::error::{JailError, Result};
+use crate::init::{self, ChildPlan};
+use crate::seccomp::{self, SeccompPolicy};
+use crate::slots::{Slot, Slots};
+use crate::supervise::{Outcome, Supervisor};
+use crate::{launch_msg, sys};
+
+/// Creates jails. One per (single-threaded) process.
+#[derive(Debug)]
+pub struct Jailer {
+    cgroups: Box<dyn CgroupBackend>,
+    slots: Slots,
+    seccomp: SeccompPolicy,
+    jail_root: PathBuf,
+    userns: bool,
+    landlock: bool,
+    missing: Vec<String>,
+    report: HostReport,
+    counter: AtomicU64,
+}
+
+impl Jailer {
+    /// Check the host and set up shared state. Refuses when a layer is missing, unless
+    /// `host.allow_degraded` is set (then every outcome lists the missing layers).
+    pub fn new(host: &HostConfig) -> Result<Self> {
+        let report = check::probe(host, false);
+        let missing = report.missing();
+        match report.verdict {
+            Verdict::Full => {}
+            Verdict::Refuse => {
+                return Err(JailError::LayerUnavailable(format!(
+                    "this host cannot run execbox: {} (see `execbox check`)",
+                    missing.join(", ")
+                )))
+            }
+            Verdict::DegradedOnly if !host.allow_degraded => {
+                return Err(JailError::LayerUnavailable(format!(
+                    "missing {}; refusing to run untrusted code. Pass --allow-degraded \
+                     (EXECBOX_ALLOW_DEGRADED=1) to run with weaker isolation; every result \
+                     will then say degraded (see `execbox check`)",
+                    missing.join(", ")
+                )))
+            }
+            Verdict::DegradedOnly => {}
+        }
+        let cgroups: Box<dyn CgroupBackend> = if report.has("cgroups") {
+            cgroup::detect(&host.cgroup_root, &host.mountinfo, &host.cgroup_parent)?
+                .unwrap_or_else(|| Box::new(NoCgroup))
+        } else {
+            Box::new(NoCgroup)
+        };
+        let slots = Slots::new(host.state_dir.join("slots"), host.uid_base, host.slots)?;
+        let jail_root = host.state_dir.join("jailroot");
+        fs::create_dir_all(&jail_root).map_err(|e| JailError::io("mkdir", &jail_root, e))?;
+        Ok(Self {
+            cgroups,
+            slots,
+            seccomp: seccomp::default_policy()?,
+            jail_root,
+            userns: report.has("user_namespaces"),
+            landlock: report.has("landlock"),
+            missing,
+            report,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    /// The host check this jailer was built from.
+    pub fn report(&self) -> &HostReport {
+        &self.report
+    }
+
+    /// Layers missing on this host (non-empty only in degraded mode).
+    pub fn missing_layers(&self) -> &[String] {
+        &self.missing
+    }
+
+    /// Build a jail up to the point where only the payload is missing: cgroup, uid, namespaces,
+    /// mounts and `pivot_root` are done; the child waits for [`Prepared::launch`].
+    pub fn prepare(&self, spec: &JailSpec) -> Result<Prepared> {
+        let mut t = Timer::new();
+        let slot = self.slots.acquire()?;
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let jail_id = format!("j{}-{n}", std::process::id());
+        let cgroup = self.cgroups.create(&jail_id, &spec.limits)?;
+        t.lap("cgroup_create");
+
+        let p = |what| pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::sys(what, e));
+        let (stdin_r, stdin_w) = p("pipe stdin")?;
+        let (stdout_r, stdout_w) = p("pipe stdout")?;
+        let (stderr_r, stderr_w) = p("pipe stderr")?;
+        let (result_r, result_w) = p("pipe result")?;
+        let (status_r, status_w) = p("pipe status")?;
+        let (sync_r, sync_w) = p("pipe sync")?;
+
+        let plan = ChildPlan {
+            fds: [
+                &stdin_r, &stdout_w, &stderr_w, &result_w, &status_w, &sync_r,
+            ]
+            .map(|f| f.as_raw_fd()),
+            userns: self.userns,
+            host_uid: slot.uid,
+            jail_root: &self.jail_root,
+            spec,
+            have_cgroup: self.cgroups.name() != "none",
+            landlock: self.landlock,
+            seccomp: &self.seccomp,
+        };
+        let mut flags = (libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWNET) as u64;
+        if self.userns {
+            flags |= libc::CLONE_NEWUSER as u64;
+        }
+        let (pid, pidfd) = match sys::clone3(flags, cgroup.clone_into_fd()) {
+            Ok(sys::Forked::Child) => init::run(&plan),
+            Ok(sys::Forked::Parent { pid, pidfd }) => (pid, pidfd),
+            Err(e) => {
+                let _ = cgroup.remove();
+                return Err(JailError::sys("clone3", e));
+            }
+        };
+        t.lap("clone");
+        drop((stdin_r, stdout_w, stderr_w, result_w, status_w, sync_r));
+
+        let mut jail = Prepared {
+            proc: JailProc {
+                pid,
+                pidfd,
+                cgroup: Some(cgroup),
+                slot: Some(slot),
+                reaped: false,
+            },
+            stdin_w,
+            stdout_r,
+            stderr_r,
+            result_r,
+            sync_w: File::from(sync_w),
+            status_r: File::from(status_r),
+            spec: spec.clone(),
+            missing: self.missing.clone(),
+            timings: Vec::new(),
+        };
+        if self.userns {
+            let id_map = format!("{SANDBOX_ID} {} 1\n", jail.proc.host_uid());
+            for f in ["uid_map", "gid_map"] {
+                let path = format!("/proc/{pid}/{f}");
+                fs::write(&path, &id_map).map_err(|e| JailError::io("write", path, e))?;
+            }
+            t.lap("id_map");
+        }
+        if let Some(cg) = &jail.proc.cgroup {
+            if cg.clone_into_fd().is_none() {
+                cg.join(pid)?;
+                t.lap("cgroup_join");
+            }
+        }
+        jail.sync_w
+            .write_all(b"G")
+            .map_err(|e| JailError::io("write", "sync pipe", e))?;
+        let mut ready = [0u8; 1];
+        match jail.status_r.read(&mut ready) {
+            Ok(1) if ready == *b"R" => {}
+            Ok(1) => return Err(JailError::ChildSetup(read_rest(&mut jail.status_r))),
+            _ => return Err(JailError::ChildSetup("child exited during setup".into())),
+        }
+        t.lap("jail_init");
+        jail.timings = t.laps;
+        Ok(jail)
+    }
+}
+
+fn read_rest(f: &mut File) -> String {
+    let mut s = String::new();
+    let _ = f.take(64 * 1024).read_to_string(&mut s);
+    s
+}
+
+/// Records how long each step took.
+#[derive(Debug)]
+pub(crate) struct Timer {
+    last: Instant,
+    pub(crate) laps: Vec<(&'static str, Duration)>,
+}
+
+impl Timer {
+    pub(crate) fn new() -> Self {
+        Self {
+            last: Instant::now(),
+            laps: Vec::new(),
+        }
+    }
+    pub(crate) fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.laps.push((name, now - self.last));
+        self.last = now;
+    }
+}
+
+/// The jail's process and the host resources tied to it. Dropping it kills the process tree,
+/// reaps it, removes the cgroup and frees the uid slot, whatever state the run is in.
+#[derive(Debug)]
+pub(crate) struct JailProc {
+    pub(crate) pid: Pid,
+    pub(crate) pidfd: OwnedFd,
+    pub(crate) cgroup: Option<Box<dyn RunCgroup>>,
+    pub(crate) slot: Option<Slot>,
+    pub(crate) reaped: bool,
+}
+
+impl JailProc {
+    fn host_uid(&self) -> u32 {
+        self.slot.as_ref().map_or(0, |s| s.uid)
+    }
+
+    /// SIGKILL the jail's init; the kernel then kills everything in its pid namespace.
+    pub(crate) fn kill(&self) {
+        if !self.reaped {
+            let _ = sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL);
+        }
+    }
+
+    /// Kill, reap, empty and remove the cgroup, release the slot. Idempotent.
+    pub(crate) fn teardown(&mut self) -> Result<()> {
+        if !self.reaped {
+            self.kill();
+            let _ = waitpid(self.pid, None);
+            self.reaped = true;
+        }
+        let removed = match self.cgroup.take() {
+            Some(cg) => cg.remove(),
+            None => Ok(()),
+        };
+        // Only free the uid once nothing can still run under it.
+        if removed.is_ok() {
+            self.slot = None;
+        } else if let Some(s) = self.slot.take() {
+            // Keep the uid out of circulation for this process's life.
+            std::mem::forget(s);
+        }
+        removed
+    }
+}
+
+impl Drop for JailProc {
+    fn drop(&mut self) {
+        let _ = self.teardown();
+    }
+}
+
+/// A jail whose child waits for its payload.
+#[derive(Debug)]
+pub struct Prepared {
+    proc: JailProc,
+    stdin_w: OwnedFd,
+    stdout_r: OwnedFd,
+    stderr_r: OwnedFd,
+    result_r: OwnedFd,
+    sync_w: File,
+    status_r: File,
+    spec: JailSpec,
+    missing: Vec<String>,
+    timings: Vec<(&'static str, Duration)>,
+}
+
+impl Prepared {
+    /// Host pid of the jail's init.
+    pub fn pid(&self) -> Pid {
+        self.proc.pid
+    }
+
+    /// Send the payload; returns once it has `execve`d.
+    pub fn launch(mut self, payload: &Payload) -> Result<Running> {
+        payload.validate(&self.spec.limits)?;
+        let mut t = Timer::new();
+        let msg = launch_msg::encode(payload);
+        self.sync_w
+            .write_all(&msg)
+            .map_err(|e| JailError::io("write", "launch message", e))?;
+        drop(self.sync_w);
+        let mut rest = Vec::new();
+        match self.status_r.read_to_end(&mut rest) {
+            Ok(_) if rest.is_empty() => {}
+            Ok(_) => {
+                let msg = String::from_utf8_lossy(rest.strip_prefix(b"E").unwrap_or(&rest));
+                return Err(JailError::ChildSetup(msg.into_owned()));
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(JailError::io("read", "status pipe", e)),
+        }
+        t.lap("exec");
+        let mut timings = self.timings;
+        timings.extend(t.laps);
+        Supervisor::start(
+            self.proc,
+            [self.stdout_r, self.stderr_r, self.result_r],
+            self.stdin_w,
+            payload.stdin.clone(),
+            self.spec.limits,
+            self.missing,
+            timings,
+        )
+        .map(|sup| Running { sup })
+    }
+}
+
+/// A payload running in its jail.
+#[derive(Debug)]
+pub struct Running {
+    sup: Supervisor,
+}
+
+impl Running {
+    /// Supervise until the run ends (or `cancel` becomes readable), then tear the jail down.
+    pub fn wait(self, cancel: Option<std::os::fd::BorrowedFd<'_>>) -> Result<Outcome> {
+        self.sup.run(cancel)
+    }
+}

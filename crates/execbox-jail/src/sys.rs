@@ -1,0 +1,236 @@
+//! Raw Linux syscalls that neither `nix` nor `libc` wrap safely. Every `unsafe` block of the
+//! crate's kernel interface lives here, each behind a small safe function.
+//!
+//! Written by hand because `nix` 0.31 has no `clone3` (with `CLONE_PIDFD`/`CLONE_INTO_CGROUP`),
+//! `mount_setattr`, `openat2`, `close_range` or `pidfd_send_signal`.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::unistd::Pid;
+
+/// `struct clone_args` of `clone3(2)` (the fields up to `cgroup`, `CLONE_ARGS_SIZE_VER2`).
+#[repr(C)]
+#[derive(Debug, Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` (Linux 5.7), not in every `libc` release.
+pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Which side of a `clone3` we are on.
+#[derive(Debug)]
+pub enum Forked {
+    /// The parent, with the child's pid and a pidfd for it.
+    Parent {
+        /// Child pid in the caller's pid namespace.
+        pid: Pid,
+        /// pidfd referring to the child.
+        pidfd: OwnedFd,
+    },
+    /// The child.
+    Child,
+}
+
+/// `clone3` without `CLONE_VM`: a fork with new namespaces, a pidfd and optionally straight into
+/// a cgroup (`cgroup_fd`).
+///
+/// Must only be called from a single-threaded process: the child is a copy of the calling thread
+/// alone and goes on to run ordinary Rust code (allocation included).
+pub fn clone3(ns_flags: u64, cgroup_fd: Option<BorrowedFd<'_>>) -> Result<Forked, Errno> {
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: ns_flags | libc::CLONE_PIDFD as u64,
+        pidfd: std::ptr::addr_of_mut!(pidfd) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    if let Some(fd) = cgroup_fd {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
+    // SAFETY: `args` is a valid, initialised clone_args of the size passed; `pidfd` outlives the
+    // call. Without CLONE_VM the child gets a copy-on-write copy of the address space, so no
+    // memory is shared. The caller guarantees the process is single-threaded (documented above),
+    // so no lock can be held by a thread that does not exist in the child.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            std::ptr::addr_of_mut!(args),
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent {
+            pid: Pid::from_raw(pid as i32),
+            // SAFETY: with CLONE_PIDFD the kernel stored a fresh fd that nothing else owns.
+            pidfd: unsafe { OwnedFd::from_raw_fd(pidfd) },
+        }),
+    }
+}
+
+/// `pivot_root(new_root, put_old)`.
+pub fn pivot_root(new_root: &str, put_old: &str) -> Result<(), Errno> {
+    let n = cstr(new_root)?;
+    let o = cstr(put_old)?;
+    // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
+    let r = unsafe { libc::syscall(libc::SYS_pivot_root, n.as_ptr(), o.as_ptr()) };
+    Errno::result(r).map(drop)
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// Make the mount at `path` and every mount below it read-only, nosuid and nodev
+/// (`mount_setattr(AT_RECURSIVE)`, Linux 5.12). Unlike a remount, this reaches submounts.
+pub fn make_readonly_recursive(path: &str, nodev: bool) -> Result<(), Errno> {
+    let p = cstr(path)?;
+    let mut attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | if nodev { MOUNT_ATTR_NODEV } else { 0 },
+        ..MountAttr::default()
+    };
+    // SAFETY: `p` is a valid C string, `attr` a valid mount_attr of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            std::ptr::addr_of_mut!(attr),
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `struct open_how` of `openat2(2)`.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+const RESOLVE_NO_XDEV: u64 = 0x01;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+
+/// Create `name` below `dir` for writing, refusing anything that resolves outside `dir`
+/// (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | …`), failing if it exists.
+pub fn create_beneath(dir: BorrowedFd<'_>, name: &str, mode: u32) -> Result<OwnedFd, Errno> {
+    let n = cstr(name)?;
+    let mut how = OpenHow {
+        flags: (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            as u64,
+        mode: u64::from(mode),
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+    };
+    // SAFETY: `n` is a valid C string and `how` a valid open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            std::ptr::addr_of_mut!(how),
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    let fd = Errno::result(fd)?;
+    // SAFETY: openat2 returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Close every descriptor from `first` upwards (`close_range`, Linux 5.9).
+pub fn close_from(first: RawFd) -> Result<(), Errno> {
+    // SAFETY: close_range takes plain integers; descriptors at or above `first` are not used by
+    // the caller afterwards (the caller moved what it keeps below `first`).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, u32::MAX, 0u32) };
+    Errno::result(r).map(drop)
+}
+
+/// Send `sig` to the process behind `pidfd` (no pid-reuse race).
+pub fn pidfd_kill(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: a valid pidfd and a null siginfo pointer, as pidfd_send_signal(2) allows.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// `dup2(old, new)` where `new` is a specific number the caller reserves (0, 1, 2, …).
+/// The new descriptor does not have `FD_CLOEXEC`.
+pub fn dup_to(old: RawFd, new: RawFd) -> Result<(), Errno> {
+    // SAFETY: dup2 takes plain integers; the caller owns `new`'s slot in this process.
+    Errno::result(unsafe { libc::dup2(old, new) }).map(drop)
+}
+
+/// Duplicate `fd` to the lowest free number at or above `min`, with `FD_CLOEXEC`.
+pub fn dup_above(fd: RawFd, min: RawFd) -> Result<RawFd, Errno> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor the caller owns; the result is a new descriptor.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })
+}
+
+/// Set or clear `FD_CLOEXEC` on `fd`.
+pub fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
+    let flag = if on { libc::FD_CLOEXEC } else { 0 };
+    // SAFETY: F_SETFD on a descriptor the caller owns.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, flag) }).map(drop)
+}
+
+/// Exit immediately without running destructors or atexit handlers (child side).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit is always safe to call; it never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// Landlock ABI version the kernel offers (0 when Landlock is off or absent).
+pub fn landlock_abi() -> i64 {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attr, size 0 and the VERSION flag the call only returns a number.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    r.max(0)
+}
+
+fn cstr(s: &str) -> Result<CString, Errno> {
+    CString::new(s).map_err(|_| Errno::EINVAL)
+}

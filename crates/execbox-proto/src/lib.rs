@@ -1,0 +1,194 @@
+//! Wire types shared by every execbox front end (CLI, HTTP server).
+//!
+//! Every run, whatever API started it, produces one [`RunRecord`].
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+
+/// Where a run is in its life, and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// Accepted, waiting for a slot.
+    Queued,
+    /// A jail is executing it.
+    Running,
+    /// Finished normally (exit code 0; in `main` mode, `main()` returned JSON).
+    Ok,
+    /// The program failed on its own: non-zero exit, exception, no `main()`, non-JSON result.
+    RuntimeError,
+    /// Compilation failed (compiled languages only).
+    CompileError,
+    /// The wall-clock or CPU limit fired.
+    Timeout,
+    /// The memory limit fired.
+    MemoryLimit,
+    /// The program wrote more than the output cap.
+    OutputLimit,
+    /// Cancelled by the client.
+    Cancelled,
+    /// execbox itself failed; the detail is in the server's log.
+    InternalError,
+}
+
+impl RunStatus {
+    /// Stable snake_case name, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Ok => "ok",
+            Self::RuntimeError => "runtime_error",
+            Self::CompileError => "compile_error",
+            Self::Timeout => "timeout",
+            Self::MemoryLimit => "memory_limit",
+            Self::OutputLimit => "output_limit",
+            Self::Cancelled => "cancelled",
+            Self::InternalError => "internal_error",
+        }
+    }
+
+    /// True once the run can no longer change.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Queued | Self::Running)
+    }
+}
+
+/// Which limit ended a run early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitKind {
+    /// Wall-clock deadline, enforced by the supervisor.
+    WallTime,
+    /// RLIMIT_CPU (SIGXCPU / SIGKILL from the kernel).
+    CpuTime,
+    /// Memory cgroup OOM kill, or the runtime's own out-of-memory error.
+    Memory,
+    /// stdout or stderr exceeded the cap.
+    Output,
+}
+
+/// A stable machine code and a human message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable snake_case code, for example `no_main`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ErrorBody {
+    /// Build an error body.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What one execution (compile or run step) did and cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepReport {
+    /// Captured standard output, up to the cap (lossy UTF-8).
+    pub stdout: String,
+    /// Captured standard error, up to the cap (lossy UTF-8).
+    pub stderr: String,
+    /// Exit code when the process exited normally.
+    pub exit_code: Option<i32>,
+    /// Signal number when the process was killed by a signal.
+    pub signal: Option<i32>,
+    /// Wall-clock time from launch to exit, milliseconds.
+    pub wall_time_ms: f64,
+    /// CPU time (user + system) of the whole run tree, milliseconds.
+    pub cpu_time_ms: f64,
+    /// Peak memory of the run's cgroup, bytes (0 when unknown).
+    pub memory_peak_bytes: u64,
+    /// True when stdout or stderr was cut at the cap.
+    pub truncated: bool,
+    /// Which limit ended the run, if any.
+    pub limit: Option<LimitKind>,
+}
+
+/// The record every run produces.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Run id.
+    pub id: String,
+    /// Language name, for example `python`.
+    pub language: String,
+    /// Runtime version, for example `3.11.2`.
+    pub version: String,
+    /// Current or final status.
+    pub status: RunStatus,
+    /// True when an isolation layer was missing and the operator allowed a degraded run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
+    /// Layers that were missing in a degraded run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_layers: Vec<String>,
+    /// Why the run failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    /// Compile step, for compiled languages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compile: Option<StepReport>,
+    /// The run step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<StepReport>,
+    /// `main()`'s return value, in `main` mode, when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// RFC 3339 finish time, once final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Microseconds spent in each jail step (diagnostics; names are not stable).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timings_us: Vec<(String, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_serialises_snake_case() {
+        for s in [
+            RunStatus::MemoryLimit,
+            RunStatus::InternalError,
+            RunStatus::Ok,
+        ] {
+            let v = serde_json::to_value(s).unwrap();
+            assert_eq!(v, serde_json::Value::String(s.as_str().to_owned()));
+        }
+        assert!(!RunStatus::Running.is_final());
+        assert!(RunStatus::Cancelled.is_final());
+    }
+
+    #[test]
+    fn degraded_flag_omitted_when_false() {
+        let r = RunRecord {
+            id: "x".into(),
+            language: "python".into(),
+            version: "3.11".into(),
+            status: RunStatus::Ok,
+            degraded: false,
+            missing_layers: vec![],
+            error: None,
+            compile: None,
+            run: Some(StepReport::default()),
+            result: Some(serde_json::json!({"ok": 1})),
+            created_at: "t".into(),
+            finished_at: None,
+            timings_us: vec![],
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert!(v.get("degraded").is_none());
+        assert_eq!(v["result"]["ok"], 1);
+        let back: RunRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
+    }
+}

@@ -1,0 +1,298 @@
+//! From a jail outcome to the run record every API returns.
+
+use std::time::SystemTime;
+
+use execbox_jail::{Limit, Limits, Outcome};
+use execbox_proto::{ErrorBody, LimitKind, RunRecord, RunStatus, StepReport};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::python::Mode;
+
+/// A fresh run id (UUID v4).
+pub fn new_run_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Now, as RFC 3339 with milliseconds.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// What the harness writes on the result channel.
+#[derive(Debug, Deserialize)]
+struct ChannelMsg {
+    ok: bool,
+    #[serde(default)]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// Identity of a run, for the record.
+#[derive(Debug, Clone)]
+pub struct RunMeta {
+    /// Run id.
+    pub id: String,
+    /// Language.
+    pub language: String,
+    /// Runtime version.
+    pub version: String,
+    /// When it was created.
+    pub created_at: String,
+}
+
+/// Turn `o` into the final record of a run in `mode` under `limits`.
+pub fn build_record(meta: RunMeta, mode: Mode, limits: &Limits, o: Outcome) -> RunRecord {
+    let mut status = RunStatus::Ok;
+    let mut error: Option<ErrorBody> = None;
+    let mut result = None;
+    let mut limit = o.limit.map(|l| match l {
+        Limit::WallTime => LimitKind::WallTime,
+        Limit::CpuTime => LimitKind::CpuTime,
+        Limit::Memory => LimitKind::Memory,
+        Limit::Output => LimitKind::Output,
+    });
+
+    let channel: Option<Result<ChannelMsg, _>> =
+        (!o.result.is_empty()).then(|| serde_json::from_slice::<ChannelMsg>(&o.result));
+
+    if o.cancelled {
+        status = RunStatus::Cancelled;
+        error = Some(ErrorBody::new("cancelled", "the run was cancelled"));
+    } else if let Some(l) = limit {
+        (status, error) = limit_error(l, limits);
+    } else if let Some(Ok(ChannelMsg {
+        error: Some(code), ..
+    })) = &channel
+    {
+        if code == "memory_error" {
+            limit = Some(LimitKind::Memory);
+            (status, error) = limit_error(LimitKind::Memory, limits);
+        }
+    }
+
+    if error.is_none() {
+        match (mode, channel) {
+            (_, Some(Err(_))) => {
+                status = RunStatus::RuntimeError;
+                error = Some(ErrorBody::new(
+                    "result_channel_corrupt",
+                    "the result channel (fd 3) held something other than the harness's message; \
+                     do not write to fd 3",
+                ));
+            }
+            (Mode::Main, Some(Ok(m))) if m.ok => {
+                result = Some(m.result.unwrap_or(Value::Null));
+            }
+            (_, Some(Ok(m))) => {
+                status = RunStatus::RuntimeError;
+                error = Some(ErrorBody::new(
+                    m.error.unwrap_or_else(|| "runtime_error".into()),
+                    m.message.unwrap_or_default(),
+                ));
+            }
+            (_, None) => {
+                if let Some(sig) = o.signal {
+                    status = RunStatus::RuntimeError;
+                    error = Some(ErrorBody::new(
+                        "killed_by_signal",
+                        format!("the process was killed by signal {sig}{}", signal_hint(sig)),
+                    ));
+                } else if o.exit_code != Some(0) {
+                    status = RunStatus::RuntimeError;
+                    error = Some(ErrorBody::new(
+                        "nonzero_exit",
+                        format!("the process exited with code {}", o.exit_code.unwrap_or(-1)),
+                    ));
+                } else if mode == Mode::Main {
+                    status = RunStatus::RuntimeError;
+                    error = Some(ErrorBody::new(
+                        "no_result",
+                        "the process exited before main() returned",
+                    ));
+                }
+            }
+        }
+    }
+
+    let run = StepReport {
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        exit_code: o.exit_code,
+        signal: o.signal,
+        wall_time_ms: ms(o.wall),
+        cpu_time_ms: ms(o.cpu),
+        memory_peak_bytes: o.memory_peak,
+        truncated: o.truncated,
+        limit,
+    };
+    RunRecord {
+        id: meta.id,
+        language: meta.language,
+        version: meta.version,
+        status,
+        degraded: !o.missing_layers.is_empty(),
+        missing_layers: o.missing_layers,
+        error,
+        compile: None,
+        run: Some(run),
+        result,
+        created_at: meta.created_at,
+        finished_at: Some(now_rfc3339()),
+        timings_us: o
+            .timings
+            .iter()
+            .map(|(k, d)| ((*k).to_owned(), d.as_micros() as u64))
+            .collect(),
+    }
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+fn limit_error(l: LimitKind, limits: &Limits) -> (RunStatus, Option<ErrorBody>) {
+    let (status, code, msg) = match l {
+        LimitKind::WallTime => (
+            RunStatus::Timeout,
+            "timeout",
+            format!(
+                "the run exceeded its wall-clock limit of {} ms",
+                limits.wall_time_ms
+            ),
+        ),
+        LimitKind::CpuTime => (
+            RunStatus::Timeout,
+            "cpu_time_limit",
+            format!(
+                "the run exceeded its CPU-time limit of {} ms",
+                limits.cpu_time_ms
+            ),
+        ),
+        LimitKind::Memory => (
+            RunStatus::MemoryLimit,
+            "memory_limit",
+            format!(
+                "the run exceeded its memory limit of {} bytes",
+                limits.memory_bytes
+            ),
+        ),
+        LimitKind::Output => (
+            RunStatus::OutputLimit,
+            "output_limit",
+            format!(
+                "the run wrote more than {} bytes to stdout or stderr (or {} to its result)",
+                limits.output_bytes, limits.result_bytes
+            ),
+        ),
+    };
+    (status, Some(ErrorBody::new(code, msg)))
+}
+
+fn signal_hint(sig: i32) -> &'static str {
+    match sig {
+        31 => " (SIGSYS: a forbidden system call ABI)",
+        11 => " (SIGSEGV)",
+        9 => " (SIGKILL)",
+        6 => " (SIGABRT)",
+        _ => "",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn meta() -> RunMeta {
+        RunMeta {
+            id: "r".into(),
+            language: "python".into(),
+            version: "3.11.2".into(),
+            created_at: now_rfc3339(),
+        }
+    }
+
+    fn outcome(result: &str, exit: i32) -> Outcome {
+        Outcome {
+            exit_code: Some(exit),
+            stdout: b"hi\n".to_vec(),
+            result: result.as_bytes().to_vec(),
+            wall: Duration::from_millis(12),
+            ..Outcome::default()
+        }
+    }
+
+    #[test]
+    fn ok_result_is_separate_from_stdout() {
+        let r = build_record(
+            meta(),
+            Mode::Main,
+            &Limits::default(),
+            outcome(r#"{"ok": true, "result": {"ok": 1}}"#, 0),
+        );
+        assert_eq!(r.status, RunStatus::Ok);
+        assert_eq!(r.result, Some(serde_json::json!({"ok": 1})));
+        assert_eq!(r.run.as_ref().unwrap().stdout, "hi\n");
+        assert!(r.error.is_none());
+    }
+
+    #[test]
+    fn harness_errors_keep_their_code() {
+        let r = build_record(
+            meta(),
+            Mode::Main,
+            &Limits::default(),
+            outcome(r#"{"ok": false, "error": "no_main", "message": "m"}"#, 1),
+        );
+        assert_eq!(r.status, RunStatus::RuntimeError);
+        assert_eq!(r.error.unwrap().code, "no_main");
+        let r = build_record(
+            meta(),
+            Mode::Main,
+            &Limits::default(),
+            outcome(
+                r#"{"ok": false, "error": "memory_error", "message": "m"}"#,
+                1,
+            ),
+        );
+        assert_eq!(r.status, RunStatus::MemoryLimit);
+        assert_eq!(r.run.unwrap().limit, Some(LimitKind::Memory));
+        let r = build_record(
+            meta(),
+            Mode::Main,
+            &Limits::default(),
+            outcome("garbage", 0),
+        );
+        assert_eq!(r.error.unwrap().code, "result_channel_corrupt");
+    }
+
+    #[test]
+    fn limits_win_over_exit_status() {
+        let mut o = outcome("", 0);
+        o.exit_code = None;
+        o.signal = Some(9);
+        o.limit = Some(Limit::WallTime);
+        let r = build_record(meta(), Mode::Program, &Limits::default(), o);
+        assert_eq!(r.status, RunStatus::Timeout);
+        assert_eq!(
+            r.run.unwrap().stdout,
+            "hi\n",
+            "output before the kill is kept"
+        );
+    }
+
+    #[test]
+    fn program_mode_exit_codes() {
+        let r = build_record(meta(), Mode::Program, &Limits::default(), outcome("", 0));
+        assert_eq!(r.status, RunStatus::Ok);
+        let r = build_record(meta(), Mode::Program, &Limits::default(), outcome("", 3));
+        assert_eq!(r.error.unwrap().code, "nonzero_exit");
+        let mut o = outcome("", 0);
+        o.missing_layers = vec!["landlock".into()];
+        assert!(build_record(meta(), Mode::Program, &Limits::default(), o).degraded);
+    }
+}
