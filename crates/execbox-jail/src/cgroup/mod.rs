@@ -57,7 +57,7 @@ pub trait RunCgroup: Debug + Send {
 }
 
 /// Pick the backend the host offers: v2 if `root` is a cgroup2 mount, v1 if the memory, pids,
-/// cpu and cpuacct controllers are mounted as v1 hierarchies, else `None`.
+/// cpu and cpuacct controllers are mounted as v1 hierarchies below `root`, else `None`.
 pub fn detect(
     root: &Path,
     mountinfo: &Path,
@@ -74,7 +74,11 @@ pub fn detect(
     let find = |ctrl: &str| {
         mounts
             .iter()
-            .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == ctrl))
+            .find(|m| {
+                m.fstype == "cgroup"
+                    && m.mount_point.starts_with(root)
+                    && m.super_options.split(',').any(|o| o == ctrl)
+            })
             .map(|m| m.mount_point.clone())
     };
     match (find("memory"), find("pids"), find("cpu"), find("cpuacct")) {

@@ -1,0 +1,77 @@
+# execbox: the two front-door commands are `make run` and `make test`. Both install what they
+# need (Debian packages when root, uv and the Python runtime from PyPI) and are idempotent.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PREFIX      ?= /opt/execbox
+PYTHON_ENV  ?= $(PREFIX)/python
+UV_ENV      ?= $(PREFIX)/uv
+UV          := $(UV_ENV)/bin/uv
+BASE_PYTHON ?= /usr/bin/python3
+REQS        := runtimes/python/requirements.txt
+STAMP       := $(PYTHON_ENV)/.execbox-requirements
+CARGO       ?= cargo
+EXECBOX     := target/release/execbox
+APT_PKGS    := python3 python3-venv ca-certificates
+
+.PHONY: help deps uv runtime build run test lint unit check bench clean
+
+help:
+	@echo "make run     set up and run the examples through the sandbox (execbox check + execbox run)"
+	@echo "make test    set up and run fmt, clippy and every test (privileged ones need root)"
+	@echo "make bench   execbox run vs nsjail vs the bare interpreter (bench/README.md)"
+
+## Debian packages (only when root and something is missing).
+deps:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "missing Debian packages:$$missing (run as root or install them)"; exit 1; fi; \
+	fi
+
+## uv, from PyPI, in its own venv (Debian's pip refuses system installs).
+uv: deps
+	@test -x $(UV) || { $(BASE_PYTHON) -m venv $(UV_ENV) && $(UV_ENV)/bin/pip install -q uv; }
+
+## The Python runtime: a venv over Debian's interpreter (reachable by the sandbox uid, unlike an
+## interpreter under /root) with the pinned packages. Rebuilt when requirements.txt changes.
+runtime: uv
+	@if ! cmp -s $(REQS) $(STAMP); then \
+	  echo "creating $(PYTHON_ENV)"; \
+	  $(UV) venv -q --allow-existing --python $(BASE_PYTHON) $(PYTHON_ENV) && \
+	  $(UV) pip install -q --python $(PYTHON_ENV)/bin/python -r $(REQS) && \
+	  chmod -R a+rX $(PYTHON_ENV) && cp $(REQS) $(STAMP); \
+	fi
+
+build:
+	$(CARGO) build --release --workspace
+
+## Until the HTTP service lands, `make run` checks the host and runs the examples in the jail.
+run: runtime build
+	$(EXECBOX) check
+	$(EXECBOX) run examples/hello.py
+	$(EXECBOX) run examples/pandas_report.py
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: runtime
+	cd runtimes/python && $(PYTHON_ENV)/bin/python -m unittest -q test_harness
+
+## Everything CI runs. Privileged tests run for real as root; with CI=true a missing
+## capability fails instead of skipping.
+test: runtime lint unit
+	$(CARGO) test --workspace
+
+check: build
+	$(EXECBOX) check
+
+bench: runtime
+	bench/cli_bench.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,321 @@
+//! End-to-end tests of `execbox run` and `execbox check` through the real jail.
+//!
+//! They need root (uid maps, cgroups, mounts). Outside CI a non-root run skips with a message;
+//! with `CI=true` a missing capability is a failure.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn privileged() -> bool {
+    // geteuid via /proc: this crate forbids unsafe.
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        })
+        .unwrap_or_default();
+    if uid == "0" {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI=true but not running as root: the jail tests cannot run"
+    );
+    eprintln!("skipping: the jail tests need root (uid {uid})");
+    false
+}
+
+struct Script {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn script(src: &str) -> Script {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("script.py");
+    std::fs::write(&path, src).unwrap();
+    Script { _dir: dir, path }
+}
+
+fn execbox(args: &[&str], script: &Path, envs: &[(&str, &str)]) -> Output {
+    // Flags go before the file; anything from `--` on goes after it.
+    let split = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_execbox"));
+    c.arg("run")
+        .args(&args[..split])
+        .arg(script)
+        .args(&args[split..]);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// Run and parse the record; panics with the whole output if no record came back.
+fn run(src: &str, args: &[&str]) -> Value {
+    let s = script(src);
+    let out = execbox(args, &s.path, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "execbox failed: {}\nstdout: {text}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not a record ({e}): {text}"))
+}
+
+macro_rules! assert_status {
+    ($rec:expr, $status:expr) => {
+        assert_eq!(
+            $rec["status"],
+            $status,
+            "unexpected status; record:\n{}",
+            serde_json::to_string_pretty(&$rec).unwrap()
+        )
+    };
+}
+
+#[test]
+fn hello_result_is_separate_from_stdout() {
+    if !privileged() {
+        return;
+    }
+    let r = run(
+        "def main():\n    print('hello')\n    print('{\"ok\": 2}')\n    return {'ok': 1}\n",
+        &[],
+    );
+    assert_status!(r, "ok");
+    assert_eq!(r["result"], serde_json::json!({"ok": 1}));
+    assert_eq!(r["run"]["stdout"], "hello\n{\"ok\": 2}\n");
+    assert_eq!(r["run"]["exit_code"], 0);
+    assert_eq!(r["language"], "python");
+    assert!(r["version"].as_str().unwrap().starts_with("3."));
+    assert!(r.get("degraded").is_none(), "full isolation expected here");
+    assert!(
+        r["run"]["memory_peak_bytes"].as_u64().unwrap() > 0,
+        "cgroup accounting"
+    );
+    assert!(r["run"]["cpu_time_ms"].as_f64().unwrap() > 0.0);
+    let steps: Vec<&str> = r["timings_us"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_str().unwrap())
+        .collect();
+    for step in [
+        "cgroup_create",
+        "clone",
+        "id_map",
+        "jail_init",
+        "exec",
+        "run",
+        "teardown",
+    ] {
+        assert!(steps.contains(&step), "no timing for {step}: {steps:?}");
+    }
+}
+
+#[test]
+fn pandas_and_numpy_compute_inside_the_jail() {
+    if !privileged() {
+        return;
+    }
+    let r = run(
+        "import numpy as np\nimport pandas as pd\n\ndef main():\n    \
+         df = pd.DataFrame({'a': np.arange(1000), 'b': np.arange(1000) * 2.0})\n    \
+         print(df.shape)\n    \
+         return {'sum': float(df.to_numpy().sum()), 'cols': list(df.columns), \
+         'arr': np.arange(3), 'f32': np.float32(0.5), 'i64': np.int64(7)}\n",
+        &[],
+    );
+    assert_status!(r, "ok");
+    assert_eq!(
+        r["result"],
+        serde_json::json!({"sum": 1498500.0, "cols": ["a", "b"], "arr": [0, 1, 2], "f32": 0.5, "i64": 7})
+    );
+    assert_eq!(r["run"]["stdout"], "(1000, 2)\n");
+}
+
+#[test]
+fn main_contract_errors_are_distinct() {
+    if !privileged() {
+        return;
+    }
+    let cases: &[(&str, &str)] = &[
+        ("x = 1\n", "no_main"),
+        ("main = 3\n", "main_not_callable"),
+        ("def main():\n    return {1, 2}\n", "result_not_json"),
+        ("def main():\n    return float('nan')\n", "result_not_json"),
+        (
+            "def main():\n    return {'x': float('inf')}\n",
+            "result_not_json",
+        ),
+        ("def main(:\n", "syntax_error"),
+        ("import sys\ndef main():\n    sys.exit(3)\n", "system_exit"),
+    ];
+    for (src, code) in cases {
+        let r = run(src, &[]);
+        assert_status!(r, "runtime_error");
+        assert_eq!(r["error"]["code"], *code, "for {src:?}: {r}");
+        assert!(!r["error"]["message"].as_str().unwrap().is_empty());
+        assert!(r.get("result").is_none());
+    }
+}
+
+#[test]
+fn exception_traceback_goes_to_stderr_with_prints_kept() {
+    if !privileged() {
+        return;
+    }
+    let r = run(
+        "def helper():\n    raise ValueError('boom')\n\ndef main():\n    print('before')\n    helper()\n",
+        &[],
+    );
+    assert_status!(r, "runtime_error");
+    assert_eq!(r["error"]["code"], "exception");
+    assert_eq!(r["error"]["message"], "ValueError: boom");
+    let stderr = r["run"]["stderr"].as_str().unwrap();
+    assert!(stderr.contains("Traceback"), "{stderr}");
+    assert!(stderr.contains("line 2, in helper"), "{stderr}");
+    assert!(
+        !stderr.contains("<string>"),
+        "harness frames leak: {stderr}"
+    );
+    assert_eq!(r["run"]["stdout"], "before\n");
+}
+
+#[test]
+fn program_mode_reads_stdin_and_args() {
+    if !privileged() {
+        return;
+    }
+    let r = run(
+        "import sys\ndata = sys.stdin.read()\nprint(data.upper(), sys.argv[1:])\nsys.exit(4)\n",
+        &["--mode", "program", "--stdin", "abc", "--", "x", "y"],
+    );
+    assert_status!(r, "runtime_error");
+    assert_eq!(r["error"]["code"], "nonzero_exit");
+    assert_eq!(r["run"]["exit_code"], 4);
+    assert_eq!(r["run"]["stdout"], "ABC ['x', 'y']\n");
+    let ok = run("print('fine')\n", &["--mode", "program"]);
+    assert_status!(ok, "ok");
+    assert!(ok.get("result").is_none());
+}
+
+#[test]
+fn timeout_keeps_what_was_printed() {
+    if !privileged() {
+        return;
+    }
+    let r = run(
+        "def main():\n    print('before', flush=True)\n    while True:\n        pass\n",
+        &["--timeout", "700ms"],
+    );
+    assert_status!(r, "timeout");
+    assert_eq!(r["error"]["code"], "timeout");
+    assert_eq!(r["run"]["limit"], "wall_time");
+    assert_eq!(r["run"]["stdout"], "before\n");
+    assert_eq!(r["run"]["signal"], 9);
+}
+
+#[test]
+fn limits_above_operator_maxima_are_refused_with_the_maximum() {
+    let s = script("def main():\n    return 1\n");
+    let out = execbox(
+        &["--memory", "512M"],
+        &s.path,
+        &[("EXECBOX_MAX_MEMORY_MB", "128")],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("memory_bytes") && err.contains("134217728"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    let out = execbox(&["--timeout", "0"], &s.path, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn missing_cgroups_refuse_unless_degraded_is_allowed() {
+    if !privileged() {
+        return;
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let root = empty.path().to_str().unwrap();
+    let s = script("def main():\n    return {'ok': 1}\n");
+    let out = execbox(&["--cgroup-root", root], &s.path, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cgroups") && err.contains("--allow-degraded"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty(), "no run without the opt-in");
+
+    let out = execbox(&["--cgroup-root", root, "--allow-degraded"], &s.path, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_status!(r, "ok");
+    assert_eq!(r["degraded"], true);
+    assert_eq!(r["missing_layers"], serde_json::json!(["cgroups"]));
+}
+
+#[test]
+fn check_reports_every_layer() {
+    if !privileged() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_execbox"))
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = r["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    for n in [
+        "user_namespaces",
+        "namespaces",
+        "cgroups",
+        "seccomp",
+        "landlock",
+        "no_new_privs",
+    ] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    assert_eq!(r["verdict"], "full", "{r}");
+    assert!(["v1", "v2"].contains(&r["cgroup_backend"].as_str().unwrap()));
+    // the deep probe leaves no cgroup behind
+    let leftovers = std::fs::read_dir("/sys/fs/cgroup/memory/execbox")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name() == "check-probe")
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(leftovers, 0);
+}
