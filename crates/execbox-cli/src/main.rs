@@ -133,7 +133,7 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         .context("preparing the jail")?
         .launch(&payload)
         .context("starting the payload")?
-        .wait(None)
+        .run(None)
         .context("supervising the run")?;
     let meta = RunMeta {
         id: new_run_id(),

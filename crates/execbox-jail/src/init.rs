@@ -9,6 +9,7 @@ use std::io::{Read, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, FromRawFd, RawFd};
 use std::path::Path;
+use std::time::Instant;
 
 use nix::sched::{unshare, CloneFlags};
 
@@ -24,6 +25,9 @@ pub(crate) mod fdnum {
     pub const SYNC: i32 = 5;
 }
 
+/// Length of the ready message: `R`, then the cgroup join and mount times in µs (u64 LE).
+pub(crate) const READY_LEN: usize = 17;
+
 /// Everything the child needs, copied into it by `clone3`.
 pub(crate) struct ChildPlan<'a> {
     /// Parent-side numbers of: stdin read end, stdout write end, stderr write end, result write
@@ -36,6 +40,8 @@ pub(crate) struct ChildPlan<'a> {
     pub jail_root: &'a Path,
     pub spec: &'a JailSpec,
     pub have_cgroup: bool,
+    /// cgroup.procs files to write `0` into (cgroup v1), before anything else runs.
+    pub cgroup_procs: Vec<std::path::PathBuf>,
     pub landlock: bool,
     pub seccomp: &'a SeccompPolicy,
 }
@@ -81,8 +87,8 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
     // 1. Descriptors are in place (run). The environment is not inherited: execve below gets
     //    only the payload's env.
 
-    // 2. Wait until the parent has written our uid/gid maps and put us in the run's cgroup:
-    //    nothing below may run unaccounted or as an unmapped id. EOF means the parent died.
+    // 2. Wait until the parent has written our uid/gid maps (EOF means it died), then enter
+    //    the run's cgroup (v1; v2 cloned us straight into it): nothing below runs unaccounted.
     // SAFETY: fd 5 was placed by `place_fds`; wrapped in ManuallyDrop, closed explicitly later.
     let mut sync = ManuallyDrop::new(unsafe { File::from_raw_fd(fdnum::SYNC) });
     let mut go = [0u8; 1];
@@ -91,6 +97,13 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
     if go != *b"G" {
         return Err("unexpected sync byte".into());
     }
+    let t_join = Instant::now();
+    for f in &plan.cgroup_procs {
+        // Still host uid 0 here (the identity switch is next), which owns cgroupfs files.
+        std::fs::write(f, "0").map_err(|e| format!("join cgroup {}: {e}", f.display()))?;
+    }
+    let join_us = t_join.elapsed().as_micros() as u64;
+    let t_mounts = Instant::now();
 
     // 3. Become the run's uid now (user namespace case), before creating any file or mount, so
     //    everything the jail creates belongs to it. Capabilities in the run's own user namespace
@@ -109,8 +122,13 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
 
     // 7. Ready: a prepared jail may wait here, ahead of demand, for its payload.
     {
+        let mounts_us = t_mounts.elapsed().as_micros() as u64;
+        let mut ready = [0u8; READY_LEN];
+        ready[0] = b'R';
+        ready[1..9].copy_from_slice(&join_us.to_le_bytes());
+        ready[9..17].copy_from_slice(&mounts_us.to_le_bytes());
         let mut st = ManuallyDrop::new(status_file());
-        st.write_all(b"R")
+        st.write_all(&ready)
             .map_err(|e| format!("signal ready: {e}"))?;
     }
     let payload = launch_msg::decode(&mut *sync, plan.spec.limits.file_size_bytes)?;

@@ -33,5 +33,5 @@ pub use config::{
     BindMount, HostConfig, JailSpec, LimitError, Limits, Payload, WorkFile, RESULT_FD,
 };
 pub use error::{JailError, Result};
-pub use spawn::{Jailer, Prepared, Running};
-pub use supervise::{Limit, Outcome};
+pub use spawn::{Jailer, Prepared, Preparing, Running};
+pub use supervise::{Limit, Outcome, Role, Supervisor};

@@ -6,7 +6,7 @@
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use crate::error::{JailError, Result};
 use crate::init::{self, ChildPlan};
 use crate::seccomp::{self, SeccompPolicy};
 use crate::slots::{Slot, Slots};
-use crate::supervise::{Outcome, Supervisor};
+use crate::supervise::Supervisor;
 use crate::{launch_msg, sys};
 
 /// Creates jails. One per (single-threaded) process.
@@ -96,8 +96,15 @@ impl Jailer {
     }
 
     /// Build a jail up to the point where only the payload is missing: cgroup, uid, namespaces,
-    /// mounts and `pivot_root` are done; the child waits for [`Prepared::launch`].
+    /// mounts and `pivot_root` are done; the child waits for [`Prepared::launch`]. Blocks until
+    /// the child is ready; [`Jailer::start_prepare`] does not.
     pub fn prepare(&self, spec: &JailSpec) -> Result<Prepared> {
+        self.start_prepare(spec)?.finish()
+    }
+
+    /// Start preparing a jail and return while the child builds its root. Poll
+    /// [`Preparing::ready_fd`] for readability, then call [`Preparing::finish`].
+    pub fn start_prepare(&self, spec: &JailSpec) -> Result<Preparing> {
         let mut t = Timer::new();
         let slot = self.slots.acquire()?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -123,6 +130,7 @@ impl Jailer {
             jail_root: &self.jail_root,
             spec,
             have_cgroup: self.cgroups.name() != "none",
+            cgroup_procs: cgroup.self_join_files(),
             landlock: self.landlock,
             seccomp: &self.seccomp,
         };
@@ -171,22 +179,47 @@ impl Jailer {
             }
             t.lap("id_map");
         }
-        if let Some(cg) = &jail.proc.cgroup {
-            if cg.clone_into_fd().is_none() {
-                cg.join(pid)?;
-                t.lap("cgroup_join");
-            }
-        }
         jail.sync_w
             .write_all(b"G")
             .map_err(|e| JailError::io("write", "sync pipe", e))?;
-        let mut ready = [0u8; 1];
-        match jail.status_r.read(&mut ready) {
-            Ok(1) if ready == *b"R" => {}
+        Ok(Preparing { jail, t })
+    }
+}
+
+/// A jail whose child is still building its root.
+#[derive(Debug)]
+pub struct Preparing {
+    jail: Prepared,
+    t: Timer,
+}
+
+impl Preparing {
+    /// Readable once the child is ready (or has failed).
+    pub fn ready_fd(&self) -> BorrowedFd<'_> {
+        self.jail.status_r.as_fd()
+    }
+
+    /// Wait for the child's ready message.
+    pub fn finish(self) -> Result<Prepared> {
+        let Preparing { mut jail, mut t } = self;
+        let mut ready = [0u8; init::READY_LEN];
+        match jail.status_r.read(&mut ready[..1]) {
+            Ok(1) if ready[0] == b'R' => {}
             Ok(1) => return Err(JailError::ChildSetup(read_rest(&mut jail.status_r))),
             _ => return Err(JailError::ChildSetup("child exited during setup".into())),
         }
+        jail.status_r
+            .read_exact(&mut ready[1..])
+            .map_err(|e| JailError::io("read", "ready message", e))?;
         t.lap("jail_init");
+        let us = |b: &[u8]| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            Duration::from_micros(u64::from_le_bytes(a))
+        };
+        // The child's own split of jail_init.
+        t.laps.push(("child_cgroup_join", us(&ready[1..9])));
+        t.laps.push(("child_mounts", us(&ready[9..17])));
         jail.timings = t.laps;
         Ok(jail)
     }
@@ -322,19 +355,8 @@ impl Prepared {
             self.missing,
             timings,
         )
-        .map(|sup| Running { sup })
     }
 }
 
-/// A payload running in its jail.
-#[derive(Debug)]
-pub struct Running {
-    sup: Supervisor,
-}
-
-impl Running {
-    /// Supervise until the run ends (or `cancel` becomes readable), then tear the jail down.
-    pub fn wait(self, cancel: Option<std::os::fd::BorrowedFd<'_>>) -> Result<Outcome> {
-        self.sup.run(cancel)
-    }
-}
+/// A payload running in its jail: its supervisor.
+pub type Running = Supervisor;

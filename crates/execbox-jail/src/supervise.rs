@@ -61,6 +61,8 @@ pub struct Outcome {
 
 /// After the init exits, how long to wait for the pipes to reach EOF.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// After a kill, how long to wait for the exit before giving up on the process.
+const KILL_GRACE: Duration = Duration::from_secs(5);
 const CHUNK: usize = 64 * 1024;
 
 #[derive(Debug)]
@@ -71,9 +73,22 @@ struct Stream {
     over: bool,
 }
 
-/// State of one supervised run.
+/// What a descriptor of a running jail is, for [`Supervisor::handle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The stdin pipe (writable).
+    Stdin,
+    /// stdout (0), stderr (1), result channel (2).
+    Stream(usize),
+    /// The pidfd: readable once the jail's init exited.
+    Exit,
+}
+
+/// State of one supervised run. Step-driven so that one thread can supervise many runs
+/// ([`Supervisor::interest`], [`Supervisor::handle`], [`Supervisor::tick`]); [`Supervisor::run`]
+/// drives a single one to the end.
 #[derive(Debug)]
-pub(crate) struct Supervisor {
+pub struct Supervisor {
     proc: JailProc,
     streams: [Stream; 3],
     stdin: Option<OwnedFd>,
@@ -81,6 +96,12 @@ pub(crate) struct Supervisor {
     stdin_off: usize,
     limits: Limits,
     started: Instant,
+    deadline: Instant,
+    status: Option<WaitStatus>,
+    exited_at: Option<Instant>,
+    killed_at: Option<Instant>,
+    limit: Option<Limit>,
+    cancelled: bool,
     missing: Vec<String>,
     timings: Vec<(&'static str, Duration)>,
 }
@@ -120,119 +141,171 @@ impl Supervisor {
             i += 1;
             s
         });
+        let started = Instant::now();
         Ok(Self {
             proc,
             streams,
-            stdin: Some(stdin),
+            // Empty stdin: EOF at once.
+            stdin: (!stdin_data.is_empty()).then_some(stdin),
             stdin_data,
             stdin_off: 0,
             limits,
-            started: Instant::now(),
+            started,
+            deadline: started + Duration::from_millis(limits.wall_time_ms),
+            status: None,
+            exited_at: None,
+            killed_at: None,
+            limit: None,
+            cancelled: false,
             missing,
             timings,
         })
     }
 
-    pub(crate) fn run(mut self, cancel: Option<BorrowedFd<'_>>) -> Result<Outcome> {
-        let deadline = self.started + Duration::from_millis(self.limits.wall_time_ms);
-        let mut status: Option<WaitStatus> = None;
-        let mut exited_at: Option<Instant> = None;
-        let mut limit: Option<Limit> = None;
-        let mut cancelled = false;
-        let mut killed = false;
-        if self.stdin_data.is_empty() {
-            self.stdin = None; // EOF at once
+    /// The descriptors to poll now, with the events of interest.
+    pub fn interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags, Role)> {
+        let mut v = Vec::with_capacity(5);
+        if let Some(fd) = &self.stdin {
+            v.push((fd.as_fd(), PollFlags::POLLOUT, Role::Stdin));
         }
+        for (i, s) in self.streams.iter().enumerate() {
+            if let Some(fd) = &s.fd {
+                v.push((fd.as_fd(), PollFlags::POLLIN, Role::Stream(i)));
+            }
+        }
+        if self.status.is_none() {
+            v.push((self.proc.pidfd.as_fd(), PollFlags::POLLIN, Role::Exit));
+        }
+        v
+    }
 
-        loop {
-            let open = self.streams.iter().any(|s| s.fd.is_some());
+    /// When [`Supervisor::tick`] must run next at the latest.
+    pub fn next_wakeup(&self) -> Instant {
+        match (self.exited_at, self.killed_at) {
+            (Some(t), _) => t + DRAIN_GRACE,
+            (None, Some(k)) => k + KILL_GRACE,
+            (None, None) => self.deadline,
+        }
+    }
+
+    /// True once the run is over and [`Supervisor::finish`] may be called.
+    pub fn is_done(&self) -> bool {
+        match self.exited_at {
+            Some(t) => {
+                self.streams.iter().all(|s| s.fd.is_none()) || Instant::now() >= t + DRAIN_GRACE
+            }
+            None => false,
+        }
+    }
+
+    fn kill(&mut self, why: Option<Limit>) {
+        if let Some(l) = why {
+            self.limit.get_or_insert(l);
+        }
+        if self.killed_at.is_none() {
+            self.proc.kill();
+            self.killed_at = Some(Instant::now());
+        }
+    }
+
+    /// Cancel the run: kill it; the outcome says `cancelled`.
+    pub fn cancel(&mut self) {
+        if self.status.is_none() {
+            self.cancelled = true;
+            self.kill(None);
+        }
+    }
+
+    /// Enforce the deadline; call whenever [`Supervisor::next_wakeup`] has passed.
+    pub fn tick(&mut self) -> Result<()> {
+        let now = Instant::now();
+        if self.status.is_none() && self.killed_at.is_none() && now >= self.deadline {
+            self.kill(Some(Limit::WallTime));
+        }
+        if let (None, Some(k)) = (self.status, self.killed_at) {
+            if now >= k + KILL_GRACE {
+                // SIGKILL did not end it within the grace: reap blocking, it cannot take long.
+                self.reap(None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self, flags: Option<WaitPidFlag>) -> Result<()> {
+        match waitpid(self.proc.pid, flags) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => Ok(()),
+            Ok(s) => {
+                self.proc.reaped = true;
+                self.status = Some(s);
+                self.exited_at = Some(Instant::now());
+                // Its pid namespace dies with it; nothing will read stdin any more.
+                self.stdin = None;
+                Ok(())
+            }
+            Err(e) => Err(JailError::sys("waitpid", e)),
+        }
+    }
+
+    /// React to `revents` on the descriptor with `role`.
+    pub fn handle(&mut self, role: Role, revents: PollFlags) -> Result<()> {
+        match role {
+            Role::Stdin => self.feed_stdin(revents),
+            Role::Stream(i) => {
+                if self.drain(i) {
+                    self.kill(Some(Limit::Output));
+                }
+            }
+            Role::Exit => self.reap(Some(WaitPidFlag::WNOHANG))?,
+        }
+        Ok(())
+    }
+
+    /// Supervise until the run ends (or `cancel` becomes readable), then tear down.
+    pub fn run(mut self, cancel: Option<BorrowedFd<'_>>) -> Result<Outcome> {
+        while !self.is_done() {
             let now = Instant::now();
-            if let Some(t) = exited_at {
-                if !open || now >= t + DRAIN_GRACE {
-                    break;
+            if now >= self.next_wakeup() {
+                self.tick()?;
+            }
+            let ready = {
+                let interest = self.interest();
+                let mut fds: Vec<PollFd<'_>> = interest
+                    .iter()
+                    .map(|(fd, ev, _)| PollFd::new(*fd, *ev))
+                    .collect();
+                if let (Some(c), false) = (cancel, self.cancelled) {
+                    fds.push(PollFd::new(c, PollFlags::POLLIN));
                 }
-            }
-            if !killed && now >= deadline {
-                limit.get_or_insert(Limit::WallTime);
-                self.proc.kill();
-                killed = true;
-            }
-
-            // Build the poll set: [stdin?] [streams…] [pidfd?] [cancel?]
-            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(6);
-            let mut roles: Vec<Role> = Vec::with_capacity(6);
-            if let Some(fd) = &self.stdin {
-                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
-                roles.push(Role::Stdin);
-            }
-            for (i, s) in self.streams.iter().enumerate() {
-                if let Some(fd) = &s.fd {
-                    fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
-                    roles.push(Role::Stream(i));
+                let wait = self.next_wakeup().saturating_duration_since(now);
+                let ms = wait.as_millis().clamp(1, 60_000) as u16;
+                match poll(&mut fds, PollTimeout::from(ms)) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => return Err(JailError::sys("poll", e)),
                 }
-            }
-            if status.is_none() {
-                fds.push(PollFd::new(self.proc.pidfd.as_fd(), PollFlags::POLLIN));
-                roles.push(Role::Exit);
-            }
-            if let (Some(c), false) = (cancel, cancelled) {
-                fds.push(PollFd::new(c, PollFlags::POLLIN));
-                roles.push(Role::Cancel);
-            }
-            let until = match exited_at {
-                Some(t) => t + DRAIN_GRACE,
-                None if killed => now + Duration::from_secs(5),
-                None => deadline,
+                let revents: Vec<PollFlags> = fds
+                    .iter()
+                    .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                    .collect();
+                let roles: Vec<Role> = interest.iter().map(|(_, _, r)| *r).collect();
+                (roles, revents)
             };
-            let ms = until.saturating_duration_since(now).as_millis().min(60_000) as u16;
-            let timeout = PollTimeout::from(ms.max(1));
-            match poll(&mut fds, timeout) {
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(JailError::sys("poll", e)),
-            }
-            let ready: Vec<(Role, PollFlags)> = fds
-                .iter()
-                .zip(&roles)
-                .filter_map(|(f, r)| f.revents().filter(|e| !e.is_empty()).map(|e| (*r, e)))
-                .collect();
-            drop(fds);
-
-            for (role, ev) in ready {
-                match role {
-                    Role::Stdin => self.feed_stdin(ev),
-                    Role::Stream(i) => {
-                        if self.drain(i) && !killed {
-                            limit.get_or_insert(Limit::Output);
-                            self.proc.kill();
-                            killed = true;
-                        }
-                    }
-                    Role::Exit => {
-                        match waitpid(self.proc.pid, Some(WaitPidFlag::WNOHANG)) {
-                            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {}
-                            Ok(s) => {
-                                self.proc.reaped = true;
-                                status = Some(s);
-                                exited_at = Some(Instant::now());
-                                // Its pid namespace dies with it; drop stdin so nothing blocks.
-                                self.stdin = None;
-                            }
-                            Err(e) => return Err(JailError::sys("waitpid", e)),
-                        }
-                    }
-                    Role::Cancel => {
-                        cancelled = true;
-                        if !killed {
-                            self.proc.kill();
-                            killed = true;
-                        }
-                    }
+            let (roles, revents) = ready;
+            for (i, ev) in revents.iter().enumerate() {
+                if ev.is_empty() {
+                    continue;
+                }
+                match roles.get(i) {
+                    Some(r) => self.handle(*r, *ev)?,
+                    None => self.cancel(), // the extra cancel descriptor
                 }
             }
         }
+        self.finish()
+    }
 
-        let wall = exited_at.unwrap_or_else(Instant::now) - self.started;
+    /// Tear the jail down and report. Call once [`Supervisor::is_done`].
+    pub fn finish(mut self) -> Result<Outcome> {
+        let wall = self.exited_at.unwrap_or_else(Instant::now) - self.started;
         let mut t = Timer::new();
         let stats = self
             .proc
@@ -244,13 +317,14 @@ impl Supervisor {
         t.lap("teardown");
         teardown?;
 
-        let (exit_code, signal) = match status {
+        let (exit_code, signal) = match self.status {
             Some(WaitStatus::Exited(_, c)) => (Some(c), None),
             Some(WaitStatus::Signaled(_, s, _)) => (None, Some(s as i32)),
             _ => (None, Some(libc::SIGKILL)),
         };
         let cpu = Duration::from_nanos(stats.cpu_ns);
-        if limit.is_none() && !cancelled {
+        let mut limit = self.limit;
+        if limit.is_none() && !self.cancelled {
             let cpu_limit = Duration::from_millis(self.limits.cpu_time_ms.div_ceil(1000) * 1000);
             if stats.oom_kills > 0 && (signal.is_some() || exit_code != Some(0)) {
                 limit = Some(Limit::Memory);
@@ -273,7 +347,7 @@ impl Supervisor {
             result: res.buf,
             truncated,
             limit,
-            cancelled,
+            cancelled: self.cancelled,
             wall,
             cpu,
             memory_peak: stats.memory_peak,
@@ -332,12 +406,4 @@ impl Supervisor {
             }
         }
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Role {
-    Stdin,
-    Stream(usize),
-    Exit,
-    Cancel,
 }

@@ -48,6 +48,10 @@ pub trait RunCgroup: Debug + Send {
     fn clone_into_fd(&self) -> Option<BorrowedFd<'_>>;
     /// Move `pid` in (backends without `clone_into_fd`).
     fn join(&self, pid: Pid) -> Result<()>;
+    /// Files into which the jail's child writes `0` to move itself in (v1). Doing it in the
+    /// child keeps the kernel's wait for an RCU grace period (milliseconds when joins are rare)
+    /// off the spawner's thread.
+    fn self_join_files(&self) -> Vec<PathBuf>;
     /// Current counters.
     fn stats(&self) -> CgroupStats;
     /// SIGKILL every task in it and wait until it is empty.
@@ -162,6 +166,9 @@ impl RunCgroup for NoRunCgroup {
     }
     fn join(&self, _pid: Pid) -> Result<()> {
         Ok(())
+    }
+    fn self_join_files(&self) -> Vec<PathBuf> {
+        Vec::new()
     }
     fn stats(&self) -> CgroupStats {
         CgroupStats::default()

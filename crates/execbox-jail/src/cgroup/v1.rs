@@ -133,6 +133,10 @@ impl RunCgroup for RunCgroupV1 {
         Ok(())
     }
 
+    fn self_join_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
+    }
+
     fn stats(&self) -> CgroupStats {
         CgroupStats {
             cpu_ns: read_u64(&self.cpuacct.join("cpuacct.usage")).unwrap_or(0),

@@ -87,6 +87,10 @@ impl RunCgroup for RunCgroupV2 {
         write_file(&self.dir.join("cgroup.procs"), &pid.to_string())
     }
 
+    fn self_join_files(&self) -> Vec<PathBuf> {
+        Vec::new() // entered at clone time (CLONE_INTO_CGROUP)
+    }
+
     fn stats(&self) -> CgroupStats {
         CgroupStats {
             cpu_ns: read_key(&self.dir.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000,
