@@ -35,6 +35,13 @@ pub fn drop_all_caps() -> Result<(), String> {
     }
 }
 
+/// SIGKILL this process when its parent (the spawner) dies. The kernel clears this setting on
+/// every change of uid or gid, so it is set again after each identity switch.
+pub fn die_with_parent() -> Result<(), String> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| format!("pdeathsig: {e}"))
+}
+
 /// `PR_SET_NO_NEW_PRIVS`: execve can never grant privileges again (setuid bits, file caps).
 pub fn no_new_privs() -> Result<(), String> {
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))

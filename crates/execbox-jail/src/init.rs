@@ -85,7 +85,9 @@ fn place_fds(fds: &[RawFd; 6]) -> Result<(), nix::errno::Errno> {
 
 fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
     // 1. Descriptors are in place (run). The environment is not inherited: execve below gets
-    //    only the payload's env.
+    //    only the payload's env. If the spawner dies, so does the jail (set again after each
+    //    identity switch, which clears it).
+    creds::die_with_parent()?;
 
     // 2. Wait until the parent has written our uid/gid maps (EOF means it died), then enter
     //    the run's cgroup (v1; v2 cloned us straight into it): nothing below runs unaccounted.
@@ -110,6 +112,7 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
     //    are kept for the mounts; they are dropped at step 9.
     if plan.userns {
         creds::switch_identity(SANDBOX_ID)?;
+        creds::die_with_parent()?;
     }
 
     // 4. A cgroup namespace rooted at the run's cgroup (joined at step 2), so /proc/self/cgroup
@@ -153,6 +156,7 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
     creds::drop_inheritable_caps()?;
     if !plan.userns {
         creds::switch_identity(plan.host_uid)?;
+        creds::die_with_parent()?;
     }
     creds::drop_all_caps()?;
 

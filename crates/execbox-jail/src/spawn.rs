@@ -69,6 +69,8 @@ impl Jailer {
         } else {
             Box::new(NoCgroup)
         };
+        // Run cgroups of jailers that were killed (a spawner killed by SIGKILL cannot clean up).
+        cgroups.reap_stale();
         let slots = Slots::new(host.state_dir.join("slots"), host.uid_base, host.slots)?;
         let jail_root = host.state_dir.join("jailroot");
         fs::create_dir_all(&jail_root).map_err(|e| JailError::io("mkdir", &jail_root, e))?;

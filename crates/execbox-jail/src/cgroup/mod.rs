@@ -40,6 +40,9 @@ pub trait CgroupBackend: Debug + Send + Sync {
     fn name(&self) -> &'static str;
     /// Create the run's cgroup with its limits applied.
     fn create(&self, run_id: &str, limits: &Limits) -> Result<Box<dyn RunCgroup>>;
+    /// Kill and remove run cgroups left by jailer processes that died (a killed spawner).
+    /// Returns how many were removed.
+    fn reap_stale(&self) -> usize;
 }
 
 /// One run's cgroup.
@@ -158,6 +161,9 @@ impl CgroupBackend for NoCgroup {
     fn create(&self, _run_id: &str, _limits: &Limits) -> Result<Box<dyn RunCgroup>> {
         Ok(Box::new(NoRunCgroup))
     }
+    fn reap_stale(&self) -> usize {
+        0
+    }
 }
 
 impl RunCgroup for NoRunCgroup {
@@ -236,6 +242,39 @@ pub(crate) fn kill_listed(procs: &Path) -> Result<()> {
     }
 }
 
+/// Run cgroups below `parent` whose owner is gone. Run cgroups are named `j<pid>-<n>` after
+/// the jailer process that made them; one whose pid no longer exists is stale.
+pub(crate) fn stale_dirs(parent: &Path, proc_root: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            let owner = name
+                .strip_prefix('j')
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok());
+            owner.is_some_and(|pid| !proc_root.join(pid.to_string()).exists())
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Kill what runs in each of `dirs` (all hierarchies of one run) and remove them.
+pub(crate) fn remove_stale(dirs: &[PathBuf]) -> bool {
+    let mut ok = true;
+    for d in dirs {
+        ok &= kill_listed(&d.join("cgroup.procs")).is_ok();
+    }
+    for d in dirs {
+        ok &= rmdir_retry(d).is_ok();
+    }
+    ok
+}
+
 /// rmdir with a short retry: a cgroup stays busy for a moment after its last task is reaped.
 pub(crate) fn rmdir_retry(path: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -296,6 +335,22 @@ mod tests {
 
         fs::write(&mi, "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n").unwrap();
         assert!(detect(root, &mi, "execbox").unwrap().is_none());
+    }
+
+    #[test]
+    fn stale_run_dirs_are_those_of_dead_jailers() {
+        let t = tempfile::tempdir().unwrap();
+        let parent = t.path().join("execbox");
+        let proc_root = t.path().join("proc");
+        for d in ["j100-0", "j100-1", "j200-0", "not-a-run", "jx-1"] {
+            fs::create_dir_all(parent.join(d)).unwrap();
+        }
+        fs::create_dir_all(proc_root.join("200")).unwrap(); // pid 200 is alive
+        let mut stale = stale_dirs(&parent, &proc_root);
+        stale.sort();
+        assert_eq!(stale, vec![parent.join("j100-0"), parent.join("j100-1")]);
+        assert!(remove_stale(&stale));
+        assert!(!parent.join("j100-0").exists() && parent.join("j200-0").exists());
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use nix::unistd::Pid;
 
 use super::{
-    kill_listed, mkdir, read_key, read_u64, rmdir_retry, write_file, CgroupBackend, CgroupStats,
-    RunCgroup,
+    kill_listed, mkdir, read_key, read_u64, remove_stale, rmdir_retry, stale_dirs, write_file,
+    CgroupBackend, CgroupStats, RunCgroup,
 };
 use crate::config::Limits;
 use crate::error::Result;
@@ -57,6 +57,22 @@ impl CgroupV1 {
 impl CgroupBackend for CgroupV1 {
     fn name(&self) -> &'static str {
         "v1"
+    }
+
+    fn reap_stale(&self) -> usize {
+        let proc_root = Path::new("/proc");
+        let names: Vec<_> = stale_dirs(&self.memory, proc_root)
+            .into_iter()
+            .chain(stale_dirs(&self.pids, proc_root))
+            .filter_map(|p| p.file_name().map(|n| n.to_owned()))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for n in &names {
+            let dirs: Vec<PathBuf> = self.distinct().into_iter().map(|d| d.join(n)).collect();
+            remove_stale(&dirs);
+        }
+        names.len()
     }
 
     fn create(&self, run_id: &str, limits: &Limits) -> Result<Box<dyn RunCgroup>> {

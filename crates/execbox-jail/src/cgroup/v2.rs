@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use nix::unistd::Pid;
 
 use super::{
-    kill_listed, mkdir, read_key, read_u64, rmdir_retry, write_file, CgroupBackend, CgroupStats,
-    RunCgroup,
+    kill_listed, mkdir, read_key, read_u64, remove_stale, rmdir_retry, stale_dirs, write_file,
+    CgroupBackend, CgroupStats, RunCgroup,
 };
 use crate::config::Limits;
 use crate::error::{JailError, Result};
@@ -47,6 +47,16 @@ impl CgroupV2 {
 impl CgroupBackend for CgroupV2 {
     fn name(&self) -> &'static str {
         "v2"
+    }
+
+    fn reap_stale(&self) -> usize {
+        let stale = stale_dirs(&self.parent, std::path::Path::new("/proc"));
+        for d in &stale {
+            // cgroup.kill first: atomic against forks
+            let _ = write_file(&d.join("cgroup.kill"), "1");
+            remove_stale(std::slice::from_ref(d));
+        }
+        stale.len()
     }
 
     fn create(&self, run_id: &str, limits: &Limits) -> Result<Box<dyn RunCgroup>> {
