@@ -1,5 +1,6 @@
-# execbox Python harness. Runs inside the jail as `python3 -I -c <this file> MODE [ARGS...]`
-# with the user's script at /work/main.py. It is trusted code running with the user's
+# execbox Python harness. Runs inside the jail as
+# `python3 -I -u -B -c <this file> MODE ENTRY [ARGS...]` with the user's files in /work and
+# ENTRY (a plain file name, e.g. main.py) the script to run. It is trusted code running with the user's
 # privileges: it adds no privilege, only the `main()` contract and a result channel.
 #
 # MODE "main":    run the script as a module, call main(), write its return value as JSON to
@@ -19,7 +20,7 @@
 import os
 import sys
 
-SCRIPT = "/work/main.py"
+SCRIPT = "/work/main.py"  # replaced by /work/ENTRY in _start()
 RESULT_FD = 3
 
 
@@ -203,8 +204,11 @@ def _start():
     except OSError:
         pass
     sys.path.insert(0, "/work")
+    global SCRIPT
     mode = sys.argv[1] if len(sys.argv) > 1 else "main"
-    rc = run_main() if mode == "main" else run_program(sys.argv[2:])
+    if len(sys.argv) > 2:
+        SCRIPT = "/work/" + sys.argv[2]
+    rc = run_main() if mode == "main" else run_program(sys.argv[3:])
     _flush()
     sys.exit(rc)
 

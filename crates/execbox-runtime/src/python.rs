@@ -125,8 +125,24 @@ impl PythonRuntime {
         JailSpec { binds, limits }
     }
 
-    /// The payload that runs `source` in `mode`.
+    /// The payload that runs `source` (as `main.py`) in `mode`.
     pub fn payload(&self, source: Vec<u8>, mode: Mode, stdin: Vec<u8>, args: &[String]) -> Payload {
+        let files = vec![WorkFile {
+            name: SCRIPT_NAME.into(),
+            content: source,
+        }];
+        self.payload_files(files, mode, stdin, args)
+    }
+
+    /// The payload that runs `files` in `mode`; the first file is the entry point.
+    pub fn payload_files(
+        &self,
+        files: Vec<WorkFile>,
+        mode: Mode,
+        stdin: Vec<u8>,
+        args: &[String],
+    ) -> Payload {
+        let entry = files.first().map_or(SCRIPT_NAME, |f| f.name.as_str()).to_owned();
         let mut argv = vec![
             self.python.display().to_string(),
             "-I".into(), // isolated: no PYTHON* env, no user site, no script dir on sys.path
@@ -135,6 +151,7 @@ impl PythonRuntime {
             "-c".into(),
             HARNESS.into(),
             mode.as_arg().into(),
+            entry,
         ];
         argv.extend(args.iter().cloned());
         let env = vec![
@@ -154,10 +171,7 @@ impl PythonRuntime {
         Payload {
             argv,
             env,
-            files: vec![WorkFile {
-                name: SCRIPT_NAME.into(),
-                content: source,
-            }],
+            files,
             stdin,
         }
     }
