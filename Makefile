@@ -9,7 +9,7 @@ UV_ENV      ?= $(PREFIX)/uv
 UV          := $(UV_ENV)/bin/uv
 BASE_PYTHON ?= /usr/bin/python3
 REQS        := runtimes/python/requirements.txt
-STAMP       := $(PYTHON_ENV)/.execbox-requirements
+STAMP       := $(PYTHON_ENV)/.execbox-requirements-v2
 CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
@@ -42,8 +42,8 @@ runtime: uv
 	@if ! cmp -s $(REQS) $(STAMP); then \
 	  echo "creating $(PYTHON_ENV)"; \
 	  $(UV) venv -q --allow-existing --python $(BASE_PYTHON) $(PYTHON_ENV) && \
-	  $(UV) pip install -q --python $(PYTHON_ENV)/bin/python -r $(REQS) && \
-	  chmod -R a+rX $(PYTHON_ENV) && cp $(REQS) $(STAMP); \
+	  $(UV) pip install -q --compile-bytecode --python $(PYTHON_ENV)/bin/python -r $(REQS) && \
+	  chmod -R a+rX,go-w $(PYTHON_ENV) && cp $(REQS) $(STAMP); \
 	fi
 
 build:

@@ -10,6 +10,7 @@
 # The result channel carries one JSON object:
 #   {"ok": true, "result": <value>}
 #   {"ok": false, "error": "<code>", "message": "<text>"}
+# (main mode only: in program mode fd 3 is closed before the program runs)
 # codes: syntax_error, no_main, main_not_callable, exception, result_not_json, memory_error,
 #        system_exit
 #
@@ -178,6 +179,12 @@ def run_main():
 
 
 def run_program(args):
+    # A program gets no result channel: close it so the program can neither inherit nor write
+    # it (a write could otherwise forge the record's status).
+    try:
+        os.close(RESULT_FD)
+    except OSError:
+        pass
     sys.argv = [SCRIPT] + args
     try:
         code, mod = _load("__main__")
@@ -185,11 +192,6 @@ def run_program(args):
         exec(code, mod.__dict__)
     except SystemExit:
         raise
-    except MemoryError as e:
-        _flush()
-        _print_user_traceback(e)
-        _fail("memory_error", "the program ran out of memory (MemoryError)")
-        return 1
     except BaseException as e:  # noqa: BLE001
         _flush()
         _print_user_traceback(e)

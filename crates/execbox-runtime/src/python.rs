@@ -17,7 +17,8 @@ pub const SCRIPT_NAME: &str = "main.py";
 pub const DEFAULT_ENV: &str = "/opt/execbox/python";
 
 /// How the script is run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Call `main()` and return its value as the result (seed 004's contract).
     Main,
@@ -142,7 +143,10 @@ impl PythonRuntime {
         stdin: Vec<u8>,
         args: &[String],
     ) -> Payload {
-        let entry = files.first().map_or(SCRIPT_NAME, |f| f.name.as_str()).to_owned();
+        let entry = files
+            .first()
+            .map_or(SCRIPT_NAME, |f| f.name.as_str())
+            .to_owned();
         let mut argv = vec![
             self.python.display().to_string(),
             "-I".into(), // isolated: no PYTHON* env, no user site, no script dir on sys.path

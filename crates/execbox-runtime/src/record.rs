@@ -56,8 +56,10 @@ pub fn build_record(meta: RunMeta, mode: Mode, limits: &Limits, o: Outcome) -> R
         Limit::Output => LimitKind::Output,
     });
 
-    let channel: Option<Result<ChannelMsg, _>> =
-        (!o.result.is_empty()).then(|| serde_json::from_slice::<ChannelMsg>(&o.result));
+    // Only main mode has a result channel; in program mode the harness closes fd 3 before the
+    // program starts, and anything there is ignored.
+    let channel: Option<Result<ChannelMsg, _>> = (mode == Mode::Main && !o.result.is_empty())
+        .then(|| serde_json::from_slice::<ChannelMsg>(&o.result));
 
     if o.cancelled {
         status = RunStatus::Cancelled;

@@ -1,0 +1,1035 @@
+//! The hostile corpus: every fixture in `fixtures/hostile/` runs through the real jail, by way of
+//! the real `execbox run` binary, and its run record is checked against
+//! `fixtures/hostile/expectations.toml`.
+//!
+//! Order matters, because some fixtures would hurt the host if the jail failed (as root,
+//! `kill(-1, SIGKILL)` ends every process on the machine):
+//!
+//! 1. canaries prove containment (own pid namespace, unprivileged host uid, memory limit);
+//!    if one fails, no destructive case runs and the test fails loudly;
+//! 2. the independent cases, at most [`MAX_JAILS`] jails at a time (CI has two cores);
+//! 3. the concurrent pairs (x2): the partner starts first, the attacker right after;
+//! 4. the sequential pair (x2 sequential): the second run looks for what the first left, and
+//!    the cases that run alone so the host's shared memory can be measured around them;
+//! 5. after each phase, nothing of any run may remain on the host: no process with an execbox
+//!    host uid, no cgroup below `/sys/fs/cgroup/*/execbox/`, no jail root mount.
+//!
+//! Every run gets a unique `APP_JWT_SECRET` in the CLI's environment and the host's temp dir
+//! holds a file with the same secret; it must not appear in any record.
+//!
+//! The corpus needs root. Outside CI a non-root run prints why and passes; with `CI` set, a
+//! missing capability is a failure. `corpus_is_complete` needs nothing and always runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::fs;
+use std::io::{self, Read};
+use std::net::TcpListener;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+/// Most jails alive at once.
+const MAX_JAILS: usize = 4;
+/// The CLI's default wall-clock limit, used to compute how long to wait for a run.
+const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+/// Extra time a run may take beyond its own limit (jail set-up, pandas import on a busy CI).
+const WAIT_SLACK: Duration = Duration::from_secs(30);
+/// How long the partner of a concurrent pair runs alone before the attacker starts.
+const PARTNER_HEAD_START: Duration = Duration::from_millis(200);
+/// Host uids of jailed processes: `UID_BASE + slot`, `slot < UID_SLOTS`.
+const UID_BASE: u64 = 2_000_000_000;
+const UID_SLOTS: u64 = 4096;
+/// Replaced in a case's `stdin` by a port the test listens on at 127.0.0.1.
+const PORT_PLACEHOLDER: &str = "{loopback_port}";
+/// Replaced in a case's `stdin` by an abstract unix socket name the test listens on.
+const ABSTRACT_PLACEHOLDER: &str = "{abstract_socket}";
+/// Strings in a printed record longer than this are shown as head and tail only.
+const PRINT_STRING_MAX: usize = 2048;
+/// Upper bound on what the test reads from one CLI stream.
+const READ_CAP: u64 = 64 << 20;
+
+// ------------------------------------------------------------------------------------------
+// expectations.toml
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Corpus {
+    case: Vec<Case>,
+}
+
+/// One `[[case]]`; see the header of `expectations.toml` for the meaning of each key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    file: String,
+    attack: u32,
+    mode: Mode,
+    status: Statuses,
+    why: String,
+    #[serde(default)]
+    canary: bool,
+    #[serde(default)]
+    destructive: bool,
+    result: Option<Value>,
+    result_contains: Option<Map<String, Value>>,
+    stdout_contains: Option<String>,
+    stdout_not_contains: Option<String>,
+    stderr_contains: Option<String>,
+    stdout_max_bytes: Option<usize>,
+    stderr_max_bytes: Option<usize>,
+    truncated: Option<bool>,
+    signal: Option<i64>,
+    exit_code: Option<i64>,
+    error_code: Option<String>,
+    limit: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    stdin: Option<String>,
+    concurrent_with: Option<String>,
+    distinct_from_partner: Option<String>,
+    run_after: Option<String>,
+    host_shmem_growth_max_mib: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    Main,
+    Program,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Mode::Main => "main",
+            Mode::Program => "program",
+        }
+    }
+}
+
+/// One expected status, or the list of acceptable ones.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Statuses {
+    One(String),
+    Any(Vec<String>),
+}
+
+impl Statuses {
+    fn allows(&self, status: &str) -> bool {
+        match self {
+            Statuses::One(s) => s == status,
+            Statuses::Any(list) => list.iter().any(|s| s == status),
+        }
+    }
+}
+
+impl fmt::Display for Statuses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Statuses::One(s) => write!(f, "{s:?}"),
+            Statuses::Any(list) => write!(f, "one of {list:?}"),
+        }
+    }
+}
+
+impl Case {
+    fn timeout(&self) -> Duration {
+        let ms = self
+            .args
+            .iter()
+            .position(|a| a == "--timeout-ms")
+            .and_then(|i| self.args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_TIMEOUT_MS);
+        Duration::from_millis(ms)
+    }
+
+    fn label(&self) -> String {
+        format!("{} (attack {}: {})", self.file, self.attack, self.why)
+    }
+}
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/hostile")
+}
+
+fn load_corpus() -> Vec<Case> {
+    let path = fixtures_dir().join("expectations.toml");
+    let text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let corpus: Corpus =
+        toml::from_str(&text).unwrap_or_else(|e| panic!("{} is invalid: {e}", path.display()));
+    corpus.case
+}
+
+// ------------------------------------------------------------------------------------------
+// running `execbox run`
+
+/// What one `execbox run` produced.
+struct Outcome {
+    /// The parsed run record, when the CLI printed one.
+    record: Option<Value>,
+    /// Everything the CLI printed on stdout (the record's text).
+    stdout: String,
+    /// The CLI's own stderr.
+    stderr: String,
+    /// Problems seen outside the record: the CLI failed or hung, the host saw a connection.
+    problems: Vec<String>,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    /// A run that never produced a record.
+    fn failed(problem: String) -> Self {
+        Outcome {
+            record: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            problems: vec![problem],
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn status(&self) -> &str {
+        self.record
+            .as_ref()
+            .and_then(|r| r.get("status"))
+            .and_then(Value::as_str)
+            .unwrap_or("<no record>")
+    }
+
+    fn result(&self) -> Option<&Value> {
+        self.record.as_ref().and_then(|r| r.get("result"))
+    }
+}
+
+/// A host endpoint offered to a run (its address goes in on stdin); it must see no connection.
+enum HostListener {
+    Tcp(TcpListener),
+    Abstract(UnixListener),
+}
+
+impl HostListener {
+    /// Listen on a fresh port of the host loopback.
+    fn tcp() -> io::Result<(Self, String)> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        l.set_nonblocking(true)?;
+        let port = l.local_addr()?.port();
+        Ok((HostListener::Tcp(l), port.to_string()))
+    }
+
+    /// Listen on a fresh abstract unix socket name in the host's network namespace.
+    fn abstract_unix() -> io::Result<(Self, String)> {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let name = format!("execbox-hostile-{}-{n}", std::process::id());
+        let l = UnixListener::bind_addr(&SocketAddr::from_abstract_name(&name)?)?;
+        l.set_nonblocking(true)?;
+        Ok((HostListener::Abstract(l), name))
+    }
+
+    /// Describe a connection that came in, if one did.
+    fn intrusion(&self) -> Option<String> {
+        let accepted = match self {
+            HostListener::Tcp(l) => l.accept().map(|(_, peer)| format!("tcp from {peer}")),
+            HostListener::Abstract(l) => l.accept().map(|_| "abstract unix socket".to_owned()),
+        };
+        match accepted {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Ok(what) => Some(format!(
+                "ESCAPE: the host listener accepted a connection ({what})"
+            )),
+            Err(e) => Some(format!("checking the host listener failed: {e}")),
+        }
+    }
+}
+
+/// A CLI process on its way, with threads draining its pipes.
+struct Running {
+    child: Child,
+    stdout: mpsc::Receiver<Vec<u8>>,
+    stderr: mpsc::Receiver<Vec<u8>>,
+    started: Instant,
+    deadline: Instant,
+    /// Kept open for the whole run; must see no connection.
+    listeners: Vec<HostListener>,
+}
+
+struct Runner {
+    bin: PathBuf,
+    fixtures: PathBuf,
+    sentinel: String,
+}
+
+impl Runner {
+    fn start(&self, case: &Case) -> Result<Running, String> {
+        let mut listeners = Vec::new();
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("run")
+            .arg(self.fixtures.join(&case.file))
+            .arg("--mode")
+            .arg(case.mode.as_str());
+        if let Some(stdin) = &case.stdin {
+            let mut text = stdin.clone();
+            let kinds = [
+                (PORT_PLACEHOLDER, HostListener::tcp as fn() -> _),
+                (ABSTRACT_PLACEHOLDER, HostListener::abstract_unix),
+            ];
+            for (placeholder, listen) in kinds {
+                if text.contains(placeholder) {
+                    let (l, address) =
+                        listen().map_err(|e| format!("cannot listen for {placeholder}: {e}"))?;
+                    text = text.replace(placeholder, &address);
+                    listeners.push(l);
+                }
+            }
+            cmd.arg("--stdin").arg(text);
+        }
+        cmd.args(&case.args)
+            .env("APP_JWT_SECRET", &self.sentinel)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.bin.display()))?;
+        let stdout = drain(child.stdout.take().expect("stdout is piped"));
+        let stderr = drain(child.stderr.take().expect("stderr is piped"));
+        let started = Instant::now();
+        Ok(Running {
+            child,
+            stdout,
+            stderr,
+            started,
+            deadline: started + case.timeout() + WAIT_SLACK,
+            listeners,
+        })
+    }
+
+    fn finish(&self, mut running: Running) -> Outcome {
+        let mut problems = Vec::new();
+        let status = wait_until(&mut running.child, running.deadline, &mut problems);
+        let elapsed = running.started.elapsed();
+        let grace = Duration::from_secs(5);
+        let stdout = running.stdout.recv_timeout(grace).unwrap_or_else(|_| {
+            problems.push(
+                "the CLI's stdout stayed open after it exited (inherited by a jailed process?)"
+                    .into(),
+            );
+            Vec::new()
+        });
+        let stderr = running.stderr.recv_timeout(grace).unwrap_or_default();
+        let stdout = String::from_utf8_lossy(&stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&stderr).into_owned();
+        if let Some(status) = status {
+            if !status.success() {
+                problems.push(format!(
+                    "`execbox run` itself failed ({status}); its stderr:\n{}",
+                    indent(&stderr)
+                ));
+            }
+        }
+        let record = match serde_json::from_str::<Value>(&stdout) {
+            Ok(v) if v.is_object() => Some(v),
+            Ok(_) | Err(_) if problems.is_empty() => {
+                problems.push(format!(
+                    "stdout is not exactly one JSON record; it was:\n{}\nstderr:\n{}",
+                    indent(&abbreviate_str(&stdout)),
+                    indent(&stderr)
+                ));
+                None
+            }
+            _ => None,
+        };
+        problems.extend(running.listeners.iter().filter_map(HostListener::intrusion));
+        Outcome {
+            record,
+            stdout,
+            stderr,
+            problems,
+            elapsed,
+        }
+    }
+
+    fn run(&self, case: &Case) -> Outcome {
+        match self.start(case) {
+            Ok(running) => self.finish(running),
+            Err(problem) => Outcome::failed(problem),
+        }
+    }
+}
+
+/// Read a pipe to its end (bounded) on a thread; the bytes arrive on the returned channel.
+fn drain(pipe: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = pipe.take(READ_CAP).read_to_end(&mut buf);
+        let _ = tx.send(buf);
+    });
+    rx
+}
+
+/// Wait for the CLI until `deadline`; past it, kill it (it is our own child) and say so.
+fn wait_until(
+    child: &mut Child,
+    deadline: Instant,
+    problems: &mut Vec<String>,
+) -> Option<ExitStatus> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                problems
+                    .push("`execbox run` did not finish in time and was killed by the test".into());
+                return None;
+            }
+            Ok(None) => thread::sleep(Duration::from_millis(10)),
+            Err(e) => {
+                problems.push(format!("waiting for `execbox run` failed: {e}"));
+                return None;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// checking a record
+
+/// Everything wrong with one run, as readable lines; empty when the case passed.
+fn check(case: &Case, out: &Outcome, sentinel: &str) -> Vec<String> {
+    let mut fails = out.problems.clone();
+    if out.stdout.contains(sentinel) || out.stderr.contains(sentinel) {
+        fails.push("SECRET LEAK: the host's APP_JWT_SECRET sentinel appears in the output".into());
+    }
+    let Some(rec) = &out.record else { return fails };
+    let status = out.status();
+    if !case.status.allows(status) {
+        fails.push(format!("status: expected {}, got {status:?}", case.status));
+    }
+    if rec.get("degraded") == Some(&Value::Bool(true)) {
+        fails.push(format!(
+            "the run was degraded (missing isolation layers: {}); the corpus needs every layer",
+            rec.get("missing_layers")
+                .map_or("?".into(), Value::to_string)
+        ));
+    }
+    // The record contract itself.
+    let error_code = rec.pointer("/error/code").and_then(Value::as_str);
+    if status == "ok" && rec.get("error").is_some() {
+        fails.push("contract: a record with status ok carries an error".into());
+    }
+    if status != "ok" && error_code.is_none() {
+        fails.push("contract: a record with a status other than ok has no error.code".into());
+    }
+    if status == "ok" && matches!(case.mode, Mode::Main) && rec.get("result").is_none() {
+        fails.push("contract: main mode with status ok but no result".into());
+    }
+    let Some(run) = rec.get("run").filter(|r| r.is_object()) else {
+        fails.push("contract: the record has no run object".into());
+        return fails;
+    };
+    let stdout = run.get("stdout").and_then(Value::as_str).unwrap_or("");
+    let stderr = run.get("stderr").and_then(Value::as_str).unwrap_or("");
+
+    if let Some(expected) = &case.result {
+        let mut diffs = Vec::new();
+        diff_values("result", expected, out.result(), &mut diffs);
+        if !diffs.is_empty() {
+            fails.push(format!(
+                "result differs from the expectation:\n{}",
+                diffs.join("\n")
+            ));
+        }
+    }
+    if let Some(expected) = &case.result_contains {
+        let actual = out.result().and_then(Value::as_object);
+        let mut diffs = Vec::new();
+        for (key, want) in expected {
+            diff_values(
+                &format!("result.{key}"),
+                want,
+                actual.and_then(|a| a.get(key)),
+                &mut diffs,
+            );
+        }
+        if !diffs.is_empty() {
+            fails.push(format!(
+                "result differs from the expectation:\n{}",
+                diffs.join("\n")
+            ));
+        }
+    }
+    let streams = [
+        ("stdout", stdout, &case.stdout_contains, true),
+        ("stdout", stdout, &case.stdout_not_contains, false),
+        ("stderr", stderr, &case.stderr_contains, true),
+    ];
+    for (name, text, needle, wanted) in streams {
+        if let Some(needle) = needle {
+            if text.contains(needle.as_str()) != wanted {
+                let verb = if wanted {
+                    "does not contain"
+                } else {
+                    "contains"
+                };
+                fails.push(format!("run.{name} {verb} {needle:?}"));
+            }
+        }
+    }
+    for (name, text, max) in [
+        ("stdout", stdout, case.stdout_max_bytes),
+        ("stderr", stderr, case.stderr_max_bytes),
+    ] {
+        if let Some(max) = max {
+            if text.len() > max {
+                fails.push(format!(
+                    "run.{name} holds {} bytes, more than the cap of {max}",
+                    text.len()
+                ));
+            }
+        }
+    }
+    let fields: [(&str, Option<Value>); 4] = [
+        ("truncated", case.truncated.map(Value::Bool)),
+        ("signal", case.signal.map(Value::from)),
+        ("exit_code", case.exit_code.map(Value::from)),
+        ("limit", case.limit.clone().map(Value::String)),
+    ];
+    for (field, want) in fields {
+        if let Some(want) = want {
+            let got = run.get(field);
+            if got != Some(&want) {
+                fails.push(format!("run.{field}: expected {want}, got {}", show(got)));
+            }
+        }
+    }
+    if let Some(want) = &case.error_code {
+        if error_code != Some(want.as_str()) {
+            fails.push(format!("error.code: expected {want:?}, got {error_code:?}"));
+        }
+    }
+    fails
+}
+
+/// Compare `expected` with `actual` and describe every difference, key by key for objects.
+fn diff_values(path: &str, expected: &Value, actual: Option<&Value>, out: &mut Vec<String>) {
+    match (expected, actual) {
+        (Value::Object(want), Some(Value::Object(got))) => {
+            for (key, w) in want {
+                diff_values(&format!("{path}.{key}"), w, got.get(key), out);
+            }
+            for key in got.keys().filter(|k| !want.contains_key(*k)) {
+                out.push(format!(
+                    "  {path}.{key}: not expected, got {}",
+                    show(got.get(key))
+                ));
+            }
+        }
+        (want, Some(got)) if want == got => {}
+        (want, got) => out.push(format!("  {path}: expected {want}, got {}", show(got))),
+    }
+}
+
+fn show(v: Option<&Value>) -> String {
+    v.map_or_else(|| "<missing>".to_owned(), Value::to_string)
+}
+
+/// The record, pretty-printed, with very long strings (flood output) cut in the middle.
+fn printable(record: &Value) -> String {
+    fn shorten(v: &Value) -> Value {
+        match v {
+            Value::String(s) => Value::String(abbreviate_str(s)),
+            Value::Array(a) => Value::Array(a.iter().map(shorten).collect()),
+            Value::Object(o) => {
+                Value::Object(o.iter().map(|(k, v)| (k.clone(), shorten(v))).collect())
+            }
+            other => other.clone(),
+        }
+    }
+    serde_json::to_string_pretty(&shorten(record)).unwrap_or_else(|e| format!("<unprintable: {e}>"))
+}
+
+fn abbreviate_str(s: &str) -> String {
+    if s.len() <= PRINT_STRING_MAX {
+        return s.to_owned();
+    }
+    let cut = |mut i: usize, forward: bool| {
+        while !s.is_char_boundary(i) {
+            if forward {
+                i += 1
+            } else {
+                i -= 1
+            }
+        }
+        i
+    };
+    let head = cut(PRINT_STRING_MAX / 2, false);
+    let tail = cut(s.len() - PRINT_STRING_MAX / 2, true);
+    format!(
+        "{}[... {} bytes elided ...]{}",
+        &s[..head],
+        tail - head,
+        &s[tail..]
+    )
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ------------------------------------------------------------------------------------------
+// the host after the runs
+
+/// Whatever a run left on the host: processes with an execbox uid, run cgroups, jail mounts.
+fn leftovers() -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
+            continue;
+        };
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let uids = field("Uid:");
+        let jailed = uids
+            .split_whitespace()
+            .filter_map(|u| u.parse::<u64>().ok())
+            .any(|u| (UID_BASE..UID_BASE + UID_SLOTS).contains(&u));
+        if jailed {
+            found.push(format!(
+                "process {pid} ({}) with uids {uids} is still alive",
+                field("Name:")
+            ));
+        }
+    }
+    let cgroup_root = Path::new("/sys/fs/cgroup");
+    let mut parents = vec![cgroup_root.join("execbox")];
+    for entry in fs::read_dir(cgroup_root).into_iter().flatten().flatten() {
+        parents.push(entry.path().join("execbox"));
+    }
+    for parent in parents {
+        for entry in fs::read_dir(&parent).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.push(format!("cgroup {} is still there", entry.path().display()));
+            }
+        }
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for line in mountinfo.lines() {
+        if line
+            .split(' ')
+            .nth(4)
+            .is_some_and(|mnt| mnt.starts_with("/run/execbox/jailroot"))
+        {
+            found.push(format!("mount still in the host namespace: {line}"));
+        }
+    }
+    found
+}
+
+/// The host's shared memory (tmpfs, SysV shm, memfd), KiB, from /proc/meminfo.
+fn host_shmem_kib() -> Option<u64> {
+    let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("Shmem:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// ------------------------------------------------------------------------------------------
+// the test
+
+/// Failures collected over the whole corpus, reported together at the end.
+#[derive(Default)]
+struct Report {
+    lines: Vec<String>,
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn judge(&mut self, case: &Case, out: &Outcome, sentinel: &str) -> bool {
+        let fails = check(case, out, sentinel);
+        let verdict = if fails.is_empty() { "pass" } else { "FAIL" };
+        let line = format!(
+            "{verdict}  {:<30} {:<15} {:>6} ms",
+            case.file,
+            out.status(),
+            out.elapsed.as_millis()
+        );
+        println!("[hostile] {line}");
+        self.lines.push(line);
+        if !fails.is_empty() {
+            self.fail_with_record(case, out, &fails.join("\n"));
+        }
+        fails.is_empty()
+    }
+
+    fn fail_with_record(&mut self, case: &Case, out: &Outcome, what: &str) {
+        let record = out
+            .record
+            .as_ref()
+            .map_or_else(|| "<none>".to_owned(), printable);
+        self.failures.push(format!(
+            "✗ {}\n{}\n  record:\n{}",
+            case.label(),
+            indent(what),
+            indent(&record)
+        ));
+    }
+
+    fn host_check(&mut self, phase: &str) {
+        let found = leftovers();
+        if !found.is_empty() {
+            self.failures.push(format!(
+                "✗ the host is not clean after {phase}:\n{}",
+                indent(&found.join("\n"))
+            ));
+        }
+    }
+}
+
+fn effective_uid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// A file holding the sentinel in the host's temp dir; removed when dropped.
+struct HostSecret(PathBuf);
+
+impl HostSecret {
+    fn plant(sentinel: &str) -> Self {
+        let path =
+            std::env::temp_dir().join(format!("execbox-hostile-secret-{}", std::process::id()));
+        fs::write(&path, format!("APP_JWT_SECRET={sentinel}\n"))
+            .expect("write the host secret file");
+        HostSecret(path)
+    }
+}
+
+impl Drop for HostSecret {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// Run `cases` on up to [`MAX_JAILS`] threads; outcomes come back in the order of `cases`.
+fn run_parallel<'a>(runner: &Runner, cases: &[&'a Case]) -> Vec<(&'a Case, Outcome)> {
+    let next = AtomicUsize::new(0);
+    let done = Mutex::new(Vec::new());
+    thread::scope(|s| {
+        for _ in 0..MAX_JAILS.min(cases.len()) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(case) = cases.get(i) else { break };
+                let out = runner.run(case);
+                done.lock()
+                    .expect("no worker panics while holding the lock")
+                    .push((i, out));
+            });
+        }
+    });
+    let mut done = done.into_inner().expect("workers are done");
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(i, out)| (cases[i], out)).collect()
+}
+
+#[test]
+fn hostile_corpus() {
+    match effective_uid() {
+        Some(0) => {}
+        uid if in_ci() => panic!("the hostile corpus needs root (euid {uid:?}) and CI is set"),
+        uid => {
+            println!("[hostile] skipped: jails need root (euid {uid:?}); with CI set this fails");
+            return;
+        }
+    }
+    let cases = load_corpus();
+    let by_file: BTreeMap<&str, &Case> = cases.iter().map(|c| (c.file.as_str(), c)).collect();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let runner = Runner {
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_execbox")),
+        fixtures: fixtures_dir(),
+        sentinel: format!("sentinel-{}-{nanos:x}", std::process::id()),
+    };
+    let _secret = HostSecret::plant(&runner.sentinel);
+    let mut report = Report::default();
+
+    let before = leftovers();
+    assert!(
+        before.is_empty(),
+        "the host already holds execbox leftovers before the corpus ran; clean up first:\n{}",
+        before.join("\n")
+    );
+
+    // 1. Canaries, one at a time.
+    let mut contained = true;
+    for case in cases.iter().filter(|c| c.canary) {
+        contained &= report.judge(case, &runner.run(case), &runner.sentinel);
+    }
+    let allowed = |c: &Case| contained || !c.destructive;
+
+    // 2. Independent cases.
+    let partners: BTreeSet<&str> = cases
+        .iter()
+        .filter_map(|c| c.concurrent_with.as_deref())
+        .collect();
+    let firsts: BTreeSet<&str> = cases
+        .iter()
+        .filter_map(|c| c.run_after.as_deref())
+        .collect();
+    let independent: Vec<&Case> = cases
+        .iter()
+        .filter(|c| !c.canary && c.concurrent_with.is_none() && c.run_after.is_none())
+        .filter(|c| c.host_shmem_growth_max_mib.is_none())
+        .filter(|c| !partners.contains(c.file.as_str()) && !firsts.contains(c.file.as_str()))
+        .filter(|c| allowed(c))
+        .collect();
+    for (case, out) in run_parallel(&runner, &independent) {
+        report.judge(case, &out, &runner.sentinel);
+    }
+    report.host_check("the independent cases");
+
+    // 3. Concurrent pairs (x2): the partner gets a short head start, then both run together.
+    for attacker in cases.iter().filter(|c| c.concurrent_with.is_some()) {
+        let partner = by_file[attacker.concurrent_with.as_deref().unwrap_or_default()];
+        if !allowed(attacker) || !allowed(partner) {
+            continue;
+        }
+        let first = runner.start(partner);
+        thread::sleep(PARTNER_HEAD_START);
+        let second = runner.run(attacker);
+        let first = first.map_or_else(Outcome::failed, |running| runner.finish(running));
+        let both_passed = report.judge(partner, &first, &runner.sentinel)
+            & report.judge(attacker, &second, &runner.sentinel);
+        if let (Some(key), true) = (&attacker.distinct_from_partner, both_passed) {
+            let a = first.result().and_then(|r| r.get(key));
+            let b = second.result().and_then(|r| r.get(key));
+            let mut problems = Vec::new();
+            if a.is_none() || a == b {
+                problems.push(format!(
+                    "result.{key} must differ between the two concurrent runs: {} vs {}",
+                    show(a),
+                    show(b)
+                ));
+            }
+            if key == "host_uid" {
+                for uid in [a, b].into_iter().flatten() {
+                    if !uid
+                        .as_u64()
+                        .is_some_and(|u| (UID_BASE..UID_BASE + UID_SLOTS).contains(&u))
+                    {
+                        problems.push(format!("host uid {uid} is outside the execbox range"));
+                    }
+                }
+            }
+            if !problems.is_empty() {
+                report.fail_with_record(attacker, &second, &problems.join("\n"));
+            }
+        }
+    }
+    report.host_check("the concurrent pairs");
+
+    // 4. Sequential pairs (x2 sequential): the second run looks for what the first left.
+    for second in cases.iter().filter(|c| c.run_after.is_some()) {
+        let first = by_file[second.run_after.as_deref().unwrap_or_default()];
+        if !allowed(first) || !allowed(second) {
+            continue;
+        }
+        let out = runner.run(first);
+        report.judge(first, &out, &runner.sentinel);
+        let out = runner.run(second);
+        report.judge(second, &out, &runner.sentinel);
+    }
+    // ... and the cases whose footprint on the host's shared memory is measured.
+    for case in cases
+        .iter()
+        .filter(|c| c.host_shmem_growth_max_mib.is_some())
+    {
+        if !allowed(case) {
+            continue;
+        }
+        let before = host_shmem_kib();
+        let out = runner.run(case);
+        report.judge(case, &out, &runner.sentinel);
+        // The kernel frees a dead IPC namespace (and the last mount of a tmpfs) from a
+        // workqueue after an RCU grace period, so the memory comes back shortly after the run,
+        // not at its last instruction. Give it up to 3 s.
+        let mut after = host_shmem_kib();
+        let limit_kib = before.unwrap_or(0) + case.host_shmem_growth_max_mib.unwrap_or(0) * 1024;
+        for _ in 0..30 {
+            if after.is_some_and(|a| a <= limit_kib) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            after = host_shmem_kib();
+        }
+        let (Some(before), Some(after), Some(max_mib)) =
+            (before, after, case.host_shmem_growth_max_mib)
+        else {
+            report.fail_with_record(case, &out, "cannot read Shmem from /proc/meminfo");
+            continue;
+        };
+        let grown_mib = after.saturating_sub(before) / 1024;
+        if grown_mib > max_mib {
+            let what = format!(
+                "the host's Shmem grew by {grown_mib} MiB over the run ({before} -> {after} \
+                 KiB), more than {max_mib} MiB: memory of the run outlived it"
+            );
+            report.fail_with_record(case, &out, &what);
+        }
+    }
+    report.host_check("the sequential cases");
+
+    println!("[hostile] summary:\n{}", indent(&report.lines.join("\n")));
+    if !contained {
+        panic!(
+            "CONTAINMENT NOT PROVEN: a canary failed, so the destructive cases were NOT run.\n\n{}",
+            report.failures.join("\n\n")
+        );
+    }
+    assert!(
+        report.failures.is_empty(),
+        "{} problem(s) in the hostile corpus:\n\n{}",
+        report.failures.len(),
+        report.failures.join("\n\n")
+    );
+}
+
+/// The corpus is consistent: one case per fixture, every attack covered, pairs resolvable.
+/// Needs no root and no jail.
+#[test]
+fn corpus_is_complete() {
+    let cases = load_corpus();
+    let mut problems = Vec::new();
+    let fixtures: BTreeSet<String> = fs::read_dir(fixtures_dir())
+        .expect("fixtures/hostile exists")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".py"))
+        .collect();
+    let mut seen = BTreeSet::new();
+    for case in &cases {
+        if !seen.insert(case.file.as_str()) {
+            problems.push(format!("{}: more than one case", case.file));
+        }
+        if !fixtures.contains(&case.file) {
+            problems.push(format!("{}: no such fixture", case.file));
+        }
+        if matches!(case.mode, Mode::Program)
+            && (case.result.is_some() || case.result_contains.is_some())
+        {
+            problems.push(format!(
+                "{}: program mode has no result to compare",
+                case.file
+            ));
+        }
+        for (what, target) in [
+            ("concurrent_with", &case.concurrent_with),
+            ("run_after", &case.run_after),
+        ] {
+            if let Some(target) = target {
+                match cases.iter().find(|c| &c.file == target) {
+                    None => {
+                        problems.push(format!("{}: {what} names unknown case {target}", case.file))
+                    }
+                    Some(t)
+                        if t.concurrent_with.is_some()
+                            || t.run_after.is_some()
+                            || t.canary
+                            || t.host_shmem_growth_max_mib.is_some() =>
+                    {
+                        problems.push(format!(
+                            "{}: {what} target {target} must be a plain case",
+                            case.file
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if case.distinct_from_partner.is_some() && case.concurrent_with.is_none() {
+            problems.push(format!(
+                "{}: distinct_from_partner without concurrent_with",
+                case.file
+            ));
+        }
+        let paired = case.concurrent_with.is_some() || case.run_after.is_some();
+        if case.host_shmem_growth_max_mib.is_some() && (paired || case.canary) {
+            problems.push(format!("{}: a measured case runs alone", case.file));
+        }
+        if case.canary && (case.concurrent_with.is_some() || case.run_after.is_some()) {
+            problems.push(format!("{}: a canary runs alone", case.file));
+        }
+    }
+    for file in fixtures.iter().filter(|f| !seen.contains(f.as_str())) {
+        problems.push(format!(
+            "{file}: fixture without a case in expectations.toml"
+        ));
+    }
+    let attacks: BTreeSet<u32> = cases.iter().map(|c| c.attack).collect();
+    for attack in (1..=25).filter(|a| !attacks.contains(a)) {
+        problems.push(format!("attack {attack} has no fixture"));
+    }
+    for control in ["00_control_harmless.py", "00_control_pandas.py"] {
+        if !cases
+            .iter()
+            .any(|c| c.file == control && c.status.allows("ok"))
+        {
+            problems.push(format!("{control}: the control must exist and expect ok"));
+        }
+    }
+    if !cases.iter().any(|c| c.canary) {
+        problems.push("no canary: destructive cases would run unguarded".into());
+    }
+    for attack in [10, 17, 18] {
+        if !cases
+            .iter()
+            .any(|c| c.attack == attack && c.concurrent_with.is_some())
+        {
+            problems.push(format!("attack {attack} (x2) has no concurrent pair"));
+        }
+    }
+    if !cases
+        .iter()
+        .any(|c| c.attack == 25 && c.run_after.is_some())
+    {
+        problems.push("attack 25 (x2 sequential) has no sequential pair".into());
+    }
+    assert!(
+        problems.is_empty(),
+        "expectations.toml is inconsistent:\n{}",
+        problems.join("\n")
+    );
+}
