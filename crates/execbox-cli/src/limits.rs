@@ -41,6 +41,11 @@ pub struct LimitArgs {
 impl LimitArgs {
     /// Defaults, overridden by flags, checked against the maxima.
     pub fn resolve(&self) -> Result<Limits, LimitError> {
+        self.resolve_pair().map(|(l, _)| l)
+    }
+
+    /// The limits and the maxima they were checked against.
+    pub fn resolve_pair(&self) -> Result<(Limits, Limits), LimitError> {
         let mut max = Limits::default_maxima();
         if let Some(v) = self.max_timeout_ms {
             max.wall_time_ms = v;
@@ -73,7 +78,7 @@ impl LimitArgs {
             l.output_bytes = o;
         }
         l.validate(&max)?;
-        Ok(l)
+        Ok((l, max))
     }
 }
 

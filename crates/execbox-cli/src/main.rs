@@ -1,12 +1,15 @@
-//! `execbox`: run one file through the sandbox, or check what this host supports.
+//! `execbox`: the HTTP service (`serve`), one file through the sandbox (`run`), the host check
+//! (`check`), and the spawner the service starts (`spawner`).
 //!
-//! This process stays single-threaded (no async runtime): it is its own spawner, so it may
-//! `clone3` the jail directly.
+//! `run` and `spawner` stay single-threaded (no async runtime is built for them): they create
+//! jails with `clone3`. Only `serve` starts tokio, and it never forks: it asks its spawner.
 #![forbid(unsafe_code)]
 
 mod limits;
+mod serve;
 
 use std::io::Write;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -38,6 +41,51 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Start the HTTP service.
+    Serve(Box<serve::ServeArgs>),
+    /// The jail spawner the service starts (orders on stdin, events on stdout). Internal.
+    #[command(hide = true)]
+    Spawner(Box<SpawnerArgs>),
+}
+
+/// Where the jail machinery finds its host resources (shared by `run`, `serve`, `spawner`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HostArgs {
+    /// The Python environment (a venv with numpy and pandas).
+    #[arg(long, env = "EXECBOX_PYTHON_ENV", default_value = execbox_runtime::python::DEFAULT_ENV)]
+    pub python_env: PathBuf,
+    /// Run even if an isolation layer is missing; records then say `degraded: true`.
+    #[arg(long, env = "EXECBOX_ALLOW_DEGRADED")]
+    pub allow_degraded: bool,
+    /// State directory (uid slot locks, jail mount point).
+    #[arg(long, env = "EXECBOX_STATE_DIR", default_value = "/run/execbox")]
+    pub state_dir: PathBuf,
+    /// cgroup mount root.
+    #[arg(long, env = "EXECBOX_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    pub cgroup_root: PathBuf,
+}
+
+impl HostArgs {
+    fn host_config(&self) -> HostConfig {
+        HostConfig {
+            state_dir: self.state_dir.clone(),
+            cgroup_root: self.cgroup_root.clone(),
+            allow_degraded: self.allow_degraded,
+            ..HostConfig::default()
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct SpawnerArgs {
+    #[command(flatten)]
+    host: HostArgs,
+    /// Jails with the default limits kept prepared ahead of demand.
+    #[arg(long, default_value_t = 2)]
+    pool: usize,
+    /// The default limits, as JSON (pooled jails are prepared with them).
+    #[arg(long)]
+    default_limits: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -63,18 +111,8 @@ struct RunArgs {
     stdin_file: Option<PathBuf>,
     #[command(flatten)]
     limits: LimitArgs,
-    /// The Python environment (a venv with numpy and pandas).
-    #[arg(long, env = "EXECBOX_PYTHON_ENV", default_value = execbox_runtime::python::DEFAULT_ENV)]
-    python_env: PathBuf,
-    /// Run even if an isolation layer is missing; the record then says `degraded: true`.
-    #[arg(long, env = "EXECBOX_ALLOW_DEGRADED")]
-    allow_degraded: bool,
-    /// State directory (uid slot locks, jail mount point).
-    #[arg(long, env = "EXECBOX_STATE_DIR", default_value = "/run/execbox")]
-    state_dir: PathBuf,
-    /// cgroup mount root (`/sys/fs/cgroup`).
-    #[arg(long, env = "EXECBOX_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
-    cgroup_root: PathBuf,
+    #[command(flatten)]
+    host: HostArgs,
     /// Arguments passed to the program (program mode).
     #[arg(last = true)]
     args: Vec<String>,
@@ -85,6 +123,8 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Run(a) => run(*a),
         Cmd::Check { json } => check_cmd(json),
+        Cmd::Serve(a) => serve::serve(*a),
+        Cmd::Spawner(a) => spawner(*a),
     };
     match r {
         Ok(code) => code,
@@ -110,14 +150,8 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         (None, Some(p)) => std::fs::read(p).with_context(|| format!("reading {}", p.display()))?,
         (None, None) => Vec::new(),
     };
-    let runtime = PythonRuntime::discover(&a.python_env)?;
-    let host = HostConfig {
-        state_dir: a.state_dir.clone(),
-        cgroup_root: a.cgroup_root.clone(),
-        allow_degraded: a.allow_degraded,
-        ..HostConfig::default()
-    };
-    let jailer = Jailer::new(&host)?;
+    let runtime = PythonRuntime::discover(&a.host.python_env)?;
+    let jailer = Jailer::new(&a.host.host_config())?;
     let mode = match a.mode {
         ModeArg::Main => Mode::Main,
         ModeArg::Program => Mode::Program,
@@ -145,6 +179,26 @@ fn run(a: RunArgs) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, &record)?;
     writeln!(out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The spawner process: single-threaded, orders on stdin, events on stdout.
+fn spawner(a: SpawnerArgs) -> Result<ExitCode> {
+    // If the server dies, so do we (and with us every jail, by their own parent-death signal).
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    let default_limits: execbox_jail::Limits = match &a.default_limits {
+        Some(j) => serde_json::from_str(j).context("--default-limits")?,
+        None => execbox_jail::Limits::default(),
+    };
+    let runtime = PythonRuntime::discover(&a.host.python_env)?;
+    let jailer = Jailer::new(&a.host.host_config())?;
+    let input = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let cfg = execbox_spawner::SpawnerConfig {
+        pool: a.pool,
+        default_limits,
+    };
+    execbox_spawner::Spawner::new(jailer, runtime, cfg, Box::new(std::io::stdout()))
+        .serve(input)?;
     Ok(ExitCode::SUCCESS)
 }
 

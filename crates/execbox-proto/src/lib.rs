@@ -5,9 +5,10 @@
 #![deny(missing_docs)]
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// Where a run is in its life, and how it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     /// Accepted, waiting for a slot.
@@ -56,7 +57,7 @@ impl RunStatus {
 }
 
 /// Which limit ended a run early.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LimitKind {
     /// Wall-clock deadline, enforced by the supervisor.
@@ -70,7 +71,7 @@ pub enum LimitKind {
 }
 
 /// A stable machine code and a human message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable snake_case code, for example `no_main`.
     pub code: String,
@@ -89,7 +90,7 @@ impl ErrorBody {
 }
 
 /// What one execution (compile or run step) did and cost.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StepReport {
     /// Captured standard output, up to the cap (lossy UTF-8).
     pub stdout: String,
@@ -112,7 +113,7 @@ pub struct StepReport {
 }
 
 /// The record every run produces.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunRecord {
     /// Run id.
     pub id: String,
@@ -139,6 +140,7 @@ pub struct RunRecord {
     pub run: Option<StepReport>,
     /// `main()`'s return value, in `main` mode, when it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
     /// RFC 3339 creation time.
     pub created_at: String,
@@ -147,6 +149,7 @@ pub struct RunRecord {
     pub finished_at: Option<String>,
     /// Microseconds spent in each jail step (diagnostics; names are not stable).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Vec<Object>>)]
     pub timings_us: Vec<(String, u64)>,
 }
 

@@ -1,0 +1,117 @@
+//! `execbox serve`: flags and environment to [`ServerConfig`], logging, signals, then tokio.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use execbox_server::ServerConfig;
+
+use crate::limits::LimitArgs;
+use crate::HostArgs;
+
+/// Flags of `execbox serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Listen address. Default 0.0.0.0:8080, or 0.0.0.0:$PORT when PORT is set.
+    #[arg(long, env = "EXECBOX_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Runs executing at once (default: CPU count).
+    #[arg(long, env = "EXECBOX_MAX_RUNNING")]
+    max_running: Option<usize>,
+    /// Runs waiting behind them before 429 (default: 8 x CPU count).
+    #[arg(long, env = "EXECBOX_MAX_QUEUED")]
+    max_queued: Option<usize>,
+    /// Seconds a finished run stays queryable.
+    #[arg(long, env = "EXECBOX_RETENTION_SECS", default_value_t = 600)]
+    retention_secs: u64,
+    /// Jails kept prepared ahead of demand (default: min(CPU count, 4)).
+    #[arg(long, env = "EXECBOX_POOL")]
+    pool: Option<usize>,
+    /// Largest request body, bytes.
+    #[arg(long, env = "EXECBOX_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Seconds in-flight runs get to finish on SIGTERM before they are cancelled.
+    #[arg(long, env = "EXECBOX_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    shutdown_grace_secs: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "EXECBOX_LOG_JSON")]
+    log_json: bool,
+    #[command(flatten)]
+    limits: LimitArgs,
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+fn listen_addr(a: &ServeArgs) -> Result<SocketAddr> {
+    if let Some(l) = a.listen {
+        return Ok(l);
+    }
+    match std::env::var("PORT") {
+        Ok(p) => {
+            let port: u16 = p
+                .parse()
+                .with_context(|| format!("PORT={p:?} is not a port"))?;
+            Ok(SocketAddr::from(([0, 0, 0, 0], port)))
+        }
+        Err(_) => Ok(SocketAddr::from(([0, 0, 0, 0], 8080))),
+    }
+}
+
+/// Build the config and serve until SIGTERM or Ctrl-C.
+pub fn serve(a: ServeArgs) -> Result<ExitCode> {
+    init_logging(a.log_json);
+    let defaults = ServerConfig::default();
+    let (default_limits, max_limits) = a.limits.resolve_pair().map_err(anyhow::Error::msg)?;
+    let cfg = ServerConfig {
+        listen: listen_addr(&a)?,
+        max_running: a.max_running.unwrap_or(defaults.max_running).max(1),
+        max_queued: a.max_queued.unwrap_or(defaults.max_queued),
+        retention: Duration::from_secs(a.retention_secs),
+        pool: a.pool.unwrap_or(defaults.pool),
+        max_body_bytes: a.max_body_bytes,
+        shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
+        default_limits,
+        max_limits,
+        python_env: a.host.python_env.clone(),
+        allow_degraded: a.host.allow_degraded,
+        state_dir: a.host.state_dir.clone(),
+        cgroup_root: a.host.cgroup_root.clone(),
+        ..defaults
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(execbox_server::serve(cfg, shutdown_signal()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(%e, "cannot listen for SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+    }
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

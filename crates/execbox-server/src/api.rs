@@ -1,0 +1,144 @@
+//! Request and response bodies of the HTTP API.
+
+use execbox_proto::RunStatus;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `POST /execute` body (seed 004).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// Python source defining `main()`.
+    pub script: String,
+}
+
+/// `POST /execute` success.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ExecuteResponse {
+    /// `main()`'s return value.
+    #[schema(value_type = Object)]
+    pub result: serde_json::Value,
+    /// What the script printed.
+    pub stdout: String,
+}
+
+/// `POST /run-json/` body (seed 003).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunCodeRequest {
+    /// Python source, run as a program.
+    pub code: String,
+    /// Standard input.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Program arguments.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+}
+
+/// `?wait=` on the run endpoints.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WaitQuery {
+    /// `false`: answer 202 with the run id at once instead of waiting for the result.
+    pub wait: Option<bool>,
+}
+
+/// 202 answer of an asynchronous run.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// Run id.
+    pub id: String,
+    /// `queued`.
+    pub status: RunStatus,
+    /// Where to poll.
+    pub status_url: String,
+}
+
+/// One source file.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileInput {
+    /// Plain file name (no `/`, `..` or NUL). Defaults to `main.py` for the first file.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// UTF-8 contents.
+    pub content: String,
+}
+
+/// How to run: call `main()` or run as a program.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModeName {
+    /// Run the entry file as a program (default).
+    Program,
+    /// Call `main()` and return its value as `result`.
+    Main,
+}
+
+/// Per-run limits; each is capped by the operator's maximum.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsInput {
+    /// Wall-clock limit, ms.
+    pub timeout_ms: Option<u64>,
+    /// Memory, MiB.
+    pub memory_mb: Option<u64>,
+    /// Processes and threads.
+    pub pids: Option<u32>,
+    /// Cap of each of stdout and stderr, bytes.
+    pub output_limit_bytes: Option<u64>,
+}
+
+/// `POST /v1/runs` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRunRequest {
+    /// Language; `python` for now.
+    pub language: String,
+    /// Version selector (semver requirement such as `3`, `3.11`, `>=3.10`); any when absent.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Files; the first is the entry point.
+    pub files: Vec<FileInput>,
+    /// Standard input.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Program arguments.
+    #[serde(default)]
+    pub args: Option<Vec<String>>,
+    /// `program` (default) or `main`.
+    #[serde(default)]
+    pub mode: Option<ModeName>,
+    /// Limits.
+    #[serde(default)]
+    pub limits: Option<LimitsInput>,
+    /// Wait for the result (default true); false answers 202 at once.
+    #[serde(default)]
+    pub wait: Option<bool>,
+}
+
+/// One runtime of `GET /v1/runtimes`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RuntimeInfo {
+    /// Language name.
+    pub language: String,
+    /// Exact version.
+    pub version: String,
+    /// Notable packages importable in it.
+    pub packages: Vec<String>,
+    /// Modes it supports.
+    pub modes: Vec<ModeName>,
+}
+
+/// `GET /readyz` body.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    /// The spawner process is up.
+    pub spawner_up: bool,
+    /// The start-up canary run succeeded.
+    pub canary_ok: bool,
+    /// Isolation layers missing (degraded mode).
+    pub missing_layers: Vec<String>,
+}

@@ -1,0 +1,68 @@
+//! Server settings. Every field has an embedded default so `execbox serve` runs with none.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use execbox_jail::Limits;
+
+/// Everything `execbox serve` can be told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Public listen address.
+    pub listen: SocketAddr,
+    /// Runs executing at once.
+    pub max_running: usize,
+    /// Runs waiting behind them before new ones get 429.
+    pub max_queued: usize,
+    /// How long finished runs stay queryable.
+    pub retention: Duration,
+    /// At most this many runs are remembered (oldest finished ones are forgotten first).
+    pub max_stored_runs: usize,
+    /// Limits of a run that asks for none.
+    pub default_limits: Limits,
+    /// The most a run may ask for.
+    pub max_limits: Limits,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Largest source file, bytes.
+    pub max_source_bytes: usize,
+    /// Jails kept prepared ahead of demand.
+    pub pool: usize,
+    /// Python environment.
+    pub python_env: PathBuf,
+    /// Run with missing isolation layers (records say degraded).
+    pub allow_degraded: bool,
+    /// Spawner state dir.
+    pub state_dir: PathBuf,
+    /// cgroup mount root.
+    pub cgroup_root: PathBuf,
+    /// On SIGTERM, how long in-flight runs may take before they are cancelled.
+    pub shutdown_grace: Duration,
+    /// The binary that provides `spawner` (normally the running `execbox`).
+    pub spawner_exe: PathBuf,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_running: cpus,
+            max_queued: cpus * 8,
+            retention: Duration::from_secs(600),
+            max_stored_runs: 10_000,
+            default_limits: Limits::default(),
+            max_limits: Limits::default_maxima(),
+            max_body_bytes: 2 * 1024 * 1024,
+            max_source_bytes: 512 * 1024,
+            pool: cpus.min(4),
+            python_env: PathBuf::from(execbox_runtime::python::DEFAULT_ENV),
+            allow_degraded: false,
+            state_dir: PathBuf::from("/run/execbox"),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            shutdown_grace: Duration::from_secs(10),
+            spawner_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("execbox")),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! The execbox HTTP service.
+//!
+//! ```text
+//! client ─HTTP─▶ router (validation) ─▶ admission (bounded queue) ─▶ run store
+//!                                          │ one JSON line per order
+//!                                          ▼
+//!                            spawner process (single-threaded, started and restarted here)
+//! ```
+//!
+//! This crate never forks: every jail is made by the spawner (`execbox spawner`), a separate
+//! single-threaded process. [`app`] builds the router from an [`AppState`]; [`serve`] runs it.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod admission;
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod runner;
+pub mod spawner_client;
+pub mod state;
+pub mod store;
+pub mod validate;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use execbox_runtime::PythonRuntime;
+
+pub use config::ServerConfig;
+pub use routes::app;
+pub use state::AppState;
+
+use crate::admission::Admission;
+use crate::metrics::Metrics;
+use crate::spawner_client::{SpawnerClient, SpawnerCommand};
+use crate::state::Inner;
+use crate::store::RunStore;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The Python runtime is missing or broken.
+    #[error(transparent)]
+    Runtime(#[from] execbox_runtime::RuntimeError),
+    /// Binding or serving failed.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Metrics registry.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// The arguments that make `execbox spawner` match `cfg`.
+pub fn spawner_args(cfg: &ServerConfig) -> Vec<String> {
+    let mut a = vec![
+        "--pool".to_owned(),
+        cfg.pool.to_string(),
+        "--python-env".to_owned(),
+        cfg.python_env.display().to_string(),
+        "--state-dir".to_owned(),
+        cfg.state_dir.display().to_string(),
+        "--cgroup-root".to_owned(),
+        cfg.cgroup_root.display().to_string(),
+        "--default-limits".to_owned(),
+        serde_json::to_string(&cfg.default_limits).unwrap_or_default(),
+    ];
+    if cfg.allow_degraded {
+        a.push("--allow-degraded".to_owned());
+    }
+    a
+}
+
+/// Build the state: discover the runtime and start the spawner.
+pub fn build_state(
+    cfg: ServerConfig,
+) -> Result<(AppState, tokio::task::JoinHandle<()>), ServerError> {
+    let python = PythonRuntime::discover(&cfg.python_env)?;
+    let store = Arc::new(RunStore::default());
+    let for_started = store.clone();
+    let (spawner, task) = SpawnerClient::start(
+        SpawnerCommand {
+            exe: cfg.spawner_exe.clone(),
+            args: spawner_args(&cfg),
+            canary_limits: cfg.default_limits,
+        },
+        Arc::new(move |id: &str| for_started.set_running(id)),
+    );
+    let state = AppState(Arc::new(Inner {
+        admission: Admission::new(cfg.max_running, cfg.max_queued),
+        metrics: Metrics::new()?,
+        store,
+        spawner,
+        python,
+        cfg,
+    }));
+    Ok((state, task))
+}
+
+/// Serve until `shutdown` completes, then drain: stop accepting, let in-flight runs finish
+/// within the grace period, cancel the rest, stop the spawner.
+pub async fn serve(
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let addr = cfg.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    tracing::info!(%addr, "listening");
+    serve_on(listener, cfg, shutdown).await
+}
+
+/// [`serve`] on an already bound listener (tests bind port 0).
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    cfg: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: cfg.listen,
+            source,
+        })?;
+    let grace = cfg.shutdown_grace;
+    let retention = cfg.retention;
+    let max_runs = cfg.max_stored_runs;
+    let (state, spawner_task) = build_state(cfg)?;
+
+    // Background tasks hold the store, not the state: the last AppState clone must go away
+    // at shutdown so the spawner's order channel closes.
+    let gc_store = state.store.clone();
+    let gc = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            gc_store.gc(retention, max_runs);
+        }
+    });
+
+    // On shutdown: stop accepting at once; after the grace period cancel what still runs so
+    // the blocking requests waiting on those runs can answer and the drain completes.
+    let drain_store = state.store.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!(?grace, "shutting down: draining in-flight runs");
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!("grace period over: cancelling remaining runs");
+            drain_store.cancel_all();
+        });
+    };
+    let router = app(state.clone());
+    let served = axum::serve(listener, router)
+        .with_graceful_shutdown(signal)
+        .await;
+    gc.abort();
+    let _ = gc.await;
+    state.store.cancel_all();
+    // Dropping the last client handle closes the order channel: the spawner cancels what
+    // runs, tears every jail down and exits.
+    drop(state);
+    let _ = tokio::time::timeout(grace + std::time::Duration::from_secs(5), spawner_task).await;
+    tracing::info!("stopped");
+    served.map_err(|source| ServerError::Listen { addr, source })
+}

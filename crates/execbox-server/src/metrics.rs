@@ -1,0 +1,78 @@
+//! Prometheus metrics.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// The server's metrics.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    /// Finished runs by status and runtime.
+    pub runs: IntCounterVec,
+    /// Run wall time (queue excluded) by runtime.
+    pub run_seconds: HistogramVec,
+    /// Runs waiting for a slot.
+    pub queue_depth: IntGauge,
+    /// Runs executing.
+    pub in_flight: IntGauge,
+    /// Requests refused, by reason.
+    pub rejected: IntCounterVec,
+    /// Spawner restarts.
+    pub spawner_restarts: IntGauge,
+}
+
+impl Metrics {
+    /// Register everything in a fresh registry.
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("execbox".into()), None)?;
+        let runs = IntCounterVec::new(
+            Opts::new("runs_total", "Finished runs by final status and runtime"),
+            &["status", "runtime"],
+        )?;
+        let run_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "run_duration_seconds",
+                "Wall time of runs, from launch to exit",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+            ]),
+            &["runtime"],
+        )?;
+        let queue_depth = IntGauge::new("queue_depth", "Runs admitted and waiting for a slot")?;
+        let in_flight = IntGauge::new("runs_in_flight", "Runs executing now")?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "rejected_requests_total",
+                "Requests refused before running, by reason",
+            ),
+            &["reason"],
+        )?;
+        let spawner_restarts =
+            IntGauge::new("spawner_restarts", "Times the spawner was restarted")?;
+        registry.register(Box::new(runs.clone()))?;
+        registry.register(Box::new(run_seconds.clone()))?;
+        registry.register(Box::new(queue_depth.clone()))?;
+        registry.register(Box::new(in_flight.clone()))?;
+        registry.register(Box::new(rejected.clone()))?;
+        registry.register(Box::new(spawner_restarts.clone()))?;
+        Ok(Self {
+            registry,
+            runs,
+            run_seconds,
+            queue_depth,
+            in_flight,
+            rejected,
+            spawner_restarts,
+        })
+    }
+
+    /// Text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding gathered families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}

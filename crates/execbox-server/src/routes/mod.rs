@@ -1,0 +1,71 @@
+//! The router.
+
+pub mod execute;
+pub mod health;
+pub mod runs;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Request, StatusCode};
+use axum::routing::{get, post};
+use axum::Router;
+use std::time::Duration;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Every endpoint, with the common layers: body limit, request id, tracing, panic catcher and
+/// a request timeout backstop.
+pub fn app(state: AppState) -> Router {
+    let body_limit = state.cfg.max_body_bytes;
+    // Longest a blocking request can legitimately take: the longest allowed run, plus queueing.
+    let backstop =
+        Duration::from_millis(state.cfg.max_limits.wall_time_ms) * 3 + Duration::from_secs(30);
+    Router::new()
+        .route("/execute", post(execute::execute))
+        .route("/run-json/", post(runs::run_json))
+        .route("/run-json", post(runs::run_json))
+        .route("/run-file/", post(runs::run_file))
+        .route("/run-file", post(runs::run_file))
+        .route("/status/{id}", get(runs::status))
+        .route("/v1/runs", post(runs::create_run))
+        .route("/v1/runs/{id}", get(runs::get_run).delete(runs::cancel_run))
+        .route("/v1/runtimes", get(runs::runtimes))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(health::openapi))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, backstop))
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            axum::response::IntoResponse::into_response(ApiError::internal("handler panicked"))
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let id = req
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed here",
+    )
+}

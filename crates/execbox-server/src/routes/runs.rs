@@ -1,0 +1,348 @@
+//! Runs as programs: seed 003's `/run-json/`, `/run-file/` and `/status/{id}`, and the general
+//! `/v1/runs` API.
+
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use execbox_proto::RunRecord;
+use execbox_runtime::Mode;
+use execbox_spawner::protocol::SourceFile;
+
+use crate::api::{Accepted, CreateRunRequest, ModeName, RunCodeRequest, RuntimeInfo, WaitQuery};
+use crate::error::{ApiError, ErrorResponse};
+use crate::extract::Json;
+use crate::runner::{self, RunRequest};
+use crate::state::AppState;
+use crate::validate;
+
+async fn start(
+    state: &AppState,
+    req: RunRequest,
+    wait: bool,
+    status_prefix: &str,
+) -> Result<Response, ApiError> {
+    let submitted = runner::submit(state, req, None)?;
+    if wait {
+        let rec = runner::wait(state, submitted).await?;
+        return Ok((StatusCode::OK, axum::Json(rec)).into_response());
+    }
+    let url = format!("{status_prefix}{}", submitted.id);
+    let body = Accepted {
+        id: submitted.id,
+        status: execbox_proto::RunStatus::Queued,
+        status_url: url.clone(),
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, url)],
+        axum::Json(body),
+    )
+        .into_response())
+}
+
+fn program(
+    state: &AppState,
+    code: String,
+    stdin: Option<String>,
+    args: Option<Vec<String>>,
+) -> Result<RunRequest, ApiError> {
+    validate::source("code", &code, state.cfg.max_source_bytes)?;
+    let limits = state.cfg.default_limits;
+    Ok(RunRequest {
+        mode: Mode::Program,
+        files: vec![SourceFile {
+            name: "main.py".into(),
+            content: code,
+        }],
+        stdin: validate::stdin(stdin, &limits)?,
+        args: validate::args(args)?,
+        limits,
+    })
+}
+
+fn query(
+    q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<bool, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    Ok(q.wait.unwrap_or(true))
+}
+
+/// Run JSON `{"code": ...}` as a program.
+#[utoipa::path(
+    post,
+    path = "/run-json/",
+    request_body = RunCodeRequest,
+    params(WaitQuery),
+    responses(
+        (status = 200, description = "the run's record (whatever its status)", body = RunRecord),
+        (status = 202, description = "accepted (wait=false)", body = Accepted),
+        (status = 400, description = "malformed request", body = ErrorResponse),
+        (status = 413, description = "too large", body = ErrorResponse),
+        (status = 429, description = "queue full; see Retry-After", body = ErrorResponse),
+    ),
+    tag = "seed"
+)]
+pub async fn run_json(
+    State(state): State<AppState>,
+    q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    Json(req): Json<RunCodeRequest>,
+) -> Result<Response, ApiError> {
+    let wait = query(q)?;
+    let run = program(&state, req.code, req.stdin, req.args)?;
+    start(&state, run, wait, "/status/").await
+}
+
+/// Run an uploaded `.py` file (multipart, one file field) as a program.
+#[utoipa::path(
+    post,
+    path = "/run-file/",
+    request_body(content_type = "multipart/form-data", description = "one field holding a .py file"),
+    params(WaitQuery),
+    responses(
+        (status = 200, description = "the run's record", body = RunRecord),
+        (status = 202, description = "accepted (wait=false)", body = Accepted),
+        (status = 400, description = "not one .py file, or not UTF-8", body = ErrorResponse),
+        (status = 413, description = "too large", body = ErrorResponse),
+        (status = 429, description = "queue full", body = ErrorResponse),
+    ),
+    tag = "seed"
+)]
+pub async fn run_file(
+    State(state): State<AppState>,
+    q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let wait = query(q)?;
+    let mut mp = multipart.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_multipart",
+            format!("expected multipart/form-data: {}", e.body_text()),
+        )
+    })?;
+    let mut code: Option<String> = None;
+    loop {
+        let field = match mp.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(multipart_error(e)),
+        };
+        let Some(file_name) = field.file_name().map(str::to_owned) else {
+            return Err(ApiError::bad_request(
+                "invalid_multipart",
+                "every part must be a file upload (with a filename)",
+            ));
+        };
+        if code.is_some() {
+            return Err(ApiError::bad_request(
+                "too_many_files",
+                "upload exactly one .py file",
+            ));
+        }
+        if !file_name.ends_with(".py") {
+            return Err(ApiError::bad_request(
+                "not_python",
+                format!("{file_name:?} is not a .py file"),
+            ));
+        }
+        let bytes = field.bytes().await.map_err(multipart_error)?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| ApiError::bad_request("invalid_utf8", "the file is not valid UTF-8"))?;
+        code = Some(text);
+    }
+    let code =
+        code.ok_or_else(|| ApiError::bad_request("no_files", "upload exactly one .py file"))?;
+    let run = program(&state, code, None, None)?;
+    start(&state, run, wait, "/status/").await
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the upload is too large",
+        )
+    } else {
+        ApiError::bad_request("invalid_multipart", e.body_text())
+    }
+}
+
+/// A run's record: queued, running, or finished.
+#[utoipa::path(
+    get,
+    path = "/status/{id}",
+    params(("id" = String, Path, description = "run id")),
+    responses(
+        (status = 200, description = "the record", body = RunRecord),
+        (status = 404, description = "unknown or expired id", body = ErrorResponse),
+    ),
+    tag = "seed"
+)]
+pub async fn status(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RunRecord>, ApiError> {
+    state
+        .store
+        .get(&id, None)
+        .map(axum::Json)
+        .ok_or_else(|| ApiError::run_not_found(&id))
+}
+
+/// Start a run (general form).
+#[utoipa::path(
+    post,
+    path = "/v1/runs",
+    request_body = CreateRunRequest,
+    responses(
+        (status = 200, description = "the run's record (wait=true)", body = RunRecord),
+        (status = 202, description = "accepted (wait=false)", body = Accepted),
+        (status = 400, description = "malformed request, unknown language or version, limit above maximum", body = ErrorResponse),
+        (status = 413, description = "too large", body = ErrorResponse),
+        (status = 429, description = "queue full; see Retry-After", body = ErrorResponse),
+    ),
+    tag = "v1"
+)]
+pub async fn create_run(
+    State(state): State<AppState>,
+    Json(req): Json<CreateRunRequest>,
+) -> Result<Response, ApiError> {
+    if req.language != "python" {
+        return Err(ApiError::bad_request(
+            "unknown_language",
+            format!(
+                "language {:?} is not available; see GET /v1/runtimes",
+                req.language
+            ),
+        ));
+    }
+    if let Some(sel) = &req.version {
+        check_version(sel, &state.python.version)?;
+    }
+    let limits = validate::limits(req.limits, state.cfg.default_limits, &state.cfg.max_limits)?;
+    let run = RunRequest {
+        mode: match req.mode.unwrap_or(ModeName::Program) {
+            ModeName::Program => Mode::Program,
+            ModeName::Main => Mode::Main,
+        },
+        files: validate::files(req.files, state.cfg.max_source_bytes)?,
+        stdin: validate::stdin(req.stdin, &limits)?,
+        args: validate::args(req.args)?,
+        limits,
+    };
+    start(&state, run, req.wait.unwrap_or(true), "/v1/runs/").await
+}
+
+fn check_version(selector: &str, have: &str) -> Result<(), ApiError> {
+    let sel = selector.trim();
+    if sel.is_empty() || sel == "*" || sel == "latest" {
+        return Ok(());
+    }
+    let req = semver::VersionReq::parse(sel).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_version",
+            format!("version {sel:?} is not a semver selector: {e}"),
+        )
+    })?;
+    let v = semver::Version::parse(have)
+        .map_err(|e| ApiError::internal(format!("runtime version {have:?}: {e}")))?;
+    if req.matches(&v) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            "no_matching_version",
+            format!("no python runtime matches {sel:?}; available: {have}"),
+        ))
+    }
+}
+
+/// A run's record.
+#[utoipa::path(
+    get,
+    path = "/v1/runs/{id}",
+    params(("id" = String, Path, description = "run id")),
+    responses(
+        (status = 200, description = "the record", body = RunRecord),
+        (status = 404, description = "unknown or expired id", body = ErrorResponse),
+    ),
+    tag = "v1"
+)]
+pub async fn get_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<RunRecord>, ApiError> {
+    status(State(state), Path(id)).await
+}
+
+/// Cancel a queued or running run (kills its jail). Answers with the record as it is now;
+/// poll it to see `cancelled`.
+#[utoipa::path(
+    delete,
+    path = "/v1/runs/{id}",
+    params(("id" = String, Path, description = "run id")),
+    responses(
+        (status = 202, description = "cancellation requested", body = RunRecord),
+        (status = 200, description = "the run had already finished", body = RunRecord),
+        (status = 404, description = "unknown or expired id", body = ErrorResponse),
+    ),
+    tag = "v1"
+)]
+pub async fn cancel_run(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let rec = state
+        .store
+        .cancel(&id, None)
+        .ok_or_else(|| ApiError::run_not_found(&id))?;
+    let code = if rec.status.is_final() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((code, axum::Json(rec)).into_response())
+}
+
+/// The runtimes this server offers.
+#[utoipa::path(
+    get,
+    path = "/v1/runtimes",
+    responses((status = 200, description = "available runtimes", body = [RuntimeInfo])),
+    tag = "v1"
+)]
+pub async fn runtimes(State(state): State<AppState>) -> axum::Json<Vec<RuntimeInfo>> {
+    axum::Json(vec![RuntimeInfo {
+        language: "python".into(),
+        version: state.python.version.clone(),
+        packages: vec!["numpy".into(), "pandas".into()],
+        modes: vec![ModeName::Program, ModeName::Main],
+    }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_selectors() {
+        for ok in ["3", "3.11", "3.11.2", ">=3.10", "*", "latest", "^3"] {
+            assert!(check_version(ok, "3.11.2").is_ok(), "{ok}");
+        }
+        assert_eq!(
+            check_version("3.12", "3.11.2").unwrap_err().body.error.code,
+            "no_matching_version"
+        );
+        assert_eq!(
+            check_version("2", "3.11.2").unwrap_err().body.error.code,
+            "no_matching_version"
+        );
+        assert_eq!(
+            check_version("not a version", "3.11.2")
+                .unwrap_err()
+                .body
+                .error
+                .code,
+            "invalid_version"
+        );
+    }
+}

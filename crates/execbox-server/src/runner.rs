@@ -1,0 +1,186 @@
+//! From a validated request to a finished run: admission, the run store, the spawner.
+
+use execbox_jail::Limits;
+use execbox_proto::{ErrorBody, RunRecord, RunStatus};
+use execbox_runtime::{new_run_id, now_rfc3339, Mode};
+use execbox_spawner::protocol::{RunOrder, SourceFile};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::Ticket;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A validated run request.
+#[derive(Debug)]
+pub struct RunRequest {
+    /// Main-function contract or program.
+    pub mode: Mode,
+    /// Files, entry point first.
+    pub files: Vec<SourceFile>,
+    /// Standard input.
+    pub stdin: String,
+    /// Program arguments.
+    pub args: Vec<String>,
+    /// Limits, within the maxima.
+    pub limits: Limits,
+}
+
+/// A run that was accepted.
+#[derive(Debug)]
+pub struct Submitted {
+    /// Run id.
+    pub id: String,
+    /// Yields the final record.
+    pub done: oneshot::Receiver<RunRecord>,
+}
+
+fn record(id: &str, version: &str, created_at: String, status: RunStatus) -> RunRecord {
+    RunRecord {
+        id: id.to_owned(),
+        language: "python".into(),
+        version: version.to_owned(),
+        status,
+        degraded: false,
+        missing_layers: vec![],
+        error: None,
+        compile: None,
+        run: None,
+        result: None,
+        created_at,
+        finished_at: None,
+        timings_us: vec![],
+    }
+}
+
+/// Admit the run (or 429), store it as queued and start driving it.
+pub fn submit(
+    state: &AppState,
+    req: RunRequest,
+    owner: Option<String>,
+) -> Result<Submitted, ApiError> {
+    let Some(ticket) = state.admission.try_enter() else {
+        state
+            .metrics
+            .rejected
+            .with_label_values(&["queue_full"])
+            .inc();
+        return Err(ApiError::too_many(
+            "queue_full",
+            "too many runs are running or queued; retry shortly",
+            1,
+        ));
+    };
+    let id = new_run_id();
+    let created_at = now_rfc3339();
+    let cancel = CancellationToken::new();
+    state.store.insert(
+        record(
+            &id,
+            &state.python.version,
+            created_at.clone(),
+            RunStatus::Queued,
+        ),
+        owner,
+        cancel.clone(),
+    );
+    let order = RunOrder {
+        id: id.clone(),
+        created_at,
+        mode: req.mode,
+        files: req.files,
+        stdin: req.stdin,
+        args: req.args,
+        limits: req.limits,
+    };
+    let (tx, done) = oneshot::channel();
+    tokio::spawn(drive(state.clone(), ticket, order, cancel, tx));
+    Ok(Submitted { id, done })
+}
+
+async fn drive(
+    state: AppState,
+    ticket: Ticket,
+    order: RunOrder,
+    cancel: CancellationToken,
+    done: oneshot::Sender<RunRecord>,
+) {
+    let id = order.id.clone();
+    let created_at = order.created_at.clone();
+    let permit = tokio::select! {
+        p = ticket.acquire() => p,
+        _ = cancel.cancelled() => {
+            let mut r = record(&id, &state.python.version, created_at, RunStatus::Cancelled);
+            r.error = Some(ErrorBody::new("cancelled", "the run was cancelled before it started"));
+            r.finished_at = Some(now_rfc3339());
+            conclude(&state, r, done);
+            return;
+        }
+    };
+    let mut rx = state.spawner.run(order).await;
+    let result = tokio::select! {
+        r = &mut rx => r,
+        _ = cancel.cancelled() => {
+            state.spawner.cancel(&id).await;
+            rx.await
+        }
+    };
+    let rec = match result {
+        Ok(Ok(r)) => r,
+        Ok(Err(detail)) => {
+            tracing::error!(run = %id, %detail, "run failed inside execbox");
+            internal_error(&state, &id, created_at)
+        }
+        Err(_) => {
+            tracing::error!(run = %id, "spawner dropped the run");
+            internal_error(&state, &id, created_at)
+        }
+    };
+    drop(permit);
+    drop(ticket);
+    conclude(&state, rec, done);
+}
+
+fn internal_error(state: &AppState, id: &str, created_at: String) -> RunRecord {
+    let mut r = record(
+        id,
+        &state.python.version,
+        created_at,
+        RunStatus::InternalError,
+    );
+    r.error = Some(ErrorBody::new(
+        "internal_error",
+        "execbox failed to run this; the cause is in the server log",
+    ));
+    r.finished_at = Some(now_rfc3339());
+    r
+}
+
+fn conclude(state: &AppState, rec: RunRecord, done: oneshot::Sender<RunRecord>) {
+    state
+        .metrics
+        .runs
+        .with_label_values(&[rec.status.as_str(), "python"])
+        .inc();
+    if let Some(run) = &rec.run {
+        state
+            .metrics
+            .run_seconds
+            .with_label_values(&["python"])
+            .observe(run.wall_time_ms / 1000.0);
+    }
+    tracing::info!(run = %rec.id, status = rec.status.as_str(), "run finished");
+    state.store.finish(rec.clone());
+    let _ = done.send(rec);
+}
+
+/// Wait for a submitted run's final record.
+pub async fn wait(state: &AppState, s: Submitted) -> Result<RunRecord, ApiError> {
+    match s.done.await {
+        Ok(r) => Ok(r),
+        Err(_) => state
+            .store
+            .get(&s.id, None)
+            .ok_or_else(|| ApiError::internal(format!("run {} vanished", s.id))),
+    }
+}

@@ -1,0 +1,286 @@
+//! The server's side of the spawner: starts `execbox spawner` as a child process, sends it
+//! orders, routes its events to the waiting runs, and restarts it if it dies (failing the runs
+//! it had in flight as internal errors).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use execbox_jail::Limits;
+use execbox_proto::{RunRecord, RunStatus};
+use execbox_runtime::Mode;
+use execbox_spawner::protocol::{Event, Order, RunOrder, SourceFile};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// What the server knows of its spawner.
+#[derive(Debug, Clone, Default)]
+pub struct SpawnerStatus {
+    /// A spawner process is running and said hello.
+    pub up: bool,
+    /// The start-up canary run succeeded in this spawner.
+    pub canary_ok: bool,
+    /// Runtime version it reported.
+    pub version: String,
+    /// Isolation layers it lacks (degraded mode).
+    pub missing_layers: Vec<String>,
+    /// Its pid.
+    pub pid: Option<u32>,
+    /// How many times it was restarted.
+    pub restarts: u64,
+}
+
+/// The outcome of one order: the final record, or an internal error for the log.
+pub type RunResult = Result<RunRecord, String>;
+
+enum Cmd {
+    Run(Box<RunOrder>, oneshot::Sender<RunResult>),
+    Cancel(String),
+}
+
+/// How to start the spawner.
+#[derive(Debug, Clone)]
+pub struct SpawnerCommand {
+    /// The `execbox` binary.
+    pub exe: PathBuf,
+    /// Arguments after `spawner`.
+    pub args: Vec<String>,
+    /// Limits of the canary run.
+    pub canary_limits: Limits,
+}
+
+/// Handle to the spawner task.
+#[derive(Debug, Clone)]
+pub struct SpawnerClient {
+    tx: mpsc::Sender<Cmd>,
+    status: watch::Receiver<SpawnerStatus>,
+}
+
+/// Called with a run id when its payload has started.
+pub type OnStarted = Arc<dyn Fn(&str) + Send + Sync>;
+
+impl SpawnerClient {
+    /// Start the spawner task; it keeps a spawner process alive until the client is dropped.
+    pub fn start(cmd: SpawnerCommand, on_started: OnStarted) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let (status_tx, status) = watch::channel(SpawnerStatus::default());
+        let task = tokio::spawn(supervise(cmd, rx, status_tx, on_started));
+        (Self { tx, status }, task)
+    }
+
+    /// Send a run; the receiver yields its final record.
+    pub async fn run(&self, order: RunOrder) -> oneshot::Receiver<RunResult> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Cmd::Run(_, tx))) =
+            self.tx.send(Cmd::Run(Box::new(order), tx)).await
+        {
+            let _ = tx.send(Err("the spawner task is gone".into()));
+        }
+        rx
+    }
+
+    /// Ask the spawner to kill a run.
+    pub async fn cancel(&self, id: &str) {
+        let _ = self.tx.send(Cmd::Cancel(id.to_owned())).await;
+    }
+
+    /// Current status.
+    pub fn status(&self) -> SpawnerStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that changes with the status.
+    pub fn watch(&self) -> watch::Receiver<SpawnerStatus> {
+        self.status.clone()
+    }
+}
+
+enum Exit {
+    /// The client was dropped: shut down for good.
+    Closed,
+    /// The process died or misbehaved: restart it.
+    Died(String),
+}
+
+async fn supervise(
+    cmd: SpawnerCommand,
+    mut rx: mpsc::Receiver<Cmd>,
+    status: watch::Sender<SpawnerStatus>,
+    on_started: OnStarted,
+) {
+    let mut restarts = 0u64;
+    loop {
+        match run_one(&cmd, &mut rx, &status, &on_started).await {
+            Exit::Closed => return,
+            Exit::Died(why) => {
+                restarts += 1;
+                tracing::error!(%why, restarts, "spawner died; restarting");
+                status.send_modify(|s| {
+                    s.up = false;
+                    s.canary_ok = false;
+                    s.pid = None;
+                    s.restarts = restarts;
+                });
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+fn canary_order(limits: Limits) -> RunOrder {
+    RunOrder {
+        id: format!("canary-{}", uuid::Uuid::new_v4()),
+        created_at: execbox_runtime::now_rfc3339(),
+        mode: Mode::Main,
+        files: vec![SourceFile {
+            name: "main.py".into(),
+            content: "def main():\n    return {\"canary\": 1}\n".into(),
+        }],
+        stdin: String::new(),
+        args: vec![],
+        limits,
+    }
+}
+
+async fn send(stdin: &mut ChildStdin, order: &Order) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(order).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    stdin.write_all(&line).await?;
+    stdin.flush().await
+}
+
+async fn run_one(
+    cmd: &SpawnerCommand,
+    rx: &mut mpsc::Receiver<Cmd>,
+    status: &watch::Sender<SpawnerStatus>,
+    on_started: &OnStarted,
+) -> Exit {
+    let mut child: Child = match Command::new(&cmd.exe)
+        .arg("spawner")
+        .args(&cmd.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return Exit::Died(format!("cannot start {}: {e}", cmd.exe.display())),
+    };
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        return Exit::Died("spawner pipes missing".into());
+    };
+    let mut lines = BufReader::new(stdout).lines();
+
+    let hello = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+    match hello
+        .ok()
+        .and_then(|l| l.ok().flatten())
+        .map(|l| serde_json::from_str::<Event>(&l))
+    {
+        Some(Ok(Event::Hello {
+            version,
+            missing_layers,
+        })) => {
+            tracing::info!(%version, ?missing_layers, pid = child.id(), "spawner up");
+            status.send_modify(|s| {
+                s.up = true;
+                s.version = version;
+                s.missing_layers = missing_layers;
+                s.pid = child.id();
+            });
+        }
+        other => {
+            let _ = child.kill().await;
+            return Exit::Died(format!("no hello from the spawner: {other:?}"));
+        }
+    }
+
+    let canary = canary_order(cmd.canary_limits);
+    let canary_id = canary.id.clone();
+    if let Err(e) = send(&mut stdin, &Order::Run(canary)).await {
+        return Exit::Died(format!("write canary: {e}"));
+    }
+
+    let mut pending: HashMap<String, oneshot::Sender<RunResult>> = HashMap::new();
+    let mut stdin = Some(stdin);
+    let exit = loop {
+        tokio::select! {
+            c = rx.recv(), if stdin.is_some() => match c {
+                None => {
+                    // Shutting down: EOF tells the spawner to cancel what runs and exit; keep
+                    // reading so the final records still reach their runs.
+                    stdin = None;
+                }
+                Some(Cmd::Run(order, tx)) => {
+                    let id = order.id.clone();
+                    let Some(w) = stdin.as_mut() else { continue };
+                    match send(w, &Order::Run(*order)).await {
+                        Ok(()) => {
+                            pending.insert(id, tx);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(format!("write to spawner: {e}")));
+                            break Exit::Died(format!("write to spawner: {e}"));
+                        }
+                    }
+                }
+                Some(Cmd::Cancel(id)) => {
+                    if let Some(w) = stdin.as_mut() {
+                        if let Err(e) = send(w, &Order::Cancel { id }).await {
+                            break Exit::Died(format!("write to spawner: {e}"));
+                        }
+                    }
+                }
+            },
+            line = lines.next_line() => match line {
+                Ok(Some(l)) => match serde_json::from_str::<Event>(&l) {
+                    Ok(Event::Started { id }) => on_started(&id),
+                    Ok(Event::Finished { id, record }) if id == canary_id => {
+                        let ok = record.status == RunStatus::Ok
+                            && record.result == Some(serde_json::json!({"canary": 1}));
+                        if ok {
+                            tracing::info!("canary run ok");
+                        } else {
+                            tracing::error!(?record, "canary run failed");
+                        }
+                        status.send_modify(|s| s.canary_ok = ok);
+                    }
+                    Ok(Event::Finished { id, record }) => {
+                        if let Some(tx) = pending.remove(&id) {
+                            let _ = tx.send(Ok(*record));
+                        }
+                    }
+                    Ok(Event::Failed { id, message }) => {
+                        if id == canary_id {
+                            tracing::error!(%message, "canary run failed");
+                        } else if let Some(tx) = pending.remove(&id) {
+                            let _ = tx.send(Err(message));
+                        }
+                    }
+                    Ok(Event::Hello { .. }) => {}
+                    Err(e) => tracing::warn!(%e, "unreadable spawner event"),
+                },
+                Ok(None) | Err(_) => {
+                    break if stdin.is_none() {
+                        Exit::Closed
+                    } else {
+                        Exit::Died("spawner exited".into())
+                    };
+                }
+            },
+        }
+    };
+    for (_, tx) in pending.drain() {
+        let _ = tx.send(Err(
+            "the sandbox spawner died while the run was in flight".into()
+        ));
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    exit
+}

@@ -1,0 +1,39 @@
+//! Shared state of the HTTP handlers.
+
+use std::sync::Arc;
+
+use execbox_runtime::PythonRuntime;
+
+use crate::admission::Admission;
+use crate::config::ServerConfig;
+use crate::metrics::Metrics;
+use crate::spawner_client::SpawnerClient;
+use crate::store::RunStore;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+/// The shared parts.
+#[derive(Debug)]
+pub struct Inner {
+    /// Settings.
+    pub cfg: ServerConfig,
+    /// Runs.
+    pub store: Arc<RunStore>,
+    /// The admission gate.
+    pub admission: Admission,
+    /// The spawner.
+    pub spawner: SpawnerClient,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The Python runtime (for versions; the spawner runs it).
+    pub python: PythonRuntime,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

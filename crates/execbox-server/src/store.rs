@@ -1,0 +1,181 @@
+//! The run store: every run's record, who owns it, and how to cancel it. In memory; finished
+//! runs are forgotten after the retention period (and beyond a count cap, oldest first).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use execbox_proto::{RunRecord, RunStatus};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug)]
+struct Entry {
+    record: RunRecord,
+    owner: Option<String>,
+    cancel: CancellationToken,
+    finished: Option<Instant>,
+}
+
+/// All runs the server knows.
+#[derive(Debug, Default)]
+pub struct RunStore {
+    runs: Mutex<HashMap<String, Entry>>,
+}
+
+impl RunStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding the lock leaves plain data behind; keep serving it.
+        self.runs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Add a queued run.
+    pub fn insert(&self, record: RunRecord, owner: Option<String>, cancel: CancellationToken) {
+        let id = record.id.clone();
+        self.lock().insert(
+            id,
+            Entry {
+                record,
+                owner,
+                cancel,
+                finished: None,
+            },
+        );
+    }
+
+    /// The record, if it exists and `owner` may see it.
+    pub fn get(&self, id: &str, owner: Option<&str>) -> Option<RunRecord> {
+        let runs = self.lock();
+        let e = runs.get(id)?;
+        (e.owner.as_deref() == owner).then(|| e.record.clone())
+    }
+
+    /// Mark running (the spawner reported the payload started).
+    pub fn set_running(&self, id: &str) {
+        if let Some(e) = self.lock().get_mut(id) {
+            if e.record.status == RunStatus::Queued {
+                e.record.status = RunStatus::Running;
+            }
+        }
+    }
+
+    /// Store the final record.
+    pub fn finish(&self, record: RunRecord) {
+        if let Some(e) = self.lock().get_mut(&record.id) {
+            e.record = record;
+            e.finished = Some(Instant::now());
+        }
+    }
+
+    /// Request cancellation. Returns the record as it is now, or `None` if unknown/not visible.
+    pub fn cancel(&self, id: &str, owner: Option<&str>) -> Option<RunRecord> {
+        let runs = self.lock();
+        let e = runs.get(id)?;
+        if e.owner.as_deref() != owner {
+            return None;
+        }
+        if !e.record.status.is_final() {
+            e.cancel.cancel();
+        }
+        Some(e.record.clone())
+    }
+
+    /// Cancel every run that is not final (shutdown).
+    pub fn cancel_all(&self) {
+        for e in self.lock().values() {
+            if !e.record.status.is_final() {
+                e.cancel.cancel();
+            }
+        }
+    }
+
+    /// Forget finished runs older than `retention`, then the oldest finished ones beyond `max`.
+    pub fn gc(&self, retention: Duration, max: usize) -> usize {
+        let mut runs = self.lock();
+        let before = runs.len();
+        let now = Instant::now();
+        runs.retain(|_, e| e.finished.is_none_or(|t| now.duration_since(t) < retention));
+        if runs.len() > max {
+            let mut done: Vec<(Instant, String)> = runs
+                .iter()
+                .filter_map(|(k, e)| e.finished.map(|t| (t, k.clone())))
+                .collect();
+            done.sort();
+            let excess = runs.len() - max;
+            for (_, k) in done.into_iter().take(excess) {
+                runs.remove(&k);
+            }
+        }
+        before - runs.len()
+    }
+
+    /// Number of runs held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when no run is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            language: "python".into(),
+            version: "3".into(),
+            status: RunStatus::Queued,
+            degraded: false,
+            missing_layers: vec![],
+            error: None,
+            compile: None,
+            run: None,
+            result: None,
+            created_at: "t".into(),
+            finished_at: None,
+            timings_us: vec![],
+        }
+    }
+
+    #[test]
+    fn owners_only_see_their_runs_and_finished_runs_expire() {
+        let s = RunStore::default();
+        let tok = CancellationToken::new();
+        s.insert(rec("a"), Some("alice".into()), tok.clone());
+        assert!(s.get("a", Some("bob")).is_none());
+        assert!(s.cancel("a", Some("bob")).is_none());
+        assert!(!tok.is_cancelled());
+        assert_eq!(s.get("a", Some("alice")).unwrap().status, RunStatus::Queued);
+        s.set_running("a");
+        assert_eq!(
+            s.get("a", Some("alice")).unwrap().status,
+            RunStatus::Running
+        );
+        s.cancel("a", Some("alice")).unwrap();
+        assert!(tok.is_cancelled());
+        let mut done = rec("a");
+        done.status = RunStatus::Cancelled;
+        s.finish(done);
+        assert_eq!(s.gc(Duration::from_secs(60), 100), 0);
+        assert_eq!(s.gc(Duration::ZERO, 100), 1);
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn count_cap_drops_oldest_finished_first() {
+        let s = RunStore::default();
+        for id in ["1", "2", "3"] {
+            s.insert(rec(id), None, CancellationToken::new());
+            let mut r = rec(id);
+            r.status = RunStatus::Ok;
+            s.finish(r);
+        }
+        s.insert(rec("live"), None, CancellationToken::new());
+        assert_eq!(s.gc(Duration::from_secs(60), 2), 2);
+        assert!(s.get("3", None).is_some() && s.get("live", None).is_some());
+    }
+}
