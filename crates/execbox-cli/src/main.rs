@@ -55,7 +55,9 @@ pub struct HostArgs {
     #[arg(long, env = "EXECBOX_PYTHON_ENV", default_value = execbox_runtime::python::DEFAULT_ENV)]
     pub python_env: PathBuf,
     /// Run even if an isolation layer is missing; records then say `degraded: true`.
-    #[arg(long, env = "EXECBOX_ALLOW_DEGRADED")]
+    /// (`EXECBOX_ALLOW_DEGRADED` accepts 1/0, true/false, yes/no, on/off.)
+    #[arg(long, env = "EXECBOX_ALLOW_DEGRADED", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_degraded: bool,
     /// State directory (uid slot locks, jail mount point).
     #[arg(long, env = "EXECBOX_STATE_DIR", default_value = "/run/execbox")]

@@ -35,7 +35,8 @@ pub struct ServeArgs {
     #[arg(long, env = "EXECBOX_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
     /// Log as JSON lines.
-    #[arg(long, env = "EXECBOX_LOG_JSON")]
+    #[arg(long, env = "EXECBOX_LOG_JSON", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
     log_json: bool,
     #[command(flatten)]
     limits: LimitArgs,

@@ -150,6 +150,13 @@ pub fn probe(host: &HostConfig, deep: bool) -> HostReport {
         true,
     );
 
+    add(
+        "landlock_scopes",
+        abi >= 6,
+        "abstract unix socket and signal scoping (Landlock ABI 6, Linux 6.12)".into(),
+        true,
+    );
+
     let nnp = fs::read_to_string("/proc/self/status")
         .map(|s| s.lines().any(|l| l.starts_with("NoNewPrivs:")))
         .unwrap_or(false);

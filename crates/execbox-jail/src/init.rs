@@ -86,8 +86,13 @@ fn place_fds(fds: &[RawFd; 6]) -> Result<(), nix::errno::Errno> {
 fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
     // 1. Descriptors are in place (run). The environment is not inherited: execve below gets
     //    only the payload's env. If the spawner dies, so does the jail (set again after each
-    //    identity switch, which clears it).
+    //    identity switch, which clears it). A session of its own: no controlling terminal,
+    //    and its process group is not execbox's. Under memory pressure the kernel kills the
+    //    sandbox before anything of the host.
     creds::die_with_parent()?;
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    std::fs::write("/proc/self/oom_score_adj", "1000")
+        .map_err(|e| format!("oom_score_adj: {e}"))?;
 
     // 2. Wait until the parent has written our uid/gid maps (EOF means it died), then enter
     //    the run's cgroup (v1; v2 cloned us straight into it): nothing below runs unaccounted.
@@ -121,7 +126,12 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
 
     // 5-6. Mounts and pivot_root (rootfs.rs): needs CAP_SYS_ADMIN in the mount namespace's
     //      owner, which we still hold.
-    rootfs::build(plan.jail_root, &plan.spec.binds, &plan.spec.limits)?;
+    let owner = if plan.userns {
+        SANDBOX_ID
+    } else {
+        plan.host_uid
+    };
+    rootfs::build(plan.jail_root, &plan.spec.binds, &plan.spec.limits, owner)?;
 
     // 7. Ready: a prepared jail may wait here, ahead of demand, for its payload.
     {
@@ -142,6 +152,11 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
     for f in &payload.files {
         let fd = sys::create_beneath(work.as_fd(), &f.name, 0o644)
             .map_err(|e| format!("create /work/{}: {e}", f.name))?;
+        if !plan.userns {
+            // Still root here in the no-user-namespace case: hand the file to the run's uid.
+            nix::unistd::fchown(&fd, Some(owner.into()), Some(owner.into()))
+                .map_err(|e| format!("chown /work/{}: {e}", f.name))?;
+        }
         File::from(fd)
             .write_all(&f.content)
             .map_err(|e| format!("write /work/{}: {e}", f.name))?;

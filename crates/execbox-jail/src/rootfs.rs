@@ -20,6 +20,17 @@ const SYSTEM_PATHS: &[&str] = &[
 ];
 /// Single host files bound read-only into the generated `/etc`.
 const ETC_FILES: &[&str] = &["/etc/ld.so.cache", "/etc/localtime"];
+/// `/proc` files hidden behind `/dev/null`.
+const PROC_MASKED: &[&str] = &[
+    "cmdline",
+    "kcore",
+    "keys",
+    "kallsyms",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "sysrq-trigger",
+];
 /// Device nodes bound from the host; nothing else exists in `/dev`.
 pub const DEVICES: &[&str] = &["null", "zero", "random", "urandom"];
 
@@ -112,7 +123,7 @@ fn expose(root: &Path, host: &Path, target: &Path) -> StepResult {
 
 /// Build the root at `root` (an empty directory on the host, private to this mount namespace),
 /// then pivot into it. On return the process's `/` is the jail root and the host's root is gone.
-pub fn build(root: &Path, binds: &[BindMount], limits: &Limits) -> StepResult {
+pub fn build(root: &Path, binds: &[BindMount], limits: &Limits, owner: u32) -> StepResult {
     // Nothing below may propagate back to the host's mount namespace.
     ctx(
         mount(
@@ -157,13 +168,25 @@ pub fn build(root: &Path, binds: &[BindMount], limits: &Limits) -> StepResult {
         ),
         || "mount proc".into(),
     )?;
+    // Host information a run has no business reading: masked with /dev/null, as container
+    // runtimes do.
+    for f in PROC_MASKED {
+        let p = proc_dir.join(f);
+        if p.exists() {
+            bind(Path::new("/dev/null"), &p)?;
+            readonly(&p, false)?;
+        }
+    }
 
     build_dev(root)?;
 
     let scratch = |name: &str, size: u64, mode: &str| -> StepResult {
         let d = root.join(name);
         mkdir_p(&d)?;
-        let opts = format!("size={size},nr_inodes={},mode={mode}", limits.inodes);
+        let opts = format!(
+            "size={size},nr_inodes={},mode={mode},uid={owner},gid={owner}",
+            limits.inodes
+        );
         tmpfs(&d, &opts, nosuid_nodev)
     };
     scratch("tmp", limits.tmp_bytes, "1777")?;

@@ -8,6 +8,10 @@
 //!   memory a filter cannot read) so libc falls back to `clone`.
 //! * `ioctl` is allowed except `TIOCSTI` and `TIOCLINUX` (keystroke injection).
 //! * `socket` only for `AF_UNIX`, `AF_INET` and `AF_INET6` (the network namespace is empty).
+//! * `prctl` only for options that read state or touch the caller alone; in particular not
+//!   `PR_SET_PDEATHSIG`, which would let a run outlive its supervisor.
+//! * no inotify: it would let one run watch another's file accesses on the shared read-only
+//!   runtime.
 //!
 //! Two filters are installed: first a one-rule filter answering `ENOSYS` to `clone3`, then the
 //! allowlist, which lets `clone3` through. The kernel runs every filter and keeps the most
@@ -41,7 +45,6 @@ const ALLOWED: &[i64] = &[
     libc::SYS_fallocate, libc::SYS_copy_file_range, libc::SYS_sendfile, libc::SYS_splice,
     libc::SYS_tee, libc::SYS_getxattr, libc::SYS_lgetxattr, libc::SYS_fgetxattr,
     libc::SYS_listxattr, libc::SYS_llistxattr, libc::SYS_flistxattr, libc::SYS_memfd_create,
-    libc::SYS_inotify_init1, libc::SYS_inotify_add_watch, libc::SYS_inotify_rm_watch,
     // polling and events
     libc::SYS_ppoll, libc::SYS_pselect6, libc::SYS_epoll_create1, libc::SYS_epoll_ctl,
     libc::SYS_epoll_pwait, libc::SYS_epoll_pwait2, libc::SYS_eventfd2, libc::SYS_signalfd4,
@@ -64,7 +67,7 @@ const ALLOWED: &[i64] = &[
     libc::SYS_sched_getaffinity, libc::SYS_sched_setaffinity, libc::SYS_sched_getparam,
     libc::SYS_sched_getscheduler, libc::SYS_sched_get_priority_max,
     libc::SYS_sched_get_priority_min, libc::SYS_getpriority, libc::SYS_setpriority,
-    libc::SYS_prctl, libc::SYS_getrlimit, libc::SYS_setrlimit, libc::SYS_prlimit64,
+    libc::SYS_getrlimit, libc::SYS_setrlimit, libc::SYS_prlimit64,
     libc::SYS_getrusage, libc::SYS_times, libc::SYS_uname, libc::SYS_sysinfo,
     libc::SYS_getrandom, libc::SYS_getcpu, libc::SYS_pidfd_open, libc::SYS_pidfd_send_signal,
     libc::SYS_capget,
@@ -90,7 +93,7 @@ const ALLOWED: &[i64] = &[
 const ALLOWED_ARCH: &[i64] = &[
     libc::SYS_open, libc::SYS_stat, libc::SYS_lstat, libc::SYS_access, libc::SYS_pipe,
     libc::SYS_dup2, libc::SYS_poll, libc::SYS_select, libc::SYS_epoll_create,
-    libc::SYS_epoll_wait, libc::SYS_eventfd, libc::SYS_signalfd, libc::SYS_inotify_init,
+    libc::SYS_epoll_wait, libc::SYS_eventfd, libc::SYS_signalfd,
     libc::SYS_getdents, libc::SYS_rename, libc::SYS_mkdir, libc::SYS_rmdir, libc::SYS_creat,
     libc::SYS_link, libc::SYS_unlink, libc::SYS_symlink, libc::SYS_readlink, libc::SYS_chmod,
     libc::SYS_chown, libc::SYS_lchown, libc::SYS_utime, libc::SYS_utimes, libc::SYS_futimesat,
@@ -100,6 +103,27 @@ const ALLOWED_ARCH: &[i64] = &[
 
 #[cfg(not(target_arch = "x86_64"))]
 const ALLOWED_ARCH: &[i64] = &[];
+
+/// `prctl` options a run may use.
+const PRCTL_ALLOWED: &[libc::c_int] = &[
+    libc::PR_GET_PDEATHSIG,
+    libc::PR_GET_DUMPABLE,
+    libc::PR_GET_KEEPCAPS,
+    libc::PR_SET_NAME,
+    libc::PR_GET_NAME,
+    libc::PR_GET_SECCOMP,
+    libc::PR_CAPBSET_READ,
+    libc::PR_SET_TIMERSLACK,
+    libc::PR_GET_TIMERSLACK,
+    libc::PR_SET_CHILD_SUBREAPER,
+    libc::PR_GET_CHILD_SUBREAPER,
+    libc::PR_SET_NO_NEW_PRIVS,
+    libc::PR_GET_NO_NEW_PRIVS,
+    libc::PR_GET_THP_DISABLE,
+    libc::PR_CAP_AMBIENT,
+    // glibc names anonymous mappings (malloc arenas) with PR_SET_VMA
+    0x5356_4d41,
+];
 
 /// Namespace flags that `clone` may not carry.
 const CLONE_NS_FLAGS: u64 = (libc::CLONE_NEWNS
@@ -160,6 +184,13 @@ pub fn default_policy() -> Result<SeccompPolicy> {
             cond(1, Len::Dword, Op::Ne, libc::TIOCSTI as u64)?,
             cond(1, Len::Dword, Op::Ne, libc::TIOCLINUX as u64)?,
         ])?],
+    );
+    rules.insert(
+        libc::SYS_prctl,
+        PRCTL_ALLOWED
+            .iter()
+            .map(|&o| rule(vec![cond(0, Len::Dword, Op::Eq, o as u64)?]))
+            .collect::<Result<Vec<_>>>()?,
     );
     // socket: local and IP families only.
     rules.insert(
@@ -243,6 +274,8 @@ mod tests {
             libc::SYS_kexec_load,
             libc::SYS_init_module,
             libc::SYS_seccomp,
+            libc::SYS_inotify_init1,
+            libc::SYS_prctl,
         ];
         for nr in denied {
             assert!(
@@ -250,5 +283,8 @@ mod tests {
                 "{nr} is allowed"
             );
         }
+        assert!(!PRCTL_ALLOWED.contains(&libc::PR_SET_PDEATHSIG));
+        assert!(!PRCTL_ALLOWED.contains(&libc::PR_SET_SECUREBITS));
+        assert!(!PRCTL_ALLOWED.contains(&libc::PR_SET_MM));
     }
 }

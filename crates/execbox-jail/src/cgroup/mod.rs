@@ -214,6 +214,20 @@ pub(crate) fn mkdir(path: &Path) -> Result<()> {
     }
 }
 
+/// Create a run's cgroup directory, which must be new. Names embed the jailer's pid, so an
+/// existing one was left by a dead jailer whose pid has been reused: kill what is in it and
+/// remove it first, rather than adopt it and its processes.
+pub(crate) fn mkdir_fresh(path: &Path) -> Result<()> {
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+            remove_stale(&[path.to_path_buf()]);
+            fs::create_dir(path).map_err(|e| JailError::io("mkdir", path, e))
+        }
+        Err(e) => Err(JailError::io("mkdir", path, e)),
+    }
+}
+
 /// SIGKILL every pid listed in `procs` until the file is empty (or 2 s pass).
 pub(crate) fn kill_listed(procs: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(2);

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use nix::unistd::Pid;
 
 use super::{
-    kill_listed, mkdir, read_key, read_u64, remove_stale, rmdir_retry, stale_dirs, write_file,
-    CgroupBackend, CgroupStats, RunCgroup,
+    kill_listed, mkdir, mkdir_fresh, read_key, read_u64, remove_stale, rmdir_retry, stale_dirs,
+    write_file, CgroupBackend, CgroupStats, RunCgroup,
 };
 use crate::config::Limits;
 use crate::error::Result;
@@ -88,7 +88,7 @@ impl CgroupBackend for CgroupV1 {
             cpuacct: self.cpuacct.join(run_id),
         };
         for d in &run.dirs {
-            if let Err(e) = mkdir(d) {
+            if let Err(e) = mkdir_fresh(d) {
                 let _ = Box::new(run).remove();
                 return Err(e);
             }

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use nix::unistd::Pid;
 
 use super::{
-    kill_listed, mkdir, read_key, read_u64, remove_stale, rmdir_retry, stale_dirs, write_file,
-    CgroupBackend, CgroupStats, RunCgroup,
+    kill_listed, mkdir, mkdir_fresh, read_key, read_u64, remove_stale, rmdir_retry, stale_dirs,
+    write_file, CgroupBackend, CgroupStats, RunCgroup,
 };
 use crate::config::Limits;
 use crate::error::{JailError, Result};
@@ -61,7 +61,7 @@ impl CgroupBackend for CgroupV2 {
 
     fn create(&self, run_id: &str, limits: &Limits) -> Result<Box<dyn RunCgroup>> {
         let dir = self.parent.join(run_id);
-        mkdir(&dir)?;
+        mkdir_fresh(&dir)?;
         let setup = || -> Result<OwnedFd> {
             write_file(&dir.join("memory.max"), &limits.memory_bytes.to_string())?;
             write_file(&dir.join("memory.swap.max"), "0")?;
