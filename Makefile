@@ -14,10 +14,11 @@ CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
 
-.PHONY: help deps uv runtime build run test lint unit check bench clean
+.PHONY: help deps uv runtime build run demo test lint unit check bench load-bench clean
 
 help:
-	@echo "make run     set up and run the examples through the sandbox (execbox check + execbox run)"
+	@echo "make run     set up and start the service on 0.0.0.0:8080 (execbox serve)"
+	@echo "make demo    set up and run examples/ through the sandbox (execbox run)"
 	@echo "make test    set up and run fmt, clippy and every test (privileged ones need root)"
 	@echo "make bench   execbox run vs nsjail vs the bare interpreter (bench/README.md)"
 
@@ -49,9 +50,13 @@ runtime: uv
 build:
 	$(CARGO) build --release --workspace
 
-## Until the HTTP service lands, `make run` checks the host and runs the examples in the jail.
+## The service on its embedded defaults (0.0.0.0:8080; PORT or --listen to change).
 run: runtime build
 	$(EXECBOX) check
+	$(EXECBOX) serve $(SERVE_ARGS)
+
+## The examples through the sandbox from the command line.
+demo: runtime build
 	$(EXECBOX) run examples/hello.py
 	$(EXECBOX) run examples/pandas_report.py
 
@@ -72,6 +77,10 @@ check: build
 
 bench: runtime
 	bench/cli_bench.sh
+
+## HTTP load: execbox serve vs the reference peer (Flask + nsjail), wrk at 1, 4, 16.
+load-bench: runtime
+	bench/load_bench.sh
 
 clean:
 	$(CARGO) clean
