@@ -7,6 +7,7 @@
 
 mod limits;
 mod serve;
+mod token;
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -43,6 +44,8 @@ enum Cmd {
     },
     /// Start the HTTP service.
     Serve(Box<serve::ServeArgs>),
+    /// Mint a development token (HS256, signed with APP_JWT_SECRET) and print it.
+    Token(token::TokenArgs),
     /// The jail spawner the service starts (orders on stdin, events on stdout). Internal.
     #[command(hide = true)]
     Spawner(Box<SpawnerArgs>),
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(*a),
         Cmd::Check { json } => check_cmd(json),
         Cmd::Serve(a) => serve::serve(*a),
+        Cmd::Token(a) => token::token(a),
         Cmd::Spawner(a) => spawner(*a),
     };
     match r {

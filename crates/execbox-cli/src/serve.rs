@@ -1,6 +1,7 @@
 //! `execbox serve`: flags and environment to [`ServerConfig`], logging, signals, then tokio.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -34,6 +35,34 @@ pub struct ServeArgs {
     /// Seconds in-flight runs get to finish on SIGTERM before they are cancelled.
     #[arg(long, env = "EXECBOX_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
+    /// Listen address of /healthz, /readyz and /metrics (keep it off the public network).
+    #[arg(long, env = "EXECBOX_PRIVATE_LISTEN", default_value = "127.0.0.1:9090")]
+    private_listen: SocketAddr,
+    /// Serve without authentication: anyone who reaches the port runs code. Local
+    /// development only; logs a warning. Otherwise APP_JWT_SECRET must be set.
+    #[arg(long, action = clap::ArgAction::SetTrue)]
+    insecure_no_auth: bool,
+    /// TLS certificate chain (PEM) for the public listener; with --tls-key.
+    #[arg(long, env = "EXECBOX_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM); with --tls-cert.
+    #[arg(long, env = "EXECBOX_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Per user: sustained requests per second.
+    #[arg(long, env = "EXECBOX_QUOTA_RPS", default_value_t = 20)]
+    quota_rps: u32,
+    /// Per user: request burst above the sustained rate.
+    #[arg(long, env = "EXECBOX_QUOTA_BURST", default_value_t = 40)]
+    quota_burst: u32,
+    /// Per user: runs queued or running at once.
+    #[arg(long, env = "EXECBOX_QUOTA_CONCURRENT", default_value_t = 4)]
+    quota_concurrent: usize,
+    /// Per user: CPU-seconds per window.
+    #[arg(long, env = "EXECBOX_QUOTA_CPU_SECONDS", default_value_t = 600.0)]
+    quota_cpu_seconds: f64,
+    /// Length of the CPU-seconds window, seconds.
+    #[arg(long, env = "EXECBOX_QUOTA_WINDOW_SECS", default_value_t = 3600)]
+    quota_window_secs: u64,
     /// Log as JSON lines.
     #[arg(long, env = "EXECBOX_LOG_JSON", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -64,7 +93,27 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     init_logging(a.log_json);
     let defaults = ServerConfig::default();
     let (default_limits, max_limits) = a.limits.resolve_pair().map_err(anyhow::Error::msg)?;
+    let jwt_secret = match (std::env::var("APP_JWT_SECRET"), a.insecure_no_auth) {
+        (Ok(s), _) if !s.is_empty() => Some(s.into_bytes()),
+        (_, true) => None,
+        _ => anyhow::bail!(
+            "APP_JWT_SECRET is not set. Every run endpoint requires an HS256 bearer token signed \
+             with it: export APP_JWT_SECRET=\"$(head -c 32 /dev/urandom | base64)\" and mint \
+             tokens with `execbox token --user-id <id>`. For local development only, \
+             --insecure-no-auth serves without authentication."
+        ),
+    };
     let cfg = ServerConfig {
+        jwt_secret,
+        private_listen: a.private_listen,
+        tls: a.tls_cert.clone().zip(a.tls_key.clone()),
+        quotas: execbox_server::quota::QuotaConfig {
+            requests_per_second: a.quota_rps,
+            burst: a.quota_burst,
+            concurrent_runs: a.quota_concurrent,
+            cpu_seconds: a.quota_cpu_seconds,
+            window: Duration::from_secs(a.quota_window_secs),
+        },
         listen: listen_addr(&a)?,
         max_running: a.max_running.unwrap_or(defaults.max_running).max(1),
         max_queued: a.max_queued.unwrap_or(defaults.max_queued),

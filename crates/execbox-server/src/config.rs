@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use execbox_jail::Limits;
 
+use crate::quota::QuotaConfig;
+
 /// Everything `execbox serve` can be told.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -41,6 +43,14 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// The binary that provides `spawner` (normally the running `execbox`).
     pub spawner_exe: PathBuf,
+    /// HS256 secret for bearer tokens; `None` disables authentication (development only).
+    pub jwt_secret: Option<Vec<u8>>,
+    /// Listen address of the private endpoints (`/healthz`, `/readyz`, `/metrics`).
+    pub private_listen: SocketAddr,
+    /// TLS certificate and key (PEM) for the public listener.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Per-user quotas.
+    pub quotas: QuotaConfig,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +73,10 @@ impl Default for ServerConfig {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             shutdown_grace: Duration::from_secs(10),
             spawner_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("execbox")),
+            jwt_secret: None,
+            private_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            tls: None,
+            quotas: QuotaConfig::default(),
         }
     }
 }

@@ -33,6 +33,8 @@ pub struct ApiError {
     pub body: Box<ErrorResponse>,
     /// `Retry-After` seconds (429, 503).
     pub retry_after: Option<u64>,
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (quota answers).
+    pub rate_limit: Option<(u64, u64, u64)>,
 }
 
 impl ApiError {
@@ -47,6 +49,7 @@ impl ApiError {
                 id: None,
             }),
             retry_after: None,
+            rate_limit: None,
         }
     }
 
@@ -88,6 +91,12 @@ impl IntoResponse for ApiError {
         if let Some(s) = self.retry_after {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if let Some((limit, remaining, reset)) = self.rate_limit {
+            let h = r.headers_mut();
+            h.insert("ratelimit-limit", HeaderValue::from(limit));
+            h.insert("ratelimit-remaining", HeaderValue::from(remaining));
+            h.insert("ratelimit-reset", HeaderValue::from(reset));
         }
         r
     }

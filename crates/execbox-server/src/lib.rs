@@ -14,11 +14,13 @@
 
 pub mod admission;
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
+pub mod quota;
 pub mod routes;
 pub mod runner;
 pub mod spawner_client;
@@ -32,7 +34,7 @@ use std::sync::Arc;
 use execbox_runtime::PythonRuntime;
 
 pub use config::ServerConfig;
-pub use routes::app;
+pub use routes::{private_app, public_app};
 pub use state::AppState;
 
 use crate::admission::Admission;
@@ -59,6 +61,15 @@ pub enum ServerError {
     /// Metrics registry.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS certificate/key {path}: {source}")]
+    Tls {
+        /// Certificate path.
+        path: std::path::PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The arguments that make `execbox spawner` match `cfg`.
@@ -97,6 +108,8 @@ pub fn build_state(
         Arc::new(move |id: &str| for_started.set_running(id)),
     );
     let state = AppState(Arc::new(Inner {
+        auth: cfg.jwt_secret.as_deref().map(auth::Authenticator::new),
+        quotas: quota::Quotas::new(cfg.quotas.clone()),
         admission: Admission::new(cfg.max_running, cfg.max_queued),
         metrics: Metrics::new()?,
         store,
@@ -113,26 +126,50 @@ pub async fn serve(
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let addr = cfg.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Listen { addr, source })?;
-    tracing::info!(%addr, "listening");
-    serve_on(listener, cfg, shutdown).await
+    let bind = |addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServerError::Listen { addr, source })
+    };
+    let public = bind(cfg.listen).await?;
+    let private = bind(cfg.private_listen).await?;
+    serve_on(public, private, cfg, shutdown).await
 }
 
-/// [`serve`] on an already bound listener (tests bind port 0).
+/// [`serve`] on already bound listeners (tests bind port 0).
 pub async fn serve_on(
-    listener: tokio::net::TcpListener,
+    public: tokio::net::TcpListener,
+    private: tokio::net::TcpListener,
     cfg: ServerConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let addr = listener
-        .local_addr()
-        .map_err(|source| ServerError::Listen {
+    let local = |l: &tokio::net::TcpListener| {
+        l.local_addr().map_err(|source| ServerError::Listen {
             addr: cfg.listen,
             source,
-        })?;
+        })
+    };
+    let (public_addr, private_addr) = (local(&public)?, local(&private)?);
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some({
+            // One process-wide crypto provider (ring: no C toolchain needed); a second install
+            // attempt (tests in one process) is harmless.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .map_err(|source| ServerError::Tls {
+                    path: cert.clone(),
+                    source,
+                })?
+        }),
+        None => None,
+    };
+    if cfg.jwt_secret.is_none() {
+        tracing::warn!(
+            "authentication is DISABLED (--insecure-no-auth): anyone who can reach the public \
+             port can run code; never do this outside local development"
+        );
+    }
     let grace = cfg.shutdown_grace;
     let retention = cfg.retention;
     let max_runs = cfg.max_stored_runs;
@@ -141,30 +178,64 @@ pub async fn serve_on(
     // Background tasks hold the store, not the state: the last AppState clone must go away
     // at shutdown so the spawner's order channel closes.
     let gc_store = state.store.clone();
+    let gc_state = std::sync::Arc::downgrade(&state.0);
     let gc = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {
             tick.tick().await;
             gc_store.gc(retention, max_runs);
+            if let Some(s) = gc_state.upgrade() {
+                s.quotas.gc();
+            }
         }
     });
 
     // On shutdown: stop accepting at once; after the grace period cancel what still runs so
     // the blocking requests waiting on those runs can answer and the drain completes.
+    let stop = tokio_util::sync::CancellationToken::new();
     let drain_store = state.store.clone();
-    let signal = async move {
+    let stop_signal = stop.clone();
+    tokio::spawn(async move {
         shutdown.await;
         tracing::info!(?grace, "shutting down: draining in-flight runs");
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            tracing::warn!("grace period over: cancelling remaining runs");
-            drain_store.cancel_all();
-        });
+        stop_signal.cancel();
+        tokio::time::sleep(grace).await;
+        tracing::warn!("grace period over: cancelling remaining runs");
+        drain_store.cancel_all();
+    });
+
+    tracing::info!(addr = %public_addr, listener = "public", tls = tls.is_some(), "listening");
+    tracing::info!(addr = %private_addr, listener = "private", "listening");
+    let public_router = public_app(state.clone());
+    let private_router = private_app(state.clone());
+    let public_task = {
+        let stop = stop.clone();
+        async move {
+            match tls {
+                Some(tls) => {
+                    let handle = axum_server::Handle::new();
+                    let h = handle.clone();
+                    tokio::spawn(async move {
+                        stop.cancelled().await;
+                        h.graceful_shutdown(None);
+                    });
+                    let std_listener = public.into_std()?;
+                    axum_server::from_tcp_rustls(std_listener, tls)?
+                        .handle(handle)
+                        .serve(public_router.into_make_service())
+                        .await
+                }
+                None => {
+                    axum::serve(public, public_router)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                }
+            }
+        }
     };
-    let router = app(state.clone());
-    let served = axum::serve(listener, router)
-        .with_graceful_shutdown(signal)
-        .await;
+    let private_task = axum::serve(private, private_router)
+        .with_graceful_shutdown(async move { stop.cancelled().await });
+    let (pub_res, priv_res) = tokio::join!(public_task, private_task);
     gc.abort();
     let _ = gc.await;
     state.store.cancel_all();
@@ -173,5 +244,13 @@ pub async fn serve_on(
     drop(state);
     let _ = tokio::time::timeout(grace + std::time::Duration::from_secs(5), spawner_task).await;
     tracing::info!("stopped");
-    served.map_err(|source| ServerError::Listen { addr, source })
+    pub_res
+        .map_err(|source| ServerError::Listen {
+            addr: public_addr,
+            source,
+        })
+        .and(priv_res.map_err(|source| ServerError::Listen {
+            addr: private_addr,
+            source,
+        }))
 }

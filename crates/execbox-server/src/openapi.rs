@@ -1,13 +1,15 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use crate::api::{
     Accepted, CreateRunRequest, ExecuteRequest, ExecuteResponse, FileInput, LimitsInput, ModeName,
     Readiness, RunCodeRequest, RuntimeInfo,
 };
+use crate::auth::Claims;
 use crate::error::ErrorResponse;
-use crate::routes::{execute, health, runs};
+use crate::routes::{execute, health, runs, user};
 use execbox_proto::{ErrorBody, LimitKind, RunRecord, RunStatus, StepReport};
 
 /// The API description served at `/openapi.json`.
@@ -27,6 +29,7 @@ use execbox_proto::{ErrorBody, LimitKind, RunRecord, RunStatus, StepReport};
         runs::get_run,
         runs::cancel_run,
         runs::runtimes,
+        user::user,
         health::healthz,
         health::readyz,
         health::metrics,
@@ -48,7 +51,27 @@ use execbox_proto::{ErrorBody, LimitKind, RunRecord, RunStatus, StepReport};
         RunRecord,
         StepReport,
         RunStatus,
-        LimitKind
-    ))
+        LimitKind, Claims)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
 )]
 pub struct ApiDoc;
+
+/// Declares the HS256 bearer-token scheme every run endpoint requires.
+#[derive(Debug)]
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT (HS256)")
+                    .build(),
+            ),
+        );
+    }
+}

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admission::Ticket;
 use crate::error::ApiError;
+use crate::quota::RunSlot;
 use crate::state::AppState;
 
 /// A validated run request.
@@ -59,6 +60,20 @@ pub fn submit(
     req: RunRequest,
     owner: Option<String>,
 ) -> Result<Submitted, ApiError> {
+    let user_slot = match &owner {
+        Some(u) => match state.quotas.start_run(u) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                state
+                    .metrics
+                    .rejected
+                    .with_label_values(&["user_quota"])
+                    .inc();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let Some(ticket) = state.admission.try_enter() else {
         state
             .metrics
@@ -81,7 +96,7 @@ pub fn submit(
             created_at.clone(),
             RunStatus::Queued,
         ),
-        owner,
+        owner.clone(),
         cancel.clone(),
     );
     let order = RunOrder {
@@ -94,13 +109,24 @@ pub fn submit(
         limits: req.limits,
     };
     let (tx, done) = oneshot::channel();
-    tokio::spawn(drive(state.clone(), ticket, order, cancel, tx));
+    let quota = QuotaHold {
+        owner,
+        _slot: user_slot,
+    };
+    tokio::spawn(drive(state.clone(), ticket, quota, order, cancel, tx));
     Ok(Submitted { id, done })
+}
+
+/// The user's concurrent-run place, held for the run's life, and whom to charge its CPU to.
+struct QuotaHold {
+    owner: Option<String>,
+    _slot: Option<RunSlot>,
 }
 
 async fn drive(
     state: AppState,
     ticket: Ticket,
+    quota: QuotaHold,
     order: RunOrder,
     cancel: CancellationToken,
     done: oneshot::Sender<RunRecord>,
@@ -138,6 +164,10 @@ async fn drive(
     };
     drop(permit);
     drop(ticket);
+    if let (Some(user), Some(run)) = (&quota.owner, &rec.run) {
+        state.quotas.charge_cpu(user, run.cpu_time_ms);
+    }
+    drop(quota);
     conclude(&state, rec, done);
 }
 
@@ -175,12 +205,8 @@ fn conclude(state: &AppState, rec: RunRecord, done: oneshot::Sender<RunRecord>) 
 }
 
 /// Wait for a submitted run's final record.
-pub async fn wait(state: &AppState, s: Submitted) -> Result<RunRecord, ApiError> {
-    match s.done.await {
-        Ok(r) => Ok(r),
-        Err(_) => state
-            .store
-            .get(&s.id, None)
-            .ok_or_else(|| ApiError::internal(format!("run {} vanished", s.id))),
-    }
+pub async fn wait(s: Submitted) -> Result<RunRecord, ApiError> {
+    s.done
+        .await
+        .map_err(|_| ApiError::internal(format!("run {} ended without a record", s.id)))
 }

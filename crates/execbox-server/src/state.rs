@@ -5,8 +5,10 @@ use std::sync::Arc;
 use execbox_runtime::PythonRuntime;
 
 use crate::admission::Admission;
+use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
+use crate::quota::Quotas;
 use crate::spawner_client::SpawnerClient;
 use crate::store::RunStore;
 
@@ -29,6 +31,10 @@ pub struct Inner {
     pub metrics: Metrics,
     /// The Python runtime (for versions; the spawner runs it).
     pub python: PythonRuntime,
+    /// Token checking; `None` only with `--insecure-no-auth`.
+    pub auth: Option<Authenticator>,
+    /// Per-user quotas.
+    pub quotas: Quotas,
 }
 
 impl std::ops::Deref for AppState {

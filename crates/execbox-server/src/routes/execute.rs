@@ -2,6 +2,9 @@
 //! prints are stdout. Failures of the script are 4xx with a stable code and the output seen.
 
 use axum::extract::State;
+use axum::Extension;
+
+use crate::auth::Caller;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use execbox_proto::RunStatus;
@@ -32,6 +35,7 @@ use crate::validate;
 )]
 pub async fn execute(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Json(req): Json<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
     validate::source("script", &req.script, state.cfg.max_source_bytes)?;
@@ -45,8 +49,8 @@ pub async fn execute(
         args: vec![],
         limits: state.cfg.default_limits,
     };
-    let submitted = runner::submit(&state, run, None)?;
-    let rec = runner::wait(&state, submitted).await?;
+    let submitted = runner::submit(&state, run, caller.user)?;
+    let rec = runner::wait(submitted).await?;
     let step = rec.run.clone().unwrap_or_default();
     if rec.status == RunStatus::Ok {
         let body = ExecuteResponse {
@@ -72,5 +76,6 @@ pub async fn execute(
             id: Some(rec.id),
         }),
         retry_after: None,
+        rate_limit: None,
     })
 }

@@ -3,28 +3,26 @@
 pub mod execute;
 pub mod health;
 pub mod runs;
+pub mod user;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{middleware, Router};
 use std::time::Duration;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::auth::require_auth;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Every endpoint, with the common layers: body limit, request id, tracing, panic catcher and
-/// a request timeout backstop.
-pub fn app(state: AppState) -> Router {
-    let body_limit = state.cfg.max_body_bytes;
-    // Longest a blocking request can legitimately take: the longest allowed run, plus queueing.
-    let backstop =
-        Duration::from_millis(state.cfg.max_limits.wall_time_ms) * 3 + Duration::from_secs(30);
-    Router::new()
+/// The public endpoints: every run endpoint behind authentication and per-user quotas, and
+/// the OpenAPI document.
+pub fn public_app(state: AppState) -> Router {
+    let protected = Router::new()
         .route("/execute", post(execute::execute))
         .route("/run-json/", post(runs::run_json))
         .route("/run-json", post(runs::run_json))
@@ -34,11 +32,28 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/runs", post(runs::create_run))
         .route("/v1/runs/{id}", get(runs::get_run).delete(runs::cancel_run))
         .route("/v1/runtimes", get(runs::runtimes))
+        .route("/v1/user", get(user::user))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
+    let open = Router::new().route("/openapi.json", get(health::openapi));
+    common_layers(protected.merge(open), &state).with_state(state)
+}
+
+/// The private endpoints (`/healthz`, `/readyz`, `/metrics`), for the operator's network only.
+pub fn private_app(state: AppState) -> Router {
+    let r = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
-        .route("/openapi.json", get(health::openapi))
-        .fallback(not_found)
+        .route("/metrics", get(health::metrics));
+    common_layers(r, &state).with_state(state)
+}
+
+/// Body limit, request id, tracing, panic catcher and a request timeout backstop.
+fn common_layers(r: Router<AppState>, state: &AppState) -> Router<AppState> {
+    let body_limit = state.cfg.max_body_bytes;
+    // Longest a blocking request can legitimately take: the longest allowed run, plus queueing.
+    let backstop =
+        Duration::from_millis(state.cfg.max_limits.wall_time_ms) * 3 + Duration::from_secs(30);
+    r.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, backstop))
@@ -55,7 +70,6 @@ pub fn app(state: AppState) -> Router {
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-        .with_state(state)
 }
 
 async fn not_found() -> ApiError {

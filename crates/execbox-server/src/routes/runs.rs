@@ -4,11 +4,13 @@
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use execbox_proto::RunRecord;
 use execbox_runtime::Mode;
 use execbox_spawner::protocol::SourceFile;
 
 use crate::api::{Accepted, CreateRunRequest, ModeName, RunCodeRequest, RuntimeInfo, WaitQuery};
+use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::Json;
 use crate::runner::{self, RunRequest};
@@ -17,13 +19,14 @@ use crate::validate;
 
 async fn start(
     state: &AppState,
+    caller: Caller,
     req: RunRequest,
     wait: bool,
     status_prefix: &str,
 ) -> Result<Response, ApiError> {
-    let submitted = runner::submit(state, req, None)?;
+    let submitted = runner::submit(state, req, caller.user)?;
     if wait {
-        let rec = runner::wait(state, submitted).await?;
+        let rec = runner::wait(submitted).await?;
         return Ok((StatusCode::OK, axum::Json(rec)).into_response());
     }
     let url = format!("{status_prefix}{}", submitted.id);
@@ -84,12 +87,13 @@ fn query(
 )]
 pub async fn run_json(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
     Json(req): Json<RunCodeRequest>,
 ) -> Result<Response, ApiError> {
     let wait = query(q)?;
     let run = program(&state, req.code, req.stdin, req.args)?;
-    start(&state, run, wait, "/status/").await
+    start(&state, caller, run, wait, "/status/").await
 }
 
 /// Run an uploaded `.py` file (multipart, one file field) as a program.
@@ -109,6 +113,7 @@ pub async fn run_json(
 )]
 pub async fn run_file(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
@@ -152,7 +157,7 @@ pub async fn run_file(
     let code =
         code.ok_or_else(|| ApiError::bad_request("no_files", "upload exactly one .py file"))?;
     let run = program(&state, code, None, None)?;
-    start(&state, run, wait, "/status/").await
+    start(&state, caller, run, wait, "/status/").await
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -180,11 +185,12 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 )]
 pub async fn status(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RunRecord>, ApiError> {
     state
         .store
-        .get(&id, None)
+        .get(&id, caller.user.as_deref())
         .map(axum::Json)
         .ok_or_else(|| ApiError::run_not_found(&id))
 }
@@ -205,6 +211,7 @@ pub async fn status(
 )]
 pub async fn create_run(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Json(req): Json<CreateRunRequest>,
 ) -> Result<Response, ApiError> {
     if req.language != "python" {
@@ -230,7 +237,7 @@ pub async fn create_run(
         args: validate::args(req.args)?,
         limits,
     };
-    start(&state, run, req.wait.unwrap_or(true), "/v1/runs/").await
+    start(&state, caller, run, req.wait.unwrap_or(true), "/v1/runs/").await
 }
 
 fn check_version(selector: &str, have: &str) -> Result<(), ApiError> {
@@ -269,9 +276,10 @@ fn check_version(selector: &str, have: &str) -> Result<(), ApiError> {
 )]
 pub async fn get_run(
     State(state): State<AppState>,
+    caller: Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<axum::Json<RunRecord>, ApiError> {
-    status(State(state), Path(id)).await
+    status(State(state), caller, Path(id)).await
 }
 
 /// Cancel a queued or running run (kills its jail). Answers with the record as it is now;
@@ -289,11 +297,12 @@ pub async fn get_run(
 )]
 pub async fn cancel_run(
     State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let rec = state
         .store
-        .cancel(&id, None)
+        .cancel(&id, caller.user.as_deref())
         .ok_or_else(|| ApiError::run_not_found(&id))?;
     let code = if rec.status.is_final() {
         StatusCode::OK

@@ -1,0 +1,203 @@
+//! Per-user quotas: request rate with a burst (token bucket, `governor`), concurrent runs, and
+//! CPU-seconds per window. Over a quota → 429 with `Retry-After` and `RateLimit-*` headers.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::error::ApiError;
+
+/// Quota settings.
+#[derive(Debug, Clone)]
+pub struct QuotaConfig {
+    /// Sustained requests per second per user.
+    pub requests_per_second: u32,
+    /// Burst above the sustained rate.
+    pub burst: u32,
+    /// Runs a user may have admitted (queued or running) at once.
+    pub concurrent_runs: usize,
+    /// CPU-seconds a user may consume per window.
+    pub cpu_seconds: f64,
+    /// The CPU window.
+    pub window: Duration,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 20,
+            burst: 40,
+            concurrent_runs: 4,
+            cpu_seconds: 600.0,
+            window: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// The quota book-keeping.
+#[derive(Debug)]
+pub struct Quotas {
+    cfg: QuotaConfig,
+    rate: DefaultKeyedRateLimiter<String>,
+    running: Arc<Mutex<HashMap<String, usize>>>,
+    cpu: Mutex<HashMap<String, (Instant, f64)>>,
+}
+
+/// A user's concurrent-run place; released on drop.
+#[derive(Debug)]
+pub struct RunSlot {
+    user: String,
+    running: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for RunSlot {
+    fn drop(&mut self) {
+        let mut m = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.user);
+            }
+        }
+    }
+}
+
+fn over(code: &str, message: String, limit: u64, reset: Duration) -> ApiError {
+    let secs = reset.as_secs_f64().ceil().max(1.0) as u64;
+    let mut e = ApiError::too_many(code, message, secs);
+    e.rate_limit = Some((limit, 0, secs));
+    e
+}
+
+impl Quotas {
+    /// Quotas with `cfg`.
+    pub fn new(cfg: QuotaConfig) -> Self {
+        let rps = NonZeroU32::new(cfg.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(cfg.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        Self {
+            rate: RateLimiter::keyed(Quota::per_second(rps).allow_burst(burst)),
+            running: Arc::default(),
+            cpu: Mutex::default(),
+            cfg,
+        }
+    }
+
+    /// One request by `user`.
+    pub fn check_rate(&self, user: &str) -> Result<(), ApiError> {
+        match self.rate.check_key(&user.to_owned()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Err(over(
+                    "rate_quota",
+                    format!(
+                        "more than {} requests per second (burst {}); slow down",
+                        self.cfg.requests_per_second, self.cfg.burst
+                    ),
+                    u64::from(self.cfg.burst),
+                    wait,
+                ))
+            }
+        }
+    }
+
+    /// Take one of `user`'s concurrent-run places, if the CPU window allows a run at all.
+    pub fn start_run(&self, user: &str) -> Result<RunSlot, ApiError> {
+        {
+            let mut cpu = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((start, used)) = cpu.get(user).copied() {
+                let elapsed = start.elapsed();
+                if elapsed >= self.cfg.window {
+                    cpu.remove(user);
+                } else if used >= self.cfg.cpu_seconds {
+                    return Err(over(
+                        "cpu_quota",
+                        format!(
+                            "{used:.1} CPU-seconds used of {} in this {}-second window",
+                            self.cfg.cpu_seconds,
+                            self.cfg.window.as_secs()
+                        ),
+                        self.cfg.cpu_seconds.ceil() as u64,
+                        self.cfg.window - elapsed,
+                    ));
+                }
+            }
+        }
+        let mut m = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(user.to_owned()).or_insert(0);
+        if *n >= self.cfg.concurrent_runs {
+            return Err(over(
+                "concurrency_quota",
+                format!("at most {} runs at once per user", self.cfg.concurrent_runs),
+                self.cfg.concurrent_runs as u64,
+                Duration::from_secs(1),
+            ));
+        }
+        *n += 1;
+        Ok(RunSlot {
+            user: user.to_owned(),
+            running: self.running.clone(),
+        })
+    }
+
+    /// Charge a finished run's CPU time to `user`.
+    pub fn charge_cpu(&self, user: &str, cpu_ms: f64) {
+        let mut cpu = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
+        let e = cpu.entry(user.to_owned()).or_insert((Instant::now(), 0.0));
+        if e.0.elapsed() >= self.cfg.window {
+            *e = (Instant::now(), 0.0);
+        }
+        e.1 += cpu_ms / 1000.0;
+    }
+
+    /// Drop state of users not seen for a while (bounded memory).
+    pub fn gc(&self) {
+        self.rate.retain_recent();
+        let window = self.cfg.window;
+        self.cpu
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, (start, _)| start.elapsed() < window);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrency_and_cpu_quotas() {
+        let q = Quotas::new(QuotaConfig {
+            concurrent_runs: 1,
+            cpu_seconds: 1.0,
+            ..QuotaConfig::default()
+        });
+        let a = q.start_run("a").unwrap();
+        let e = q.start_run("a").unwrap_err();
+        assert_eq!(e.body.error.code, "concurrency_quota");
+        assert!(e.retry_after.is_some() && e.rate_limit.is_some());
+        assert!(q.start_run("b").is_ok(), "another user is not affected");
+        drop(a);
+        q.charge_cpu("a", 1500.0);
+        assert_eq!(q.start_run("a").unwrap_err().body.error.code, "cpu_quota");
+    }
+
+    #[test]
+    fn rate_quota_allows_the_burst_then_refuses() {
+        let q = Quotas::new(QuotaConfig {
+            requests_per_second: 1,
+            burst: 3,
+            ..QuotaConfig::default()
+        });
+        for _ in 0..3 {
+            q.check_rate("a").unwrap();
+        }
+        let e = q.check_rate("a").unwrap_err();
+        assert_eq!(e.body.error.code, "rate_quota");
+        assert!(q.check_rate("b").is_ok());
+    }
+}
