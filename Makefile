@@ -50,10 +50,19 @@ runtime: uv
 build:
 	$(CARGO) build --release --workspace
 
-## The service on its embedded defaults (0.0.0.0:8080; PORT or --listen to change).
+## The service on its embedded defaults (0.0.0.0:8080; PORT or --listen to change). Auth stays
+## on: without APP_JWT_SECRET a development secret is generated into .dev-jwt-secret.
 run: runtime build
 	$(EXECBOX) check
-	$(EXECBOX) serve $(SERVE_ARGS)
+	@secret="$${APP_JWT_SECRET:-$$(cat .dev-jwt-secret 2>/dev/null)}"; \
+	if [ -z "$$secret" ]; then \
+	  secret="$$(head -c 32 /dev/urandom | base64 | tr -d '\n')"; \
+	  (umask 077; echo "$$secret" > .dev-jwt-secret); \
+	  echo "generated a development JWT secret in .dev-jwt-secret"; \
+	fi; \
+	echo "mint a token:  APP_JWT_SECRET=\"\$$(cat .dev-jwt-secret)\" $(EXECBOX) token --user-id dev"; \
+	echo "then:          curl -H \"Authorization: Bearer \$$TOKEN\" localhost:8080/v1/user"; \
+	APP_JWT_SECRET="$$secret" exec $(EXECBOX) serve $(SERVE_ARGS)
 
 ## The examples through the sandbox from the command line.
 demo: runtime build
