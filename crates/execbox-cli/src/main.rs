@@ -192,6 +192,9 @@ fn run(a: RunArgs) -> Result<ExitCode> {
 fn spawner(a: SpawnerArgs) -> Result<ExitCode> {
     // If the server dies, so do we (and with us every jail, by their own parent-death signal).
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    // Signals for the server's group or cgroup (Ctrl-C, systemd's stop) are not for us: the
+    // server drains, then closes our stdin.
+    execbox_jail::sys::ignore_termination_signals()?;
     let default_limits: execbox_jail::Limits = match &a.default_limits {
         Some(j) => serde_json::from_str(j).context("--default-limits")?,
         None => execbox_jail::Limits::default(),
@@ -203,8 +206,13 @@ fn spawner(a: SpawnerArgs) -> Result<ExitCode> {
         pool: a.pool,
         default_limits,
     };
-    execbox_spawner::Spawner::new(jailer, runtime, cfg, Box::new(std::io::stdout()))
-        .serve(input)?;
+    execbox_spawner::Spawner::new(
+        jailer,
+        runtime,
+        cfg,
+        std::io::stdout().as_fd().try_clone_to_owned()?,
+    )
+    .serve(input)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,23 +2,26 @@
 //! jails, spoken to with reqwest on loopback only.
 //!
 //! Each test starts `execbox serve --listen 127.0.0.1:0` as a child process (the plain API tests
-//! share one through [`shared_server`]) and stops it with SIGTERM when done ([`Server`]'s `Drop`,
-//! SIGKILL if it hangs). Like `cli.rs` they need root: outside CI a non-root run skips with a
-//! message; with `CI=true` it fails.
+//! share one through [`shared_server`]), learns its port from the JSON `listening` log line,
+//! waits for `/readyz`, and stops it with SIGTERM when done ([`Server`]'s `Drop`; SIGKILL if it
+//! hangs). Like `cli.rs` they need root: outside CI a non-root run skips with a message; with
+//! `CI=true` it fails.
 //!
-//! Leftover checks are scoped to what a test can attribute to its own server: the jail
-//! processes descended from its spawner (identified by pid *and* start time, so a recycled pid
-//! is not mistaken for a survivor), the run cgroups its spawner named `j<spawner pid>-<n>`, and
+//! Leftover checks are scoped to what a test can attribute to its own server: the processes
+//! descended from its spawner (identified by pid *and* start time, so a recycled pid is not
+//! mistaken for a survivor), the run cgroups its spawner named `j<spawner pid>-<n>`, and
 //! processes found by a unique marker passed as a program argument (argv is visible in
 //! `/proc/PID/cmdline`). A blanket "no process in the execbox uid range" check would be wrong
-//! while any other server runs, because every spawner keeps prepared jails that already run as
-//! execbox uids. The drain test, which wants the blanket check, takes [`HOST`] for writing so no
-//! other server of this file runs meanwhile, and still makes it only when no foreign execbox
-//! (another `serve`/`run` on this host) is alive.
+//! while any server runs, because every spawner keeps prepared jails that already run as
+//! execbox uids. The drain test makes the host-wide check in the form that stays sound: once
+//! its server is gone, no jailed process and no run cgroup may lack a live jail owner (a
+//! spawner or `execbox run`); it takes [`HOST`] for writing so no other server of this file
+//! runs meanwhile, and anything another execbox on the host owns is not counted.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, PoisonError, Weak};
@@ -76,7 +79,7 @@ struct ProcId {
 }
 
 /// Fields of `/proc/PID/stat` after the command name: `[0]` is the state, `[1]` the ppid,
-/// `[19]` the start time.
+/// `[2]` the process group, `[19]` the start time.
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = s.get(s.rfind(')')? + 1..)?;
@@ -148,6 +151,18 @@ fn describe(pid: u32) -> String {
         ppid(pid),
         uids(pid)
     )
+}
+
+/// Processes of process group `pgid`.
+fn group_members(pgid: u32) -> Vec<u32> {
+    pids()
+        .into_iter()
+        .filter(|&p| {
+            stat_fields(p)
+                .and_then(|f| f.get(2)?.parse::<u32>().ok())
+                .is_some_and(|g| g == pgid)
+        })
+        .collect()
 }
 
 /// Every process below `root` (not `root` itself), at this moment.
@@ -290,10 +305,11 @@ fn cgroups_of(pid: u32) -> Vec<PathBuf> {
     out
 }
 
-/// The TCP port `pid` listens on, from its socket inodes and `/proc/PID/net/tcp`.
-fn listening_port(pid: u32) -> Option<u16> {
+/// The TCP ports `pid` listens on, from its socket inodes and `/proc/PID/net/tcp`.
+fn listening_ports(pid: u32) -> Vec<u16> {
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .ok()?
+        .into_iter()
+        .flatten()
         .filter_map(Result::ok)
         .filter_map(|e| std::fs::read_link(e.path()).ok())
         .filter_map(|l| {
@@ -303,15 +319,19 @@ fn listening_port(pid: u32) -> Option<u16> {
                 .map(str::to_owned)
         })
         .collect();
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
-    table.lines().skip(1).find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
-        if *state != "0A" || !inodes.iter().any(|i| i == inode) {
-            return None;
-        }
-        u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
-    })
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
+            if *state != "0A" || !inodes.iter().any(|i| i == inode) {
+                return None;
+            }
+            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+        })
+        .collect()
 }
 
 /// Poll `check` (a list of problems) until it is empty or `timeout` passes.
@@ -342,8 +362,12 @@ fn unique_marker(tag: &str) -> String {
 /// A running `execbox serve`; dropping it sends SIGTERM, then SIGKILL if it does not exit.
 struct Server {
     child: Child,
+    /// The public listener (the API).
     addr: SocketAddr,
-    /// The `addr` field of the `listening` log line.
+    /// Where `/healthz`, `/readyz` and `/metrics` answer: a separate private listener when
+    /// this build has one, the public one otherwise.
+    ops: SocketAddr,
+    /// The `addr` field of the public listener's `listening` log line.
     logged_addr: Option<String>,
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -351,23 +375,38 @@ struct Server {
 impl Server {
     /// Start `execbox serve` on a free loopback port with `extra` flags; wait until ready.
     fn start(extra: &[&str]) -> Server {
+        Server::launch(extra, false)
+    }
+
+    /// [`Server::start`], optionally as the leader of a new process group (as a service
+    /// manager or a terminal would run it), so the group can be signalled as a whole.
+    fn launch(extra: &[&str], own_group: bool) -> Server {
         let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--log-json"];
         if !extra.contains(&"--shutdown-grace-secs") {
             args.extend(["--shutdown-grace-secs", "2"]);
         }
+        let private = serve_has_flag("--private-listen");
+        if private {
+            args.extend(["--private-listen", "127.0.0.1:0"]);
+        }
+        if serve_has_flag("--insecure-no-auth") {
+            // These tests exercise the API contracts, not authentication.
+            args.push("--insecure-no-auth");
+        }
         args.extend(extra);
-        args.extend(no_auth_flag());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_execbox"))
-            .args(&args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_execbox"));
+        cmd.args(&args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start execbox serve");
+            .stderr(Stdio::piped());
+        if own_group {
+            cmd.process_group(0);
+        }
+        let mut child = cmd.spawn().expect("start execbox serve");
         let stderr = child.stderr.take().expect("stderr pipe");
         let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::channel::<(bool, String)>();
         let sink = logs.clone();
         // Drain stderr for the server's whole life (the spawner writes there too), so a full
         // pipe never blocks it; remember the lines for failure reports.
@@ -382,8 +421,11 @@ impl Server {
                 }
                 let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
                 if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if v["fields"]["message"] == "listening" {
-                        let _ = tx.send(v["fields"]["addr"].as_str().unwrap_or("").to_owned());
+                    let f = &v["fields"];
+                    if f["message"] == "listening" {
+                        let is_private = f["listener"] == "private";
+                        let addr = f["addr"].as_str().unwrap_or("").to_owned();
+                        let _ = tx.send((is_private, addr));
                     }
                 }
                 sink.lock()
@@ -391,42 +433,55 @@ impl Server {
                     .push(line);
             }
         });
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut s = Server {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr: unbound,
+            ops: unbound,
             logged_addr: None,
             logs,
         };
-        let logged = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no `listening` log line:\n{}", s.log_tail(40)));
-        s.logged_addr = Some(logged.clone());
-        s.addr = match logged.parse::<SocketAddr>() {
-            Ok(a) if a.port() != 0 => a,
+        let (mut public, mut private_addr) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while public.is_none() || (private && private_addr.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((true, a)) => private_addr = Some(a),
+                Ok((false, a)) => public = Some(a),
+                Err(_) => panic!("no `listening` log line:\n{}", s.log_tail(40)),
+            }
+        }
+        let public = public.unwrap_or_default();
+        s.logged_addr = Some(public.clone());
+        let logged_port = |a: &str| a.parse::<SocketAddr>().ok().filter(|a| a.port() != 0);
+        s.addr = match logged_port(&public) {
+            Some(a) => a,
             // The log line gave no usable port (see `listening_log_names_the_bound_port`): find
             // the listening socket in /proc instead so the other tests can still run.
-            _ => {
+            None if !private => {
                 let deadline = Instant::now() + Duration::from_secs(10);
                 loop {
-                    if let Some(p) = listening_port(s.pid()) {
+                    if let [p] = listening_ports(s.pid())[..] {
                         break SocketAddr::from(([127, 0, 0, 1], p));
                     }
                     assert!(Instant::now() < deadline, "server never listened");
                     std::thread::sleep(Duration::from_millis(20));
                 }
             }
+            None => panic!("the public `listening` log line has no port: {public:?}"),
         };
-        assert!(s.addr.ip().is_loopback());
+        s.ops = match private_addr {
+            Some(p) => logged_port(&p)
+                .unwrap_or_else(|| panic!("the private `listening` log line has no port: {p:?}")),
+            None => s.addr,
+        };
+        assert!(s.addr.ip().is_loopback() && s.ops.ip().is_loopback());
         s.wait_ready(Duration::from_secs(60));
         s
     }
 
     fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
     }
 
     fn log_tail(&self, n: usize) -> String {
@@ -438,7 +493,7 @@ impl Server {
     fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if blocking_status(self.addr, "/readyz") == Some(200) {
+            if blocking_status(self.ops, "/readyz") == Some(200) {
                 return;
             }
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -465,6 +520,20 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Every spawner this server reported starting (`spawner up` log lines).
+    fn logged_spawners(&self) -> Vec<u32> {
+        let logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
+        logs.iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "spawner up")
+            .filter_map(|v| {
+                v["fields"]["pid"]
+                    .as_u64()
+                    .and_then(|p| u32::try_from(p).ok())
+            })
+            .collect()
     }
 
     fn signal(&self, sig: Signal) {
@@ -498,19 +567,19 @@ impl Drop for Server {
     }
 }
 
-/// These tests exercise the API contracts without authentication. A build whose `serve` can
-/// require bearer tokens offers `--insecure-no-auth` to turn that off; pass it when it exists.
-fn no_auth_flag() -> Option<&'static str> {
-    static FLAG: std::sync::OnceLock<Option<&'static str>> = std::sync::OnceLock::new();
-    *FLAG.get_or_init(|| {
-        let help = Command::new(env!("CARGO_BIN_EXE_execbox"))
+/// Whether this build's `execbox serve --help` offers `flag` (the harness adapts to builds with
+/// a private ops listener or with authentication that can be turned off).
+fn serve_has_flag(flag: &str) -> bool {
+    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HELP.get_or_init(|| {
+        let out = Command::new(env!("CARGO_BIN_EXE_execbox"))
             .args(["serve", "--help"])
             .output()
             .expect("execbox serve --help");
-        String::from_utf8_lossy(&help.stdout)
-            .contains("--insecure-no-auth")
-            .then_some("--insecure-no-auth")
+        String::from_utf8_lossy(&out.stdout).into_owned()
     })
+    .split(|c: char| c.is_whitespace() || c == ',')
+    .any(|w| w == flag)
 }
 
 /// Status of `GET path` with plain std networking (used before any async runtime matters).
@@ -585,21 +654,32 @@ async fn send(rb: RequestBuilder) -> Resp {
 #[derive(Debug, Clone)]
 struct Api {
     c: Client,
-    base: String,
+    public: SocketAddr,
+    ops: SocketAddr,
 }
 
 impl Api {
     fn new(s: &Server) -> Api {
+        // The workspace builds reqwest without a bundled TLS crypto provider; a client cannot
+        // be built until one is installed (plain HTTP here, but the builder insists).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let c = Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(90))
             .build()
             .expect("http client");
-        Api { c, base: s.url("") }
+        Api {
+            c,
+            public: s.addr,
+            ops: s.ops,
+        }
     }
 
+    /// `path` on the listener that serves it.
     fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        let ops = ["/healthz", "/readyz", "/metrics"].contains(&path);
+        let addr = if ops { self.ops } else { self.public };
+        format!("http://{addr}{path}")
     }
 
     /// A request to finish by hand (headers, raw bodies, multipart).
@@ -928,8 +1008,15 @@ async fn execute_rejects_malformed_input() {
     // The body must be an object with `script`: serde's derived struct deserializer also
     // accepts a positional array, which is not the documented shape. (Last, so a failure here
     // does not hide the checks above.)
-    let r = send(api.raw("/execute", br#"["def main():\n    return 1\n"]"#)).await;
-    assert_error(&r, 400, "invalid_field");
+    for body in [
+        &br#"["def main():\n    return 1\n"]"#[..],
+        b"\"x\"",
+        b"3",
+        b"null",
+    ] {
+        let r = send(api.raw("/execute", body)).await;
+        assert_error(&r, 400, "invalid_body");
+    }
 }
 
 // ----------------------------------------------------------------------------- seed 003
@@ -1377,11 +1464,14 @@ async fn listening_log_names_the_bound_port() {
     }
     let _host = host_shared().await;
     let s = Server::start(&["--pool", "1"]);
-    // With --listen 127.0.0.1:0 the log is how a supervisor learns the port.
-    assert_eq!(
-        s.logged_addr.as_deref(),
-        Some(s.addr.to_string().as_str()),
-        "the `listening` log line must name the bound address, not the requested one"
+    // With --listen 127.0.0.1:0 the log is how a supervisor learns the port: it must name the
+    // port the kernel bound, not the one asked for.
+    let logged: Option<SocketAddr> = s.logged_addr.as_deref().and_then(|a| a.parse().ok());
+    let bound = listening_ports(s.pid());
+    assert!(
+        logged.is_some_and(|a| a.ip().is_loopback() && a.port() != 0 && bound.contains(&a.port())),
+        "the `listening` log line says {:?}; the server listens on ports {bound:?}",
+        s.logged_addr
     );
 }
 
@@ -1711,4 +1801,58 @@ async fn sigterm_drains_in_flight_runs_and_leaves_nothing() {
             others.join("\n  ")
         );
     }
+}
+
+/// A service manager (systemd's default `KillMode=control-group` signals every process of the
+/// unit), Ctrl-C in a terminal, or `kill -TERM -PGID` signal more than the server. The drain
+/// must not depend on which processes the signal reached: here the server's group and the
+/// spawner itself (which has a group of its own) both get SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_the_whole_process_group_still_drains() {
+    if !privileged() {
+        return;
+    }
+    let _host = host_shared().await;
+    let mut s = Server::launch(&["--shutdown-grace-secs", "10"], true);
+    let api = Api::new(&s);
+    let spawner = spawner_of(s.pid()).expect("the server's spawner");
+
+    let marker = unique_marker("group");
+    let body = json!({
+        "language": "python",
+        "files": [{"content": "import time\ntime.sleep(2)\nprint('drained')\n"}],
+        "args": [marker],
+    });
+    let blocking = tokio::spawn({
+        let api = api.clone();
+        async move { api.post("/v1/runs", body).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while with_arg(&marker).is_empty() {
+        assert!(Instant::now() < deadline, "the run never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    kill(Pid::from_raw(-(s.pid() as i32)), Signal::SIGTERM).expect("signal the group");
+    kill(Pid::from_raw(spawner as i32), Signal::SIGTERM).expect("signal the spawner");
+
+    let r = blocking.await.expect("request task");
+    let status = s.exited_within(Duration::from_secs(15)).await;
+    assert_record(&r, "ok");
+    assert_eq!(r.json["run"]["stdout"], "drained\n");
+    let status = status.unwrap_or_else(|| panic!("still running 15 s after SIGTERM"));
+    assert!(status.success(), "exit status {status} after SIGTERM");
+    assert_eq!(
+        s.logged_spawners(),
+        vec![spawner],
+        "a spawner was (re)started during shutdown"
+    );
+    eventually("leftovers of the group", Duration::from_secs(5), || {
+        let mut left: Vec<String> = group_members(s.pid()).into_iter().map(describe).collect();
+        left.extend(with_arg(&marker).into_iter().map(describe));
+        for sp in s.logged_spawners() {
+            left.extend(cgroup_names(&run_cgroups(&format!("j{sp}-"))));
+        }
+        left
+    })
+    .await;
 }

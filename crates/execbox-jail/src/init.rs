@@ -90,6 +90,7 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
     //    and its process group is not execbox's. Under memory pressure the kernel kills the
     //    sandbox before anything of the host.
     creds::die_with_parent()?;
+    sys::reset_signals().map_err(|e| format!("reset signals: {e}"))?;
     nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     std::fs::write("/proc/self/oom_score_adj", "1000")
         .map_err(|e| format!("oom_score_adj: {e}"))?;

@@ -234,3 +234,41 @@ pub fn landlock_abi() -> i64 {
 fn cstr(s: &str) -> Result<CString, Errno> {
     CString::new(s).map_err(|_| Errno::EINVAL)
 }
+
+/// Set `sig`'s disposition to ignore (`ignore`) or default.
+fn set_disposition(sig: libc::c_int, ignore: bool) -> Result<(), Errno> {
+    let handler = if ignore { libc::SIG_IGN } else { libc::SIG_DFL };
+    // SAFETY: SIG_IGN and SIG_DFL are not function pointers into this process, so no handler
+    // code can run; signal() only changes the kernel's disposition table for `sig`.
+    let r = unsafe { libc::signal(sig, handler) };
+    if r == libc::SIG_ERR {
+        Err(Errno::last())
+    } else {
+        Ok(())
+    }
+}
+
+/// Ignore SIGTERM, SIGINT and SIGHUP (the spawner: it ends on stdin EOF or its parent's death,
+/// not on signals meant for the server's process group or cgroup).
+pub fn ignore_termination_signals() -> Result<(), Errno> {
+    for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        set_disposition(s, true)?;
+    }
+    Ok(())
+}
+
+/// Give the payload a clean slate: every catchable signal at its default disposition (execve
+/// keeps "ignored" ones: Rust ignores SIGPIPE, the spawner SIGTERM/SIGINT/SIGHUP) and an
+/// empty signal mask.
+pub fn reset_signals() -> Result<(), Errno> {
+    for s in 1..=31 {
+        if s != libc::SIGKILL && s != libc::SIGSTOP {
+            set_disposition(s, false)?;
+        }
+    }
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )
+}

@@ -21,6 +21,8 @@ pub struct ServerConfig {
     pub retention: Duration,
     /// At most this many runs are remembered (oldest finished ones are forgotten first).
     pub max_stored_runs: usize,
+    /// At most this many bytes of finished records are kept (oldest forgotten first).
+    pub max_stored_bytes: usize,
     /// Limits of a run that asks for none.
     pub default_limits: Limits,
     /// The most a run may ask for.
@@ -62,6 +64,7 @@ impl Default for ServerConfig {
             max_queued: cpus * 8,
             retention: Duration::from_secs(600),
             max_stored_runs: 10_000,
+            max_stored_bytes: 256 * 1024 * 1024,
             default_limits: Limits::default(),
             max_limits: Limits::default_maxima(),
             max_body_bytes: 2 * 1024 * 1024,

@@ -8,7 +8,10 @@ use serde::de::DeserializeOwned;
 use crate::error::ApiError;
 
 /// `axum::Json`, but a malformed body answers with [`ApiError`]: 413 when too large, 415 when
-/// not `application/json`, 400 naming the field otherwise.
+/// not `application/json`, 400 when not a JSON object, 400 naming the field otherwise.
+///
+/// The body must be a JSON object: serde's derived structs would also accept a positional
+/// array (`["print(1)"]`), which is never what a client meant.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);
 
@@ -20,10 +23,29 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Json(v)),
-            Err(rej) => Err(json_rejection(rej)),
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(rej) => return Err(json_rejection(rej)),
+        };
+        if !value.is_object() {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "the body must be a JSON object",
+            ));
         }
+        // serde_path_to_error names the field that failed (`script: invalid type: …`).
+        serde_path_to_error::deserialize(value)
+            .map(Json)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                let msg = e.into_inner().to_string();
+                let text = if path == "." {
+                    msg
+                } else {
+                    format!("{path}: {msg}")
+                };
+                ApiError::bad_request("invalid_field", text)
+            })
     }
 }
 

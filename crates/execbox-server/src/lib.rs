@@ -97,7 +97,7 @@ pub fn build_state(
     cfg: ServerConfig,
 ) -> Result<(AppState, tokio::task::JoinHandle<()>), ServerError> {
     let python = PythonRuntime::discover(&cfg.python_env)?;
-    let store = Arc::new(RunStore::default());
+    let store = Arc::new(RunStore::with_max_bytes(cfg.max_stored_bytes));
     let for_started = store.clone();
     let (spawner, task) = SpawnerClient::start(
         SpawnerCommand {

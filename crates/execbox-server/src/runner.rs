@@ -34,6 +34,8 @@ pub struct Submitted {
     pub id: String,
     /// Yields the final record.
     pub done: oneshot::Receiver<RunRecord>,
+    /// Cancels the run.
+    pub cancel: CancellationToken,
 }
 
 fn record(id: &str, version: &str, created_at: String, status: RunStatus) -> RunRecord {
@@ -113,8 +115,15 @@ pub fn submit(
         owner,
         _slot: user_slot,
     };
-    tokio::spawn(drive(state.clone(), ticket, quota, order, cancel, tx));
-    Ok(Submitted { id, done })
+    tokio::spawn(drive(
+        state.clone(),
+        ticket,
+        quota,
+        order,
+        cancel.clone(),
+        tx,
+    ));
+    Ok(Submitted { id, done, cancel })
 }
 
 /// The user's concurrent-run place, held for the run's life, and whom to charge its CPU to.
@@ -204,9 +213,15 @@ fn conclude(state: &AppState, rec: RunRecord, done: oneshot::Sender<RunRecord>) 
     let _ = done.send(rec);
 }
 
-/// Wait for a submitted run's final record.
+/// Wait for a submitted run's final record. If the caller goes away first (the client
+/// disconnected and the handler future was dropped), the run is cancelled: nobody will read
+/// its result, and it must not hold a slot that others are queueing for.
 pub async fn wait(s: Submitted) -> Result<RunRecord, ApiError> {
-    s.done
+    let guard = s.cancel.drop_guard();
+    let r = s
+        .done
         .await
-        .map_err(|_| ApiError::internal(format!("run {} ended without a record", s.id)))
+        .map_err(|_| ApiError::internal(format!("run {} ended without a record", s.id)));
+    guard.disarm();
+    r
 }

@@ -13,7 +13,7 @@ use execbox_proto::{RunRecord, RunStatus};
 use execbox_runtime::Mode;
 use execbox_spawner::protocol::{Event, Order, RunOrder, SourceFile};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -146,11 +146,11 @@ fn canary_order(limits: Limits) -> RunOrder {
     }
 }
 
-async fn send(stdin: &mut ChildStdin, order: &Order) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(order).map_err(std::io::Error::other)?;
+fn line_of(order: &Order) -> Vec<u8> {
+    // Orders are plain data (strings, numbers): serialising them cannot fail.
+    let mut line = serde_json::to_vec(order).unwrap_or_default();
     line.push(b'\n');
-    stdin.write_all(&line).await?;
-    stdin.flush().await
+    line
 }
 
 async fn run_one(
@@ -165,6 +165,9 @@ async fn run_one(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
+        // Its own process group: a signal to the server's group (Ctrl-C, `kill -TERM -PGID`)
+        // must not kill the spawner under a draining server. It exits on stdin EOF instead.
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
     {
@@ -202,37 +205,46 @@ async fn run_one(
 
     let canary = canary_order(cmd.canary_limits);
     let canary_id = canary.id.clone();
-    if let Err(e) = send(&mut stdin, &Order::Run(canary)).await {
+    if let Err(e) = stdin.write_all(&line_of(&Order::Run(canary))).await {
         return Exit::Died(format!("write canary: {e}"));
     }
 
+    // Orders are written by a task of their own, so reading events never waits on a write:
+    // a large order and a large event in flight at once would otherwise block both processes
+    // on full pipes. (The queue is bounded by admission: one order per admitted run, plus
+    // cancels.)
+    let (order_tx, mut order_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let writer = tokio::spawn(async move {
+        while let Some(line) = order_rx.recv().await {
+            stdin.write_all(&line).await?;
+            stdin.flush().await?;
+        }
+        Ok::<(), std::io::Error>(()) // dropping stdin: EOF for the spawner
+    });
+    let mut order_tx = Some(order_tx);
     let mut pending: HashMap<String, oneshot::Sender<RunResult>> = HashMap::new();
-    let mut stdin = Some(stdin);
     let exit = loop {
         tokio::select! {
-            c = rx.recv(), if stdin.is_some() => match c {
+            c = rx.recv(), if order_tx.is_some() => match c {
                 None => {
                     // Shutting down: EOF tells the spawner to cancel what runs and exit; keep
                     // reading so the final records still reach their runs.
-                    stdin = None;
+                    order_tx = None;
                 }
                 Some(Cmd::Run(order, tx)) => {
                     let id = order.id.clone();
-                    let Some(w) = stdin.as_mut() else { continue };
-                    match send(w, &Order::Run(*order)).await {
-                        Ok(()) => {
-                            pending.insert(id, tx);
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(format!("write to spawner: {e}")));
-                            break Exit::Died(format!("write to spawner: {e}"));
-                        }
+                    let sent = order_tx.as_ref().map(|w| w.send(line_of(&Order::Run(*order))));
+                    if let Some(Ok(())) = sent {
+                        pending.insert(id, tx);
+                    } else {
+                        let _ = tx.send(Err("the spawner's order pipe is closed".into()));
+                        break Exit::Died("order pipe closed".into());
                     }
                 }
                 Some(Cmd::Cancel(id)) => {
-                    if let Some(w) = stdin.as_mut() {
-                        if let Err(e) = send(w, &Order::Cancel { id }).await {
-                            break Exit::Died(format!("write to spawner: {e}"));
+                    if let Some(w) = &order_tx {
+                        if w.send(line_of(&Order::Cancel { id })).is_err() {
+                            break Exit::Died("order pipe closed".into());
                         }
                     }
                 }
@@ -266,7 +278,7 @@ async fn run_one(
                     Err(e) => tracing::warn!(%e, "unreadable spawner event"),
                 },
                 Ok(None) | Err(_) => {
-                    break if stdin.is_none() {
+                    break if order_tx.is_none() {
                         Exit::Closed
                     } else {
                         Exit::Died("spawner exited".into())
@@ -280,6 +292,7 @@ async fn run_one(
             "the sandbox spawner died while the run was in flight".into()
         ));
     }
+    writer.abort();
     let _ = child.start_kill();
     let _ = child.wait().await;
     exit

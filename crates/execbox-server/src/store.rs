@@ -14,15 +14,39 @@ struct Entry {
     owner: Option<String>,
     cancel: CancellationToken,
     finished: Option<Instant>,
+    /// Approximate bytes held by the record (its output and result).
+    bytes: usize,
 }
 
 /// All runs the server knows.
 #[derive(Debug, Default)]
 pub struct RunStore {
     runs: Mutex<HashMap<String, Entry>>,
+    /// Most bytes of finished records kept (0: no bound). Output caps bound one record;
+    /// this bounds them all, so a flood of async runs with large outputs cannot grow the
+    /// server without limit.
+    max_bytes: usize,
+}
+
+fn record_bytes(r: &RunRecord) -> usize {
+    let step = r
+        .run
+        .as_ref()
+        .map_or(0, |s| s.stdout.len() + s.stderr.len());
+    // Results are bounded by the result cap; their JSON length is a fair estimate.
+    let result = r.result.as_ref().map_or(0, |v| v.to_string().len());
+    step + result + 512
 }
 
 impl RunStore {
+    /// A store that keeps at most `max_bytes` of finished records (0: unbounded).
+    pub fn with_max_bytes(max_bytes: usize) -> Self {
+        Self {
+            runs: Mutex::default(),
+            max_bytes,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // A panic while holding the lock leaves plain data behind; keep serving it.
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
@@ -38,6 +62,7 @@ impl RunStore {
                 owner,
                 cancel,
                 finished: None,
+                bytes: 0,
             },
         );
     }
@@ -60,10 +85,41 @@ impl RunStore {
 
     /// Store the final record.
     pub fn finish(&self, record: RunRecord) {
-        if let Some(e) = self.lock().get_mut(&record.id) {
+        let mut runs = self.lock();
+        if let Some(e) = runs.get_mut(&record.id) {
+            e.bytes = record_bytes(&record);
             e.record = record;
             e.finished = Some(Instant::now());
         }
+        if self.max_bytes > 0 {
+            Self::evict_oldest(&mut runs, |runs| {
+                runs.values().map(|e| e.bytes).sum::<usize>() > self.max_bytes
+            });
+        }
+    }
+
+    /// Remove finished entries, oldest first, while `over` says the store is too big.
+    fn evict_oldest(
+        runs: &mut HashMap<String, Entry>,
+        over: impl Fn(&HashMap<String, Entry>) -> bool,
+    ) -> usize {
+        if !over(runs) {
+            return 0;
+        }
+        let mut done: Vec<(Instant, String)> = runs
+            .iter()
+            .filter_map(|(k, e)| e.finished.map(|t| (t, k.clone())))
+            .collect();
+        done.sort();
+        let mut n = 0;
+        for (_, k) in done {
+            if !over(runs) {
+                break;
+            }
+            runs.remove(&k);
+            n += 1;
+        }
+        n
     }
 
     /// Request cancellation. Returns the record as it is now, or `None` if unknown/not visible.
@@ -94,17 +150,7 @@ impl RunStore {
         let before = runs.len();
         let now = Instant::now();
         runs.retain(|_, e| e.finished.is_none_or(|t| now.duration_since(t) < retention));
-        if runs.len() > max {
-            let mut done: Vec<(Instant, String)> = runs
-                .iter()
-                .filter_map(|(k, e)| e.finished.map(|t| (t, k.clone())))
-                .collect();
-            done.sort();
-            let excess = runs.len() - max;
-            for (_, k) in done.into_iter().take(excess) {
-                runs.remove(&k);
-            }
-        }
+        Self::evict_oldest(&mut runs, |r| r.len() > max);
         before - runs.len()
     }
 
@@ -163,6 +209,23 @@ mod tests {
         assert_eq!(s.gc(Duration::from_secs(60), 100), 0);
         assert_eq!(s.gc(Duration::ZERO, 100), 1);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn byte_cap_drops_oldest_finished_records() {
+        let s = RunStore::with_max_bytes(3100);
+        for id in ["a", "b", "c"] {
+            s.insert(rec(id), None, CancellationToken::new());
+            let mut r = rec(id);
+            r.status = RunStatus::Ok;
+            r.run = Some(execbox_proto::StepReport {
+                stdout: "x".repeat(1000),
+                ..Default::default()
+            });
+            s.finish(r);
+        }
+        assert!(s.get("a", None).is_none(), "oldest evicted");
+        assert!(s.get("b", None).is_some() && s.get("c", None).is_some());
     }
 
     #[test]

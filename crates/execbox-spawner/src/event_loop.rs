@@ -2,7 +2,7 @@
 //! (preparing, pooled, running) supervised from the same single thread.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -53,6 +53,7 @@ struct Active {
 #[derive(Clone, Copy)]
 enum Tag {
     Control,
+    Out,
     Prep(usize),
     Run(usize, Role),
 }
@@ -67,7 +68,9 @@ pub struct Spawner {
     preparing: Vec<Prep>,
     running: Vec<Active>,
     inbuf: Vec<u8>,
-    out: Box<dyn Write>,
+    out: OwnedFd,
+    /// Events not yet written: the loop never blocks on a slow reader.
+    outbuf: VecDeque<u8>,
     refill_after: Instant,
 }
 
@@ -86,13 +89,8 @@ fn log(msg: &str) {
 }
 
 impl Spawner {
-    /// A spawner that writes events to `out`.
-    pub fn new(
-        jailer: Jailer,
-        runtime: PythonRuntime,
-        cfg: SpawnerConfig,
-        out: Box<dyn Write>,
-    ) -> Self {
+    /// A spawner that writes events to `out` (made non-blocking).
+    pub fn new(jailer: Jailer, runtime: PythonRuntime, cfg: SpawnerConfig, out: OwnedFd) -> Self {
         let default_spec = runtime.jail_spec(cfg.default_limits);
         Self {
             jailer,
@@ -104,20 +102,53 @@ impl Spawner {
             running: Vec::new(),
             inbuf: Vec::new(),
             out,
+            outbuf: VecDeque::new(),
             refill_after: Instant::now(),
         }
     }
 
+    /// Queue an event and write what the pipe takes now.
     fn emit(&mut self, ev: &Event) -> io::Result<()> {
-        let mut line = serde_json::to_vec(ev).map_err(io::Error::other)?;
-        line.push(b'\n');
-        self.out.write_all(&line)?;
-        self.out.flush()
+        let line = serde_json::to_vec(ev).map_err(io::Error::other)?;
+        self.outbuf.extend(line);
+        self.outbuf.push_back(b'\n');
+        self.flush_some()
+    }
+
+    /// Write queued events until the pipe is full (EAGAIN) or the queue empty.
+    fn flush_some(&mut self) -> io::Result<()> {
+        while !self.outbuf.is_empty() {
+            let (a, _) = self.outbuf.as_slices();
+            let n = a.len().min(1 << 20);
+            match nix::unistd::write(&self.out, &a[..n]) {
+                Ok(w) => {
+                    self.outbuf.drain(..w);
+                }
+                Err(nix::errno::Errno::EAGAIN) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// At exit: write everything that is left, waiting as needed.
+    fn flush_all(&mut self) -> io::Result<()> {
+        while !self.outbuf.is_empty() {
+            self.flush_some()?;
+            if !self.outbuf.is_empty() {
+                let mut fds = [PollFd::new(self.out.as_fd(), PollFlags::POLLOUT)];
+                let _ = poll(&mut fds, PollTimeout::from(1000u16));
+            }
+        }
+        Ok(())
     }
 
     /// Serve orders from `input` until it reaches EOF, then cancel what still runs and return.
     pub fn serve(mut self, input: OwnedFd) -> Result<(), SpawnerError> {
         fcntl(input.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(SpawnerError::Poll)?;
+        fcntl(self.out.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
+            .map_err(SpawnerError::Poll)?;
         let hello = Event::Hello {
             version: self.runtime.version.clone(),
             missing_layers: self.jailer.missing_layers().to_vec(),
@@ -137,10 +168,15 @@ impl Spawner {
                 self.refill();
             }
             let events = self.wait(input.as_fd(), eof)?;
+            // The indices in `events` refer to `preparing` and `running` as they are now, so
+            // everything that uses them runs before anything that reorders those lists
+            // (orders: a cancel removes from `preparing`; finish_runs removes from `running`).
             let mut ready_preps = Vec::new();
+            let mut control = false;
             for (tag, ev) in events {
                 match tag {
-                    Tag::Control => eof |= self.read_orders(input.as_fd())?,
+                    Tag::Control => control = true,
+                    Tag::Out => self.flush_some()?,
                     Tag::Prep(i) => ready_preps.push(i),
                     Tag::Run(i, role) => {
                         if let Err(e) = self.running[i].sup.handle(role, ev) {
@@ -150,8 +186,12 @@ impl Spawner {
                 }
             }
             self.finish_preps(ready_preps)?;
+            if control {
+                eof |= self.read_orders(input.as_fd())?;
+            }
             self.finish_runs()?;
         }
+        self.flush_all()?;
         Ok(())
     }
 
@@ -174,6 +214,10 @@ impl Spawner {
         if !eof {
             fds.push(PollFd::new(control, PollFlags::POLLIN));
             tags.push(Tag::Control);
+        }
+        if !self.outbuf.is_empty() {
+            fds.push(PollFd::new(self.out.as_fd(), PollFlags::POLLOUT));
+            tags.push(Tag::Out);
         }
         for (i, p) in self.preparing.iter().enumerate() {
             fds.push(PollFd::new(p.preparing.ready_fd(), PollFlags::POLLIN));
