@@ -472,3 +472,30 @@ async fn tls_handshake_and_execute_over_https() {
         (reqwest::Version::HTTP_11, StatusCode::OK)
     );
 }
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    if !privileged() {
+        return;
+    }
+    use std::io::{Read, Write};
+    let s = server(&[]);
+    let mut slow = std::net::TcpStream::connect(s.public).unwrap();
+    slow.write_all(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    // Other clients are served meanwhile.
+    assert_eq!(status_of(s.public, "/openapi.json"), Some(200));
+    // The header-read timeout closes the slow connection (bounded wait, not a timing claim).
+    slow.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = slow
+        .read(&mut buf)
+        .expect("closed, not timed out on our side");
+    assert_eq!(
+        n,
+        0,
+        "expected EOF, got {:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}

@@ -72,6 +72,49 @@ pub enum ServerError {
     },
 }
 
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serve `router` on `listener` (with TLS when given) until `stop`, then finish in-flight
+/// requests. hyper's connection settings bound slow clients: headers must arrive within
+/// [`HEADER_READ_TIMEOUT`], HTTP/2 connections are pinged and dropped when silent, and carry
+/// at most 64 concurrent streams.
+async fn listen(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    use hyper_util::rt::TokioTimer;
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        stop.cancelled().await;
+        h.graceful_shutdown(None);
+    });
+    let std_listener = listener.into_std()?;
+    let service = router.into_make_service();
+    macro_rules! configure_and_serve {
+        ($server:expr) => {{
+            let mut server = $server.handle(handle);
+            let b = server.http_builder();
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            b.http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(std::time::Duration::from_secs(30))
+                .keep_alive_timeout(std::time::Duration::from_secs(10))
+                .max_concurrent_streams(64);
+            server.serve(service).await
+        }};
+    }
+    match tls {
+        Some(tls) => configure_and_serve!(axum_server::from_tcp_rustls(std_listener, tls)?),
+        None => configure_and_serve!(axum_server::from_tcp(std_listener)?),
+    }
+}
+
 /// The arguments that make `execbox spawner` match `cfg`.
 pub fn spawner_args(cfg: &ServerConfig) -> Vec<String> {
     let mut a = vec![
@@ -208,33 +251,8 @@ pub async fn serve_on(
     tracing::info!(addr = %private_addr, listener = "private", "listening");
     let public_router = public_app(state.clone());
     let private_router = private_app(state.clone());
-    let public_task = {
-        let stop = stop.clone();
-        async move {
-            match tls {
-                Some(tls) => {
-                    let handle = axum_server::Handle::new();
-                    let h = handle.clone();
-                    tokio::spawn(async move {
-                        stop.cancelled().await;
-                        h.graceful_shutdown(None);
-                    });
-                    let std_listener = public.into_std()?;
-                    axum_server::from_tcp_rustls(std_listener, tls)?
-                        .handle(handle)
-                        .serve(public_router.into_make_service())
-                        .await
-                }
-                None => {
-                    axum::serve(public, public_router)
-                        .with_graceful_shutdown(async move { stop.cancelled().await })
-                        .await
-                }
-            }
-        }
-    };
-    let private_task = axum::serve(private, private_router)
-        .with_graceful_shutdown(async move { stop.cancelled().await });
+    let public_task = listen(public, public_router, tls, stop.clone());
+    let private_task = listen(private, private_router, None, stop.clone());
     let (pub_res, priv_res) = tokio::join!(public_task, private_task);
     gc.abort();
     let _ = gc.await;

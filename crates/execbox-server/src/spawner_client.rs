@@ -162,6 +162,10 @@ async fn run_one(
     let mut child: Child = match Command::new(&cmd.exe)
         .arg("spawner")
         .args(&cmd.args)
+        // Nothing of the server's environment (APP_JWT_SECRET above all) reaches the jailer;
+        // every jail is a copy of it until execve.
+        .env_clear()
+        .envs(std::env::var("RUST_LOG").map(|v| ("RUST_LOG", v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
