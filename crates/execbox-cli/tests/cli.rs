@@ -2,32 +2,14 @@
 //!
 //! They need root (uid maps, cgroups, mounts). Outside CI a non-root run skips with a message;
 //! with `CI=true` a missing capability is a failure.
+mod support;
+
+use support::privileged;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
-
-fn privileged() -> bool {
-    // geteuid via /proc: this crate forbids unsafe.
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
-        })
-        .unwrap_or_default();
-    if uid == "0" {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "CI=true but not running as root: the jail tests cannot run"
-    );
-    eprintln!("skipping: the jail tests need root (uid {uid})");
-    false
-}
 
 struct Script {
     _dir: tempfile::TempDir,

@@ -17,6 +17,9 @@
 //! its server is gone, no jailed process and no run cgroup may lack a live jail owner (a
 //! spawner or `execbox run`); it takes [`HOST`] for writing so no other server of this file
 //! runs meanwhile, and anything another execbox on the host owns is not counted.
+mod support;
+
+use support::privileged;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -47,26 +50,6 @@ async fn host_shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
 
 async fn host_exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
     HOST.write().await
-}
-
-fn privileged() -> bool {
-    let uid = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(str::to_owned))
-        })
-        .unwrap_or_default();
-    if uid == "0" {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").is_err(),
-        "CI=true but not running as root: the HTTP tests cannot run"
-    );
-    eprintln!("skipping: the HTTP tests start jails and need root (uid {uid})");
-    false
 }
 
 // ------------------------------------------------------------------------------------ /proc
