@@ -14,7 +14,7 @@ CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
 
-.PHONY: help deps uv runtime build run demo test lint unit check bench load-bench clean
+.PHONY: help deps uv runtime build run demo test lint unit openapi-check check bench load-bench clean
 
 help:
 	@echo "make run     set up and start the service on 0.0.0.0:8080 (execbox serve)"
@@ -76,9 +76,15 @@ lint:
 unit: runtime
 	cd runtimes/python && $(PYTHON_ENV)/bin/python -m unittest -q test_harness
 
+## The OpenAPI document the service serves, checked by an independent validator (PyPI).
+openapi-check: uv
+	@test -x $(UV_ENV)/bin/openapi-spec-validator || $(UV_ENV)/bin/pip install -q openapi-spec-validator
+	$(CARGO) run -q -p execbox-cli -- openapi > target/openapi.json
+	$(UV_ENV)/bin/openapi-spec-validator target/openapi.json
+
 ## Everything CI runs. Privileged tests run for real as root; with CI=true a missing
 ## capability fails instead of skipping.
-test: runtime lint unit
+test: runtime lint unit openapi-check
 	$(CARGO) test --workspace
 
 check: build

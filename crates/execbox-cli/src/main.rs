@@ -46,6 +46,8 @@ enum Cmd {
     Serve(Box<serve::ServeArgs>),
     /// Mint a development token (HS256, signed with APP_JWT_SECRET) and print it.
     Token(token::TokenArgs),
+    /// Print the service's OpenAPI document.
+    Openapi,
     /// The jail spawner the service starts (orders on stdin, events on stdout). Internal.
     #[command(hide = true)]
     Spawner(Box<SpawnerArgs>),
@@ -130,6 +132,7 @@ fn main() -> ExitCode {
         Cmd::Check { json } => check_cmd(json),
         Cmd::Serve(a) => serve::serve(*a),
         Cmd::Token(a) => token::token(a),
+        Cmd::Openapi => openapi(),
         Cmd::Spawner(a) => spawner(*a),
     };
     match r {
@@ -213,6 +216,13 @@ fn spawner(a: SpawnerArgs) -> Result<ExitCode> {
         std::io::stdout().as_fd().try_clone_to_owned()?,
     )
     .serve(input)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn openapi() -> Result<ExitCode> {
+    use execbox_server::openapi::ApiDoc;
+    use utoipa::OpenApi;
+    println!("{}", ApiDoc::openapi().to_pretty_json()?);
     Ok(ExitCode::SUCCESS)
 }
 

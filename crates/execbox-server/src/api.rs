@@ -38,6 +38,7 @@ pub struct RunCodeRequest {
 
 /// `?wait=` on the run endpoints.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WaitQuery {
     /// `false`: answer 202 with the run id at once instead of waiting for the result.
     pub wait: Option<bool>,
