@@ -72,6 +72,7 @@ demo: runtime build
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps --workspace -q
 
 unit: runtime
 	cd runtimes/python && $(PYTHON_ENV)/bin/python -m unittest -q test_harness

@@ -59,7 +59,7 @@ pub enum RuntimeError {
 pub struct PythonRuntime {
     /// The venv prefix.
     pub prefix: PathBuf,
-    /// Interpreter path inside the venv (used as argv[0] inside the jail).
+    /// Interpreter path inside the venv (used as `argv[0]` inside the jail).
     pub python: PathBuf,
     /// Interpreter version, e.g. `3.11.2`.
     pub version: String,

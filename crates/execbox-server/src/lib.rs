@@ -8,7 +8,8 @@
 //! ```
 //!
 //! This crate never forks: every jail is made by the spawner (`execbox spawner`), a separate
-//! single-threaded process. [`app`] builds the router from an [`AppState`]; [`serve`] runs it.
+//! single-threaded process. [`public_app`] and [`private_app`] build the routers from an
+//! [`AppState`]; [`serve`] runs them.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
