@@ -139,6 +139,11 @@ fn main_contract_errors_are_distinct() {
         ),
         ("def main(:\n", "syntax_error"),
         ("import sys\ndef main():\n    sys.exit(3)\n", "system_exit"),
+        // deeper than the record may carry (it travels inside other JSON): refused, not lost
+        (
+            "def main():\n    v = 0\n    for _ in range(126):\n        v = [v]\n    return v\n",
+            "result_not_json",
+        ),
     ];
     for (src, code) in cases {
         let r = run(src, &[]);

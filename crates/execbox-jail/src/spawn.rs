@@ -111,9 +111,6 @@ impl Jailer {
         let slot = self.slots.acquire()?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let jail_id = format!("j{}-{n}", std::process::id());
-        let cgroup = self.cgroups.create(&jail_id, &spec.limits)?;
-        t.lap("cgroup_create");
-
         let p = |what| pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::sys(what, e));
         let (stdin_r, stdin_w) = p("pipe stdin")?;
         let (stdout_r, stdout_w) = p("pipe stdout")?;
@@ -121,6 +118,11 @@ impl Jailer {
         let (result_r, result_w) = p("pipe result")?;
         let (status_r, status_w) = p("pipe status")?;
         let (sync_r, sync_w) = p("pipe sync")?;
+
+        // After the pipes: nothing that can fail sits between creating the cgroup and the
+        // clone, whose error path removes it.
+        let cgroup = self.cgroups.create(&jail_id, &spec.limits)?;
+        t.lap("cgroup_create");
 
         let plan = ChildPlan {
             fds: [

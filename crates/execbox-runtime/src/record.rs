@@ -87,14 +87,41 @@ pub fn build_record(meta: RunMeta, mode: Mode, limits: &Limits, o: Outcome) -> R
                 ));
             }
             (Mode::Main, Some(Ok(m))) if m.ok => {
-                result = Some(m.result.unwrap_or(Value::Null));
+                let value = m.result.unwrap_or(Value::Null);
+                if depth(&value) > MAX_RESULT_DEPTH {
+                    status = RunStatus::RuntimeError;
+                    error = Some(ErrorBody::new(
+                        "result_not_json",
+                        format!(
+                            "main() returned a value nested deeper than {MAX_RESULT_DEPTH} levels"
+                        ),
+                    ));
+                } else {
+                    result = Some(value);
+                }
             }
             (_, Some(Ok(m))) => {
+                // The channel is written by code in the jail: keep only a plausible code and a
+                // bounded message.
                 status = RunStatus::RuntimeError;
-                error = Some(ErrorBody::new(
-                    m.error.unwrap_or_else(|| "runtime_error".into()),
-                    m.message.unwrap_or_default(),
-                ));
+                let code = m
+                    .error
+                    .filter(|c| {
+                        !c.is_empty()
+                            && c.len() <= 40
+                            && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    })
+                    .unwrap_or_else(|| "runtime_error".into());
+                let mut message = m.message.unwrap_or_default();
+                if message.len() > MAX_MESSAGE {
+                    let mut cut = MAX_MESSAGE;
+                    while !message.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    message.truncate(cut);
+                    message.push('…');
+                }
+                error = Some(ErrorBody::new(code, message));
             }
             (_, None) => {
                 if let Some(sig) = o.signal {
@@ -149,6 +176,20 @@ pub fn build_record(meta: RunMeta, mode: Mode, limits: &Limits, o: Outcome) -> R
             .iter()
             .map(|(k, d)| ((*k).to_owned(), d.as_micros() as u64))
             .collect(),
+    }
+}
+
+/// Deepest result nesting passed on: the record travels inside other JSON (spawner events,
+/// responses), whose parsers stop at 128 levels.
+pub const MAX_RESULT_DEPTH: usize = 64;
+/// Longest error message taken from the result channel.
+const MAX_MESSAGE: usize = 2000;
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 
@@ -270,6 +311,24 @@ mod tests {
             outcome("garbage", 0),
         );
         assert_eq!(r.error.unwrap().code, "result_channel_corrupt");
+    }
+
+    #[test]
+    fn channel_content_is_bounded() {
+        let mut deep = String::from("0");
+        for _ in 0..100 {
+            deep = format!("[{deep}]");
+        }
+        let msg = format!(r#"{{"ok": true, "result": {deep}}}"#);
+        let r = build_record(meta(), Mode::Main, &Limits::default(), outcome(&msg, 0));
+        assert_eq!(r.error.unwrap().code, "result_not_json");
+        assert!(r.result.is_none());
+        let long = "m".repeat(10_000);
+        let msg = format!(r#"{{"ok": false, "error": "Not A Code!", "message": "{long}"}}"#);
+        let r = build_record(meta(), Mode::Main, &Limits::default(), outcome(&msg, 1));
+        let e = r.error.unwrap();
+        assert_eq!(e.code, "runtime_error");
+        assert!(e.message.len() <= MAX_MESSAGE + 3);
     }
 
     #[test]

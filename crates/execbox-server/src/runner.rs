@@ -76,6 +76,22 @@ pub fn submit(
         },
         None => None,
     };
+    let sp = state.spawner.status();
+    if !(sp.up && sp.canary_ok) {
+        state
+            .metrics
+            .rejected
+            .with_label_values(&["not_ready"])
+            .inc();
+        return Err(ApiError {
+            retry_after: Some(2),
+            ..ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the sandbox is starting or restarting; retry shortly",
+            )
+        });
+    }
     let Some(ticket) = state.admission.try_enter() else {
         state
             .metrics
@@ -152,12 +168,24 @@ async fn drive(
             return;
         }
     };
+    // Backstop: a run always ends within its wall-clock limit plus teardown; if no record
+    // comes well after that, something inside execbox failed. Conclude it rather than hold
+    // its slot forever.
+    let backstop = std::time::Duration::from_millis(order.limits.wall_time_ms)
+        + std::time::Duration::from_secs(60);
     let mut rx = state.spawner.run(order).await;
     let result = tokio::select! {
         r = &mut rx => r,
         _ = cancel.cancelled() => {
             state.spawner.cancel(&id).await;
-            rx.await
+            match tokio::time::timeout(backstop, rx).await {
+                Ok(r) => r,
+                Err(_) => Ok(Err("no record after cancel".into())),
+            }
+        }
+        _ = tokio::time::sleep(backstop) => {
+            state.spawner.cancel(&id).await;
+            Ok(Err("no record from the spawner within the backstop".into()))
         }
     };
     let rec = match result {

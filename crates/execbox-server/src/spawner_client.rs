@@ -279,7 +279,18 @@ async fn run_one(
                         }
                     }
                     Ok(Event::Hello { .. }) => {}
-                    Err(e) => tracing::warn!(%e, "unreadable spawner event"),
+                    Err(e) => {
+                        // Fail the run it was about rather than leave it waiting forever.
+                        #[derive(serde::Deserialize)]
+                        struct IdOnly {
+                            id: Option<String>,
+                        }
+                        let id = serde_json::from_str::<IdOnly>(&l).ok().and_then(|i| i.id);
+                        tracing::error!(%e, run = ?id, "unreadable spawner event");
+                        if let Some(tx) = id.and_then(|id| pending.remove(&id)) {
+                            let _ = tx.send(Err(format!("unreadable event: {e}")));
+                        }
+                    }
                 },
                 Ok(None) | Err(_) => {
                     break if order_tx.is_none() {

@@ -35,7 +35,11 @@ fn record_bytes(r: &RunRecord) -> usize {
         .map_or(0, |s| s.stdout.len() + s.stderr.len());
     // Results are bounded by the result cap; their JSON length is a fair estimate.
     let result = r.result.as_ref().map_or(0, |v| v.to_string().len());
-    step + result + 512
+    let error = r
+        .error
+        .as_ref()
+        .map_or(0, |e| e.code.len() + e.message.len());
+    step + result + error + 512
 }
 
 impl RunStore {

@@ -160,7 +160,20 @@ impl Spawner {
                 for a in &mut self.running {
                     a.sup.cancel();
                 }
-                self.preparing.retain(|p| p.order.is_none());
+                // Runs still waiting for their jail end as cancelled, like running ones.
+                let waiting: Vec<RunOrder> = self
+                    .preparing
+                    .iter_mut()
+                    .filter_map(|p| p.order.take().map(|(o, _)| o))
+                    .collect();
+                self.preparing.clear();
+                for order in waiting {
+                    let outcome = Outcome {
+                        cancelled: true,
+                        ..Outcome::default()
+                    };
+                    self.finished(order, outcome)?;
+                }
                 if self.running.is_empty() {
                     break;
                 }
