@@ -499,3 +499,45 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
         String::from_utf8_lossy(&buf[..n])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_is_fair_between_users_with_default_quotas() {
+    if !privileged() {
+        return;
+    }
+    // One execution slot; the flooder keeps it busy and queues more within its quota.
+    let s = server(&["--max-running", "1"]);
+    let c = support::client().build().unwrap();
+    let (flooder, other) = (token("flooder"), token("patient"));
+    let sleeper = json!({"language": "python", "wait": false,
+                         "files": [{"content": "import time\ntime.sleep(1.5)\n"}]});
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (st, _, body) = post(&c, &s.url("/v1/runs"), &flooder, sleeper.clone()).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    // The other user's run queues behind the running one but ahead of the flooder's queue.
+    let (st, _, rec) = post(
+        &c,
+        &s.url("/v1/runs"),
+        &other,
+        json!({"language": "python", "files": [{"content": "print('my turn')"}]}),
+    )
+    .await;
+    assert_eq!(
+        (st, rec["status"].as_str()),
+        (StatusCode::OK, Some("ok")),
+        "{rec}"
+    );
+    let (_, _, last) = get(&c, &s.url(&format!("/v1/runs/{}", ids[2])), Some(&flooder)).await;
+    assert_eq!(
+        last["status"], "queued",
+        "the flooder's last run must still wait: {last}"
+    );
+    let (_, _, second) = get(&c, &s.url(&format!("/v1/runs/{}", ids[1])), Some(&flooder)).await;
+    assert_ne!(
+        second["status"], "ok",
+        "the other user was served before the flooder's 2nd run: {second}"
+    );
+}

@@ -1,25 +1,86 @@
 //! Admission control: at most `max_running` runs execute at once, at most `max_queued` wait
 //! behind them, and anything beyond is refused at once (429) instead of piling up.
+//!
+//! The queue is fair between users: when a slot frees, it goes to the waiting run whose user
+//! has the fewest runs executing, then the fewest waiting, then the earliest, so a user who
+//! floods the queue gets no more than its share of the slots while others wait. Written by hand: tokio's
+//! semaphore is FIFO only, and no well-kept crate offers a keyed fair semaphore for tokio.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Default)]
+struct Slots {
+    running: usize,
+    per_user: HashMap<String, usize>,
+    /// Waiting runs in arrival order; a sender whose receiver is gone was cancelled.
+    waiting: VecDeque<(String, oneshot::Sender<()>)>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    max_running: usize,
+    slots: Mutex<Slots>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hand free slots to waiting runs, fewest-running user first.
+    fn dispatch(&self, s: &mut Slots) {
+        while s.running < self.max_running && !s.waiting.is_empty() {
+            s.waiting.retain(|(_, tx)| !tx.is_closed());
+            let mut queued: HashMap<&str, usize> = HashMap::new();
+            for (u, _) in &s.waiting {
+                *queued.entry(u.as_str()).or_insert(0) += 1;
+            }
+            // Fewest running first, then fewest waiting (the flooder last), then arrival.
+            let best = s
+                .waiting
+                .iter()
+                .enumerate()
+                .min_by_key(|(i, (u, _))| {
+                    let running = s.per_user.get(u).copied().unwrap_or(0);
+                    (running, queued.get(u.as_str()).copied().unwrap_or(0), *i)
+                })
+                .map(|(i, _)| i);
+            let Some((user, tx)) = best.and_then(|i| s.waiting.remove(i)) else {
+                return;
+            };
+            if tx.send(()).is_ok() {
+                s.running += 1;
+                *s.per_user.entry(user).or_insert(0) += 1;
+            }
+        }
+    }
+}
 
 /// The gate.
 #[derive(Debug)]
 pub struct Admission {
-    sem: Arc<Semaphore>,
+    shared: Arc<Shared>,
     admitted: Arc<AtomicUsize>,
-    max_running: usize,
     max_queued: usize,
 }
 
 /// A place in the queue; dropping it gives the place back.
 #[derive(Debug)]
 pub struct Ticket {
-    sem: Arc<Semaphore>,
+    shared: Arc<Shared>,
     admitted: Arc<AtomicUsize>,
+    user: String,
+}
+
+/// An execution slot; dropping it frees the slot for the next waiting run.
+#[derive(Debug)]
+pub struct Permit {
+    shared: Arc<Shared>,
+    user: String,
 }
 
 impl Drop for Ticket {
@@ -28,15 +89,76 @@ impl Drop for Ticket {
     }
 }
 
+impl Shared {
+    /// Give back `user`'s slot and hand it on.
+    fn release(&self, user: &str) {
+        let mut s = self.lock();
+        s.running -= 1;
+        if let Some(n) = s.per_user.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                s.per_user.remove(user);
+            }
+        }
+        self.dispatch(&mut s);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.shared.release(&self.user);
+    }
+}
+
+/// A place in line. If the wait is abandoned just after a slot was granted (the grant and a
+/// cancellation racing), the slot is given back instead of leaking.
+struct Waiting<'a> {
+    rx: Option<oneshot::Receiver<()>>,
+    ticket: &'a Ticket,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            if rx.try_recv().is_ok() {
+                self.ticket.shared.release(&self.ticket.user);
+            }
+        }
+    }
+}
+
 impl Ticket {
-    /// Wait for an execution slot (FIFO).
-    pub async fn acquire(&self) -> OwnedSemaphorePermit {
-        // The semaphore is never closed, so acquire cannot fail.
-        self.sem
-            .clone()
-            .acquire_owned()
-            .await
-            .unwrap_or_else(|_| unreachable!("admission semaphore is never closed"))
+    /// Wait for an execution slot. Dropping the future gives up the place in line.
+    pub async fn acquire(&self) -> Permit {
+        let rx = {
+            let mut s = self.shared.lock();
+            if s.running < self.shared.max_running && s.waiting.iter().all(|(_, t)| t.is_closed()) {
+                s.running += 1;
+                *s.per_user.entry(self.user.clone()).or_insert(0) += 1;
+                return self.permit();
+            }
+            let (tx, rx) = oneshot::channel();
+            s.waiting.push_back((self.user.clone(), tx));
+            rx
+        };
+        let mut waiting = Waiting {
+            rx: Some(rx),
+            ticket: self,
+        };
+        if let Some(rx) = waiting.rx.as_mut() {
+            // The sender is only dropped unsent by `dispatch` after our receiver is gone, so
+            // this cannot fail while we wait.
+            let _ = rx.await;
+        }
+        waiting.rx = None; // granted: the permit owns the slot now
+        self.permit()
+    }
+
+    fn permit(&self) -> Permit {
+        Permit {
+            shared: self.shared.clone(),
+            user: self.user.clone(),
+        }
     }
 }
 
@@ -44,16 +166,18 @@ impl Admission {
     /// A gate with the given sizes.
     pub fn new(max_running: usize, max_queued: usize) -> Self {
         Self {
-            sem: Arc::new(Semaphore::new(max_running.max(1))),
+            shared: Arc::new(Shared {
+                max_running: max_running.max(1),
+                slots: Mutex::default(),
+            }),
             admitted: Arc::new(AtomicUsize::new(0)),
-            max_running: max_running.max(1),
             max_queued,
         }
     }
 
-    /// Take a place, or `None` when running and queued are both full.
-    pub fn try_enter(&self) -> Option<Ticket> {
-        let cap = self.max_running + self.max_queued;
+    /// Take a place for `user`'s run, or `None` when running and queued are both full.
+    pub fn try_enter(&self, user: &str) -> Option<Ticket> {
+        let cap = self.shared.max_running + self.max_queued;
         let mut cur = self.admitted.load(Ordering::Acquire);
         loop {
             if cur >= cap {
@@ -67,8 +191,9 @@ impl Admission {
             ) {
                 Ok(_) => {
                     return Some(Ticket {
-                        sem: self.sem.clone(),
+                        shared: self.shared.clone(),
                         admitted: self.admitted.clone(),
+                        user: user.to_owned(),
                     })
                 }
                 Err(now) => cur = now,
@@ -78,7 +203,7 @@ impl Admission {
 
     /// Runs executing now.
     pub fn running(&self) -> usize {
-        self.max_running - self.sem.available_permits()
+        self.shared.lock().running
     }
 
     /// Runs admitted but waiting for a slot.
@@ -96,15 +221,60 @@ mod tests {
     #[tokio::test]
     async fn refuses_beyond_running_plus_queue_and_frees_on_drop() {
         let a = Admission::new(1, 1);
-        let t1 = a.try_enter().unwrap();
-        let t2 = a.try_enter().unwrap();
-        assert!(a.try_enter().is_none());
+        let t1 = a.try_enter("u").unwrap();
+        let t2 = a.try_enter("u").unwrap();
+        assert!(a.try_enter("u").is_none());
         let p1 = t1.acquire().await;
         assert_eq!((a.running(), a.queued()), (1, 1));
         drop(p1);
         drop(t1);
-        assert!(a.try_enter().is_some(), "a place was freed");
+        assert!(a.try_enter("u").is_some(), "a place was freed");
         drop(t2);
         assert_eq!(a.queued(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_goes_to_the_user_with_the_fewest_running() {
+        let a = Arc::new(Admission::new(2, 10));
+        let (f1, f2) = (a.try_enter("flood").unwrap(), a.try_enter("flood").unwrap());
+        let (p1, _p2) = (f1.acquire().await, f2.acquire().await);
+        // The flooder queues two more, then another user queues one.
+        let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut tasks = Vec::new();
+        for user in ["flood", "flood", "other"] {
+            let t = a.try_enter(user).unwrap();
+            let tx = order_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let p = t.acquire().await;
+                let _ = tx.send(user);
+                p
+            }));
+            tokio::task::yield_now().await;
+        }
+        drop(p1); // one of the flooder's slots frees
+        assert_eq!(
+            order_rx.recv().await,
+            Some("other"),
+            "the other user goes first"
+        );
+        for t in tasks {
+            t.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_does_not_take_a_slot() {
+        let a = Admission::new(1, 5);
+        let t1 = a.try_enter("a").unwrap();
+        let p1 = t1.acquire().await;
+        let t2 = a.try_enter("b").unwrap();
+        let waiting =
+            tokio::time::timeout(std::time::Duration::from_millis(20), t2.acquire()).await;
+        assert!(waiting.is_err(), "no slot while one runs");
+        drop(p1);
+        assert_eq!(a.running(), 0, "the cancelled waiter got nothing");
+        let t3 = a.try_enter("c").unwrap();
+        let _p3 = t3.acquire().await;
+        assert_eq!(a.running(), 1);
     }
 }

@@ -92,7 +92,7 @@ pub fn submit(
             )
         });
     }
-    let Some(ticket) = state.admission.try_enter() else {
+    let Some(ticket) = state.admission.try_enter(owner.as_deref().unwrap_or("")) else {
         state
             .metrics
             .rejected
