@@ -96,16 +96,22 @@ impl RunStore {
             e.finished = Some(Instant::now());
         }
         if self.max_bytes > 0 {
-            Self::evict_oldest(&mut runs, |runs| {
-                runs.values().map(|e| e.bytes).sum::<usize>() > self.max_bytes
-            });
+            let total = std::cell::Cell::new(runs.values().map(|e| e.bytes).sum::<usize>());
+            let max = self.max_bytes;
+            Self::evict_oldest(
+                &mut runs,
+                |_| total.get() > max,
+                |gone| total.set(total.get() - gone.bytes),
+            );
         }
     }
 
-    /// Remove finished entries, oldest first, while `over` says the store is too big.
+    /// Remove finished entries, oldest first, while `over` says the store is too big
+    /// (`removed` is told of each entry taken out, so `over` can stay O(1)).
     fn evict_oldest(
         runs: &mut HashMap<String, Entry>,
-        over: impl Fn(&HashMap<String, Entry>) -> bool,
+        mut over: impl FnMut(&HashMap<String, Entry>) -> bool,
+        mut removed: impl FnMut(&Entry),
     ) -> usize {
         if !over(runs) {
             return 0;
@@ -120,8 +126,10 @@ impl RunStore {
             if !over(runs) {
                 break;
             }
-            runs.remove(&k);
-            n += 1;
+            if let Some(e) = runs.remove(&k) {
+                removed(&e);
+                n += 1;
+            }
         }
         n
     }
@@ -154,7 +162,7 @@ impl RunStore {
         let before = runs.len();
         let now = Instant::now();
         runs.retain(|_, e| e.finished.is_none_or(|t| now.duration_since(t) < retention));
-        Self::evict_oldest(&mut runs, |r| r.len() > max);
+        Self::evict_oldest(&mut runs, |r| r.len() > max, |_| {});
         before - runs.len()
     }
 
