@@ -541,3 +541,116 @@ async fn the_queue_is_fair_between_users_with_default_quotas() {
         "the other user was served before the flooder's 2nd run: {second}"
     );
 }
+
+mod websocket {
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    async fn connect(s: &Server, protocols: Option<&str>) -> Result<Ws, String> {
+        let mut req = format!("ws://{}/v1/ws", s.public)
+            .into_client_request()
+            .unwrap();
+        if let Some(p) = protocols {
+            req.headers_mut()
+                .insert("sec-websocket-protocol", p.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(req)
+            .await
+            .map(|(ws, _)| ws)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn recv(ws: &mut Ws) -> Option<Value> {
+        loop {
+            match ws.next().await? {
+                Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    async fn send(ws: &mut Ws, v: Value) {
+        ws.send(Message::Text(v.to_string().into())).await.unwrap();
+    }
+
+    fn hello() -> Value {
+        json!({"type": "run", "request": {"language": "python", "mode": "main",
+               "files": [{"content": "def main():\n    print('ws')\n    return {'via': 'ws'}\n"}]}})
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn websocket_takes_the_token_in_the_subprotocol_or_the_first_message() {
+        if !privileged() {
+            return;
+        }
+        let s = server(&[]);
+        // 1. Token in Sec-WebSocket-Protocol (what a browser can do).
+        let proto = format!("execbox.v1, bearer.{}", token("wsuser"));
+        let mut ws = connect(&s, Some(&proto)).await.unwrap();
+        assert_eq!(recv(&mut ws).await.unwrap()["type"], "ready");
+        send(&mut ws, hello()).await;
+        assert_eq!(recv(&mut ws).await.unwrap()["type"], "accepted");
+        let fin = recv(&mut ws).await.unwrap();
+        assert_eq!(fin["type"], "finished", "{fin}");
+        assert_eq!(fin["record"]["result"], json!({"via": "ws"}));
+        assert_eq!(fin["record"]["run"]["stdout"], "ws\n");
+        // A cancel kills the current run.
+        send(
+            &mut ws,
+            json!({"type": "run", "request": {"language": "python",
+            "files": [{"content": "import time\ntime.sleep(30)\n"}]}}),
+        )
+        .await;
+        assert_eq!(recv(&mut ws).await.unwrap()["type"], "accepted");
+        send(&mut ws, json!({"type": "cancel"})).await;
+        let fin = recv(&mut ws).await.unwrap();
+        assert_eq!(fin["record"]["status"], "cancelled", "{fin}");
+
+        // 2. Token in the first message.
+        let mut ws = connect(&s, None).await.unwrap();
+        send(&mut ws, json!({"type": "auth", "token": token("wsuser2")})).await;
+        let ready = recv(&mut ws).await.unwrap();
+        assert_eq!(
+            (ready["type"].as_str(), ready["user_id"].as_str()),
+            (Some("ready"), Some("wsuser2"))
+        );
+        send(&mut ws, hello()).await;
+        assert_eq!(recv(&mut ws).await.unwrap()["type"], "accepted");
+        assert_eq!(recv(&mut ws).await.unwrap()["record"]["status"], "ok");
+
+        // 3. No token, or a bad one, runs nothing.
+        let mut ws = connect(&s, None).await.unwrap();
+        send(&mut ws, hello()).await;
+        let e = recv(&mut ws).await.unwrap();
+        assert_eq!(
+            (e["type"].as_str(), e["error"]["code"].as_str()),
+            (Some("error"), Some("missing_token"))
+        );
+        assert!(
+            recv(&mut ws).await.is_none(),
+            "closed after a failed authentication"
+        );
+        let mut ws = connect(&s, None).await.unwrap();
+        send(
+            &mut ws,
+            json!({"type": "auth", "token": SEED_TOKEN.replace('A', "B")}),
+        )
+        .await;
+        assert_eq!(
+            recv(&mut ws).await.unwrap()["error"]["code"],
+            "invalid_token"
+        );
+        let bad = format!(
+            "execbox.v1, bearer.{}",
+            mint(b"wrong", &claims("x")).unwrap()
+        );
+        assert!(connect(&s, Some(&bad)).await.unwrap_err().contains("401"));
+    }
+}

@@ -118,7 +118,7 @@ pub fn mint(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::erro
     )
 }
 
-fn unauthorized(code: &str, message: impl Into<String>) -> Response {
+pub(crate) fn unauthorized(code: &str, message: impl Into<String>) -> Response {
     let mut r = ApiError::new(StatusCode::UNAUTHORIZED, code, message).into_response();
     let challenge = if code == "missing_token" {
         r#"Bearer realm="execbox""#

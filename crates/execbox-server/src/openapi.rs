@@ -9,7 +9,7 @@ use crate::api::{
 };
 use crate::auth::Claims;
 use crate::error::ErrorResponse;
-use crate::routes::{execute, health, runs, user};
+use crate::routes::{execute, health, runs, user, ws};
 use execbox_proto::{ErrorBody, LimitKind, RunRecord, RunStatus, StepReport};
 
 /// The API description served at `/openapi.json`.
@@ -30,6 +30,7 @@ use execbox_proto::{ErrorBody, LimitKind, RunRecord, RunStatus, StepReport};
         runs::cancel_run,
         runs::runtimes,
         user::user,
+        ws::ws,
         health::healthz,
         health::readyz,
         health::metrics,

@@ -4,6 +4,7 @@ pub mod execute;
 pub mod health;
 pub mod runs;
 pub mod user;
+pub mod ws;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Request, StatusCode};
@@ -34,7 +35,10 @@ pub fn public_app(state: AppState) -> Router {
         .route("/v1/runtimes", get(runs::runtimes))
         .route("/v1/user", get(user::user))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
-    let open = Router::new().route("/openapi.json", get(health::openapi));
+    // The WebSocket authenticates itself (browsers cannot set its headers).
+    let open = Router::new()
+        .route("/openapi.json", get(health::openapi))
+        .route("/v1/ws", get(ws::ws));
     common_layers(protected.merge(open), &state).with_state(state)
 }
 

@@ -214,6 +214,13 @@ pub async fn create_run(
     Extension(caller): Extension<Caller>,
     Json(req): Json<CreateRunRequest>,
 ) -> Result<Response, ApiError> {
+    let wait = req.wait.unwrap_or(true);
+    let run = run_request(&state, req)?;
+    start(&state, caller, run, wait, "/v1/runs/").await
+}
+
+/// Validate a `/v1/runs` body (also used by the WebSocket).
+pub fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest, ApiError> {
     if req.language != "python" {
         return Err(ApiError::bad_request(
             "unknown_language",
@@ -227,7 +234,7 @@ pub async fn create_run(
         check_version(sel, &state.python.version)?;
     }
     let limits = validate::limits(req.limits, state.cfg.default_limits, &state.cfg.max_limits)?;
-    let run = RunRequest {
+    Ok(RunRequest {
         mode: match req.mode.unwrap_or(ModeName::Program) {
             ModeName::Program => Mode::Program,
             ModeName::Main => Mode::Main,
@@ -236,8 +243,7 @@ pub async fn create_run(
         stdin: validate::stdin(req.stdin, &limits)?,
         args: validate::args(req.args)?,
         limits,
-    };
-    start(&state, caller, run, req.wait.unwrap_or(true), "/v1/runs/").await
+    })
 }
 
 fn check_version(selector: &str, have: &str) -> Result<(), ApiError> {
