@@ -19,11 +19,11 @@
 //! runs meanwhile, and anything another execbox on the host owns is not counted.
 mod support;
 
-use support::privileged;
+use support::{privileged, status_of};
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -476,7 +476,7 @@ impl Server {
     fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            if blocking_status(self.ops, "/readyz") == Some(200) {
+            if status_of(self.ops, "/readyz") == Some(200) {
                 return;
             }
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -563,20 +563,6 @@ fn serve_has_flag(flag: &str) -> bool {
     })
     .split(|c: char| c.is_whitespace() || c == ',')
     .any(|w| w == flag)
-}
-
-/// Status of `GET path` with plain std networking (used before any async runtime matters).
-fn blocking_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut head = String::new();
-    s.take(64 * 1024).read_to_string(&mut head).ok()?;
-    head.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The server of the plain API tests: started by the first test that needs it, stopped when
