@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -227,25 +227,28 @@ fn owners() -> Vec<String> {
 fn unowned_run_cgroups() -> Vec<PathBuf> {
     run_cgroups("j")
         .into_iter()
-        .filter(|d| {
-            let name = d.file_name().map(|n| n.to_string_lossy().into_owned());
-            let jailer = name
-                .as_deref()
-                .and_then(|n| n.strip_prefix('j')?.split('-').next()?.parse::<u32>().ok());
-            !jailer.is_some_and(is_owner)
-        })
+        .filter(|d| !owner_alive(d))
         .collect()
 }
 
+/// Whether the jailer named by a run cgroup (`j<jailer pid>-<n>`) is a live owner.
+fn owner_alive(dir: &Path) -> bool {
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    let jailer = name
+        .as_deref()
+        .and_then(|n| n.strip_prefix('j')?.split('-').next()?.parse::<u32>().ok());
+    jailer.is_some_and(is_owner)
+}
+
 /// Run cgroup directories whose name starts with `prefix` (`j` for all, `j<spawner pid>-` for
-/// one spawner's), in every hierarchy (v1: `/sys/fs/cgroup/*/execbox`; v2:
-/// `/sys/fs/cgroup/execbox`).
+/// one spawner's), in every hierarchy of the backend in use (v1: `/sys/fs/cgroup/*/execbox`;
+/// v2: `/sys/fs/cgroup/execbox`); asserts that these parents exist, so the answer is never
+/// vacuously empty.
 fn run_cgroups(prefix: &str) -> Vec<PathBuf> {
-    let root = PathBuf::from("/sys/fs/cgroup");
-    let mut parents = vec![root.join("execbox")];
-    for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-        parents.push(e.path().join("execbox"));
-    }
+    run_cgroups_in(support::execbox_cgroup_parents(), prefix)
+}
+
+fn run_cgroups_in(parents: Vec<PathBuf>, prefix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for p in parents {
         for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
@@ -1687,7 +1690,12 @@ async fn sigterm_drains_in_flight_runs_and_leaves_nothing() {
     let _host = host_exclusive().await;
     // Leftovers that predate this test (of some other jailer on the host) are not this
     // server's; they are reported, not counted.
-    let stale_cgroups = unowned_run_cgroups();
+    // (before the server's first run the parent cgroups may not exist yet on a fresh host)
+    let stale_cgroups: Vec<PathBuf> =
+        run_cgroups_in(support::existing_execbox_cgroup_parents(), "j")
+            .into_iter()
+            .filter(|d| !owner_alive(d))
+            .collect();
     let stale_orphans = orphan_jails();
     if !stale_cgroups.is_empty() || !stale_orphans.is_empty() {
         eprintln!("note: leftovers before the test: {stale_cgroups:?} {stale_orphans:?}");

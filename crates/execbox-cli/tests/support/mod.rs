@@ -12,8 +12,22 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-/// Root is needed for jails. Outside CI a non-root run skips (printing why); with `CI=true`
-/// it fails.
+/// Whether this is a CI run (`CI` set to anything but empty, `0` or `false`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Say that the current test is skipped, and why, where the person running the tests sees it:
+/// straight to the process's stderr, which the test harness does not capture (it captures
+/// `print!`/`eprint!` only), so a skipped test is never mistaken for a passing one.
+pub fn report_skip(reason: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// Root is needed for jails. Outside CI a non-root run skips (saying so on stderr, see
+/// [`report_skip`]); with `CI=true` it fails.
 pub fn privileged() -> bool {
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -27,11 +41,63 @@ pub fn privileged() -> bool {
         return true;
     }
     assert!(
-        std::env::var("CI").is_err(),
-        "CI=true but not root: these tests cannot run"
+        !in_ci(),
+        "CI is set but the euid is {uid}, not root: these tests cannot run"
     );
-    eprintln!("skipping: these tests start jails and need root (uid {uid})");
+    report_skip(&format!(
+        "starts jails and needs root (euid {uid}); with CI=true this fails"
+    ));
     false
+}
+
+/// The cgroup backend the jail uses on this host, decided as the jail decides it: `v2` when
+/// `/sys/fs/cgroup` is a cgroup2 mount, else `v1`.
+pub fn cgroup_backend() -> &'static str {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let v2 = mountinfo.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-");
+        f.get(4) == Some(&"/sys/fs/cgroup") && sep.and_then(|i| f.get(i + 1)) == Some(&"cgroup2")
+    });
+    if v2 {
+        "v2"
+    } else {
+        "v1"
+    }
+}
+
+/// Those of execbox's parent cgroups for the backend in use that exist now (none before the
+/// first run on a fresh host).
+pub fn existing_execbox_cgroup_parents() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let parents: Vec<_> = if cgroup_backend() == "v2" {
+        vec![root.join("execbox")]
+    } else {
+        std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path().join("execbox"))
+            .collect()
+    };
+    parents.into_iter().filter(|p| p.is_dir()).collect()
+}
+
+/// execbox's parent cgroups for the backend in use: `/sys/fs/cgroup/execbox` on v2, the
+/// `execbox` directory of each controller hierarchy (memory, pids, cpu, …) on v1. Panics if none
+/// exists, so a leftover check built on this cannot pass vacuously by looking in the wrong
+/// place: call it only after a run has created them.
+pub fn execbox_cgroup_parents() -> Vec<std::path::PathBuf> {
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let existing = existing_execbox_cgroup_parents();
+    assert!(
+        !existing.is_empty(),
+        "no execbox cgroup exists for the {} backend below {}: a leftover check here would \
+         look in the wrong place",
+        cgroup_backend(),
+        root.display()
+    );
+    existing
 }
 
 /// A running `execbox serve`.

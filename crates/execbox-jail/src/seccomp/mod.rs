@@ -1,0 +1,180 @@
+//! The seccomp policy: an allowlist built with `seccompiler`.
+//!
+//! * Any syscall not listed fails with `EPERM` (so ptrace, bpf, io_uring, keyctl, mount, unshare,
+//!   setns, userfaultfd, perf_event_open, process_vm_*, pidfd_getfd, cachestat, readahead,
+//!   inotify, fanotify, … are all denied). [`allowlist`] lists what is allowed with any
+//!   arguments, each call with its reason.
+//! * A syscall from another ABI (32-bit `int 0x80`) kills the process: seccompiler's arch check.
+//!   x32 syscalls (`nr | 0x40000000`) match no listed number and get `EPERM`.
+//! * [`args`] allows some calls only with some arguments: `clone` without namespace flags;
+//!   `ioctl` but `TIOCSTI`/`TIOCLINUX`; `prctl` and `fcntl` from short lists (no `F_NOTIFY`, no
+//!   leases); `socket`/`socketpair` only unix, TCP and UDP; `setsockopt` without BPF filters or
+//!   `TCP_ULP`; `posix_fadvise` without `DONTNEED` and `preadv2`/`pwritev2` without
+//!   `RWF_NOWAIT` (page-cache probing of the shared runtime); `mmap`, `memfd_create`, `shmget`
+//!   without huge pages (charged outside the memory cgroup).
+//! * `clone3` answers `ENOSYS` (its flags live in memory a filter cannot read) so libc falls back
+//!   to `clone`.
+//!
+//! Two filters are installed: first a one-rule filter answering `ENOSYS` to `clone3`, then the
+//! allowlist, which lets `clone3` through. The kernel runs every filter and keeps the most
+//! restrictive action, so `clone3` gets `ENOSYS`. (This order also matters because the
+//! allowlist denies `seccomp` itself: nothing can be installed after it.)
+
+mod allowlist;
+mod args;
+
+use std::collections::BTreeMap;
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+
+use crate::error::{JailError, Result};
+
+fn target() -> Result<TargetArch> {
+    TargetArch::try_from(std::env::consts::ARCH).map_err(|e| JailError::Seccomp(e.to_string()))
+}
+
+/// The two compiled filters, in installation order.
+#[derive(Debug, Clone)]
+pub struct SeccompPolicy {
+    /// `clone3` → ENOSYS; installed first.
+    pub clone3_enosys: BpfProgram,
+    /// Allowlist, default EPERM; installed last.
+    pub allowlist: BpfProgram,
+}
+
+/// Build the default policy.
+pub fn default_policy() -> Result<SeccompPolicy> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for &(nr, _why) in allowlist::ALLOWED.iter().chain(allowlist::ALLOWED_ARCH) {
+        rules.insert(nr, vec![]);
+    }
+    for f in args::filtered()? {
+        rules.insert(f.nr, f.rules);
+    }
+    // clone3: passed here, answered ENOSYS by the other filter.
+    rules.insert(libc::SYS_clone3, vec![]);
+    let allow = SeccompFilter::new(
+        rules,
+        SeccompAction::Errno(libc::EPERM as u32),
+        SeccompAction::Allow,
+        target()?,
+    )
+    .map_err(|e| JailError::Seccomp(e.to_string()))?;
+
+    let clone3 = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, vec![])]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        target()?,
+    )
+    .map_err(|e| JailError::Seccomp(e.to_string()))?;
+
+    Ok(SeccompPolicy {
+        allowlist: allow
+            .try_into()
+            .map_err(|e: seccompiler::BackendError| JailError::Seccomp(e.to_string()))?,
+        clone3_enosys: clone3
+            .try_into()
+            .map_err(|e: seccompiler::BackendError| JailError::Seccomp(e.to_string()))?,
+    })
+}
+
+/// Install both filters on the calling thread (no_new_privs must already be set).
+pub fn apply(policy: &SeccompPolicy) -> Result<()> {
+    seccompiler::apply_filter(&policy.clone3_enosys)
+        .map_err(|e| JailError::Seccomp(e.to_string()))?;
+    seccompiler::apply_filter(&policy.allowlist).map_err(|e| JailError::Seccomp(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_compiles_and_denies_the_attack_list() {
+        let p = default_policy().unwrap();
+        assert!(p.allowlist.len() > 50);
+        let denied = [
+            libc::SYS_ptrace,
+            libc::SYS_process_vm_readv,
+            libc::SYS_process_vm_writev,
+            libc::SYS_pidfd_getfd,
+            libc::SYS_userfaultfd,
+            libc::SYS_io_uring_setup,
+            libc::SYS_bpf,
+            libc::SYS_perf_event_open,
+            libc::SYS_keyctl,
+            libc::SYS_add_key,
+            libc::SYS_request_key,
+            libc::SYS_unshare,
+            libc::SYS_setns,
+            libc::SYS_mount,
+            libc::SYS_umount2,
+            libc::SYS_pivot_root,
+            libc::SYS_chroot,
+            libc::SYS_fsopen,
+            libc::SYS_fsmount,
+            libc::SYS_move_mount,
+            libc::SYS_open_tree,
+            libc::SYS_mount_setattr,
+            libc::SYS_mknodat,
+            libc::SYS_setuid,
+            libc::SYS_setresuid,
+            libc::SYS_setgroups,
+            libc::SYS_capset,
+            libc::SYS_personality,
+            libc::SYS_open_by_handle_at,
+            libc::SYS_kexec_load,
+            libc::SYS_init_module,
+            libc::SYS_seccomp,
+            libc::SYS_inotify_init1,
+            libc::SYS_inotify_add_watch,
+            libc::SYS_fanotify_init,
+            libc::SYS_fanotify_mark,
+            libc::SYS_readahead,
+            // cachestat (Linux 6.5): page-cache residency of any file the run can open
+            451,
+        ];
+        let allowed: Vec<i64> = allowlist::ALLOWED
+            .iter()
+            .chain(allowlist::ALLOWED_ARCH)
+            .map(|e| e.0)
+            .collect();
+        let filtered: Vec<i64> = args::filtered().unwrap().iter().map(|f| f.nr).collect();
+        for nr in denied {
+            assert!(!allowed.contains(&nr), "{nr} is allowed");
+            assert!(!filtered.contains(&nr), "{nr} is allowed with conditions");
+        }
+        assert!(!args::PRCTL_ALLOWED.contains(&libc::PR_SET_PDEATHSIG));
+        assert!(!args::PRCTL_ALLOWED.contains(&libc::PR_SET_SECUREBITS));
+        assert!(!args::PRCTL_ALLOWED.contains(&libc::PR_SET_MM));
+        for cmd in [
+            libc::F_NOTIFY,
+            libc::F_SETLEASE,
+            libc::F_GETLEASE,
+            libc::F_SETOWN,
+        ] {
+            assert!(
+                !args::FCNTL_ALLOWED.contains(&cmd),
+                "fcntl {cmd} is allowed"
+            );
+        }
+    }
+
+    #[test]
+    fn every_call_is_listed_once_with_a_reason() {
+        let mut seen = std::collections::BTreeSet::new();
+        for (nr, why) in allowlist::ALLOWED.iter().chain(allowlist::ALLOWED_ARCH) {
+            assert!(seen.insert(*nr), "{nr} is listed twice");
+            assert!(why.len() > 3, "{nr} has no reason");
+        }
+        for f in args::filtered().unwrap() {
+            assert!(
+                seen.insert(f.nr),
+                "{} is both unconditional and filtered",
+                f.nr
+            );
+            assert!(!f.rules.is_empty(), "{} has no rule", f.nr);
+        }
+    }
+}
