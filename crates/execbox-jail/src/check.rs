@@ -116,10 +116,17 @@ pub fn probe(host: &HostConfig, deep: bool) -> HostReport {
     let (cg_name, cg_ok, cg_detail) = match backend {
         Ok(Some(b)) if !deep => (b.name(), true, format!("cgroup {} writable", b.name())),
         Ok(Some(b)) => match b.create("check-probe", &crate::config::Limits::default()) {
-            Ok(run) => {
-                let _ = run.remove();
-                (b.name(), true, format!("cgroup {} writable", b.name()))
-            }
+            Ok(run) => match run.remove() {
+                Ok(()) => (b.name(), true, format!("cgroup {} writable", b.name())),
+                Err(e) => (
+                    "none",
+                    false,
+                    format!(
+                        "cgroup {}: a probe cgroup could not be removed: {e}",
+                        b.name()
+                    ),
+                ),
+            },
             Err(e) => (
                 "none",
                 false,

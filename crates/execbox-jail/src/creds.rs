@@ -3,46 +3,54 @@
 use caps::CapSet;
 use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
 
+use crate::child_error::{ChildError, Step, StepContext};
+
 /// Drop supplementary groups and become `id` (uid and gid), real, effective and saved.
 ///
 /// In a user namespace where only `id` is mapped, the kernel keeps the capabilities the process
 /// holds *in that namespace* (it never was the namespace's root), so mounting can go on.
-pub fn switch_identity(id: u32) -> Result<(), String> {
-    setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+pub fn switch_identity(id: u32) -> Result<(), ChildError> {
+    const S: Step = Step::SwitchIdentity;
+    setgroups(&[]).step(S, || "setgroups".into())?;
     let g = Gid::from_raw(id);
-    setresgid(g, g, g).map_err(|e| format!("setresgid {id}: {e}"))?;
+    setresgid(g, g, g).step(S, || format!("setresgid {id}"))?;
     let u = Uid::from_raw(id);
-    setresuid(u, u, u).map_err(|e| format!("setresuid {id}: {e}"))
+    setresuid(u, u, u).step(S, || format!("setresuid {id}"))
 }
 
 /// Empty the bounding and ambient sets and the inheritable set. Needs CAP_SETPCAP, so it runs
 /// before the effective set is cleared.
-pub fn drop_inheritable_caps() -> Result<(), String> {
-    caps::clear(None, CapSet::Bounding).map_err(|e| format!("clear bounding caps: {e}"))?;
-    caps::clear(None, CapSet::Ambient).map_err(|e| format!("clear ambient caps: {e}"))?;
-    caps::clear(None, CapSet::Inheritable).map_err(|e| format!("clear inheritable caps: {e}"))
+pub fn drop_inheritable_caps() -> Result<(), ChildError> {
+    const S: Step = Step::DropCapabilities;
+    caps::clear(None, CapSet::Bounding).step(S, || "clear bounding set".into())?;
+    caps::clear(None, CapSet::Ambient).step(S, || "clear ambient set".into())?;
+    caps::clear(None, CapSet::Inheritable).step(S, || "clear inheritable set".into())
 }
 
 /// Empty the effective and permitted sets.
-pub fn drop_all_caps() -> Result<(), String> {
-    caps::clear(None, CapSet::Effective).map_err(|e| format!("clear effective caps: {e}"))?;
-    caps::clear(None, CapSet::Permitted).map_err(|e| format!("clear permitted caps: {e}"))?;
-    let left = caps::read(None, CapSet::Permitted).map_err(|e| format!("read caps: {e}"))?;
+pub fn drop_all_caps() -> Result<(), ChildError> {
+    const S: Step = Step::DropCapabilities;
+    caps::clear(None, CapSet::Effective).step(S, || "clear effective set".into())?;
+    caps::clear(None, CapSet::Permitted).step(S, || "clear permitted set".into())?;
+    let left = caps::read(None, CapSet::Permitted).step(S, || "read permitted set".into())?;
     if left.is_empty() {
         Ok(())
     } else {
-        Err(format!("capabilities survive the drop: {left:?}"))
+        Err(ChildError::new(
+            S,
+            format!("capabilities survive the drop: {left:?}"),
+        ))
     }
 }
 
 /// SIGKILL this process when its parent (the spawner) dies. The kernel clears this setting on
 /// every change of uid or gid, so it is set again after each identity switch.
-pub fn die_with_parent() -> Result<(), String> {
+pub fn die_with_parent() -> Result<(), ChildError> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-        .map_err(|e| format!("pdeathsig: {e}"))
+        .step(Step::ParentDeathSignal, || "PR_SET_PDEATHSIG".into())
 }
 
 /// `PR_SET_NO_NEW_PRIVS`: execve can never grant privileges again (setuid bits, file caps).
-pub fn no_new_privs() -> Result<(), String> {
-    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {e}"))
+pub fn no_new_privs() -> Result<(), ChildError> {
+    nix::sys::prctl::set_no_new_privs().step(Step::NoNewPrivs, || "PR_SET_NO_NEW_PRIVS".into())
 }

@@ -25,9 +25,28 @@ pub enum JailError {
         #[source]
         source: std::io::Error,
     },
-    /// The child failed during its setup, before `execve`; the message comes from the child.
+    /// The child failed during its setup, before `execve`: which step, with which errno.
     #[error("jail setup failed in the child: {0}")]
-    ChildSetup(String),
+    ChildSetup(#[from] crate::child_error::ChildError),
+    /// The child ended during its setup without saying why (killed, or its report unreadable).
+    #[error("jail child ended during setup: {0}")]
+    ChildVanished(&'static str),
+    /// A cgroup counter held something other than what the kernel documents.
+    #[error("cgroup stat {path}: {what}")]
+    CgroupStat {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong with it.
+        what: String,
+    },
+    /// Something failed, and so did the cleanup after it.
+    #[error("{primary} (and cleaning up failed: {cleanup})")]
+    CleanupFailed {
+        /// The first failure.
+        primary: Box<JailError>,
+        /// The cleanup's failure.
+        cleanup: Box<JailError>,
+    },
     /// The spec was rejected before anything started.
     #[error("invalid jail spec: {0}")]
     InvalidSpec(String),
@@ -43,6 +62,17 @@ pub enum JailError {
 }
 
 impl JailError {
+    /// This error, joined by the result of the cleanup that followed it.
+    pub(crate) fn with_cleanup(self, cleanup: Result<()>) -> Self {
+        match cleanup {
+            Ok(()) => self,
+            Err(c) => Self::CleanupFailed {
+                primary: Box::new(self),
+                cleanup: Box::new(c),
+            },
+        }
+    }
+
     pub(crate) fn sys(call: impl Into<String>, source: nix::Error) -> Self {
         Self::Sys {
             call: call.into(),

@@ -13,13 +13,15 @@ use std::time::Instant;
 
 use nix::sched::{unshare, CloneFlags};
 
+use crate::child_error::{ChildError, Step, StepContext};
 use crate::config::{JailSpec, SANDBOX_ID};
 use crate::seccomp::SeccompPolicy;
 use crate::{creds, landlock_rules, launch_msg, rlimit, rootfs, seccomp, sys};
 
 /// Descriptor numbers inside the jail.
 pub(crate) mod fdnum {
-    /// Child → parent: `R` when ready, `E<message>` on failure, EOF on successful exec.
+    /// Child → parent: `R` when ready, `E<ChildError as JSON>` on failure, EOF on successful
+    /// exec.
     pub const STATUS: i32 = 4;
     /// Parent → child: `G` once uid maps and cgroup are in place, then the launch message.
     pub const SYNC: i32 = 5;
@@ -51,15 +53,22 @@ pub(crate) fn run(plan: &ChildPlan<'_>) -> ! {
     if place_fds(&plan.fds).is_err() {
         sys::exit_now(126);
     }
-    let Err(msg) = jail_and_exec(plan);
-    report(&format!("E{msg}"));
+    let Err(e) = jail_and_exec(plan);
+    report(&e);
     sys::exit_now(127)
 }
 
-fn report(msg: &str) {
+/// Tell the parent which step failed. If even that write fails the parent still learns of the
+/// failure, as end of file on the status pipe before `R` or an exit before `execve`; there is
+/// nobody else to tell, so the write's own result is deliberately not acted on.
+fn report(e: &ChildError) {
     // fd 4 is ours (placed by place_fds); ManuallyDrop keeps it open for later reports.
     let mut f = ManuallyDrop::new(status_file());
-    let _ = f.write_all(msg.as_bytes());
+    let mut msg = vec![b'E'];
+    msg.extend(e.encode());
+    if f.write_all(&msg).is_err() {
+        sys::exit_now(125);
+    }
 }
 
 fn status_file() -> File {
@@ -83,17 +92,17 @@ fn place_fds(fds: &[RawFd; 6]) -> Result<(), nix::errno::Errno> {
     sys::set_cloexec(fdnum::SYNC, true)
 }
 
-fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
+fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, ChildError> {
     // 1. Descriptors are in place (run). The environment is not inherited: execve below gets
     //    only the payload's env. If the spawner dies, so does the jail (set again after each
     //    identity switch, which clears it). A session of its own: no controlling terminal,
     //    and its process group is not execbox's. Under memory pressure the kernel kills the
     //    sandbox before anything of the host.
     creds::die_with_parent()?;
-    sys::reset_signals().map_err(|e| format!("reset signals: {e}"))?;
-    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    sys::reset_signals().step(Step::ResetSignals, String::new)?;
+    nix::unistd::setsid().step(Step::Setsid, String::new)?;
     std::fs::write("/proc/self/oom_score_adj", "1000")
-        .map_err(|e| format!("oom_score_adj: {e}"))?;
+        .step(Step::OomScoreAdj, || "/proc/self/oom_score_adj".into())?;
 
     // 2. Wait until the parent has written our uid/gid maps (EOF means it died), then enter
     //    the run's cgroup (v1; v2 cloned us straight into it): nothing below runs unaccounted.
@@ -101,14 +110,14 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
     let mut sync = ManuallyDrop::new(unsafe { File::from_raw_fd(fdnum::SYNC) });
     let mut go = [0u8; 1];
     sync.read_exact(&mut go)
-        .map_err(|e| format!("wait for parent: {e}"))?;
+        .step(Step::WaitForParent, || "sync pipe".into())?;
     if go != *b"G" {
-        return Err("unexpected sync byte".into());
+        return Err(ChildError::new(Step::WaitForParent, "unexpected sync byte"));
     }
     let t_join = Instant::now();
     for f in &plan.cgroup_procs {
         // Still host uid 0 here (the identity switch is next), which owns cgroupfs files.
-        std::fs::write(f, "0").map_err(|e| format!("join cgroup {}: {e}", f.display()))?;
+        std::fs::write(f, "0").step(Step::JoinCgroup, || f.display().to_string())?;
     }
     let join_us = t_join.elapsed().as_micros() as u64;
     let t_mounts = Instant::now();
@@ -123,7 +132,7 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
 
     // 4. A cgroup namespace rooted at the run's cgroup (joined at step 2), so /proc/self/cgroup
     //    shows nothing of the host's hierarchy.
-    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup ns: {e}"))?;
+    unshare(CloneFlags::CLONE_NEWCGROUP).step(Step::CgroupNamespace, || "unshare".into())?;
 
     // 5-6. Mounts and pivot_root (rootfs.rs): needs CAP_SYS_ADMIN in the mount namespace's
     //      owner, which we still hold.
@@ -143,27 +152,28 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
         ready[9..17].copy_from_slice(&mounts_us.to_le_bytes());
         let mut st = ManuallyDrop::new(status_file());
         st.write_all(&ready)
-            .map_err(|e| format!("signal ready: {e}"))?;
+            .step(Step::SignalReady, || "status pipe".into())?;
     }
     let payload = launch_msg::decode(&mut *sync, plan.spec.limits.file_size_bytes)?;
     drop(ManuallyDrop::into_inner(sync));
 
     // 8. Files into /work, refusing any path that would resolve outside it.
-    let work = File::open("/work").map_err(|e| format!("open /work: {e}"))?;
+    const W: Step = Step::WriteFiles;
+    let work = File::open("/work").step(W, || "open /work".into())?;
     for f in &payload.files {
         let fd = sys::create_beneath(work.as_fd(), &f.name, 0o644)
-            .map_err(|e| format!("create /work/{}: {e}", f.name))?;
+            .step(W, || format!("create /work/{}", f.name))?;
         if !plan.userns {
             // Still root here in the no-user-namespace case: hand the file to the run's uid.
             nix::unistd::fchown(&fd, Some(owner.into()), Some(owner.into()))
-                .map_err(|e| format!("chown /work/{}: {e}", f.name))?;
+                .step(W, || format!("chown /work/{}", f.name))?;
         }
         File::from(fd)
             .write_all(&f.content)
-            .map_err(|e| format!("write /work/{}: {e}", f.name))?;
+            .step(W, || format!("write /work/{}", f.name))?;
     }
     drop(work);
-    nix::unistd::chdir("/work").map_err(|e| format!("chdir /work: {e}"))?;
+    nix::unistd::chdir("/work").step(W, || "chdir /work".into())?;
 
     // 9. rlimits while we still may raise nothing anyway; then credentials: empty bounding,
     //    ambient and inheritable sets (needs CAP_SETPCAP), switch identity in the degraded
@@ -185,17 +195,22 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, String> {
     if plan.landlock {
         landlock_rules::apply()?;
     }
-    seccomp::apply(plan.seccomp).map_err(|e| e.to_string())?;
+    seccomp::apply(plan.seccomp).step(Step::Seccomp, || "install filters".into())?;
 
     // 12. execve. On success fd 4 (CLOEXEC) closes and the parent reads EOF.
-    let cs = |v: &[String]| -> Result<Vec<CString>, String> {
+    let cs = |v: &[String]| -> Result<Vec<CString>, ChildError> {
         v.iter()
-            .map(|s| CString::new(s.as_str()).map_err(|_| "NUL in argv/env".to_string()))
+            .map(|s| {
+                CString::new(s.as_str()).map_err(|_| ChildError::new(Step::Exec, "NUL in argv/env"))
+            })
             .collect()
     };
     let argv = cs(&payload.argv)?;
     let env = cs(&payload.env)?;
-    let prog = argv.first().ok_or("empty argv")?;
-    let e = nix::unistd::execve(prog, &argv, &env).unwrap_err();
-    Err(format!("execve {}: {e}", payload.argv[0]))
+    let prog = argv
+        .first()
+        .ok_or_else(|| ChildError::new(Step::Exec, "empty argv"))?;
+    // execve returns only on failure.
+    let Err(e) = nix::unistd::execve(prog, &argv, &env);
+    Err(e).step(Step::Exec, || payload.argv[0].clone())
 }

@@ -4,12 +4,13 @@
 //! Best effort by the `landlock` crate's design: features the kernel lacks are skipped; the
 //! parent checks the ABI beforehand and marks the run degraded when Landlock is missing.
 
+use crate::child_error::{ChildError, Step, StepContext};
 use landlock::{
     path_beneath_rules, Access, AccessFs, Ruleset, RulesetAttr, RulesetCreatedAttr, Scope, ABI,
 };
 
 /// Apply the ruleset to the calling process and its future children.
-pub fn apply() -> Result<(), String> {
+pub fn apply() -> Result<(), ChildError> {
     let abi = ABI::V6;
     let read = AccessFs::from_read(abi);
     let status = Ruleset::default()
@@ -30,9 +31,9 @@ pub fn apply() -> Result<(), String> {
             ))
         })
         .and_then(|r| r.restrict_self())
-        .map_err(|e| format!("landlock: {e}"))?;
+        .step(Step::Landlock, || "ruleset".into())?;
     if status.ruleset == landlock::RulesetStatus::NotEnforced {
-        return Err("landlock ruleset not enforced".into());
+        return Err(ChildError::new(Step::Landlock, "ruleset not enforced"));
     }
     Ok(())
 }

@@ -4,6 +4,8 @@
 
 use std::io::Read;
 
+use crate::child_error::{ChildError, Step, StepContext};
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Payload, WorkFile, MAX_FILES};
@@ -42,29 +44,29 @@ pub fn encode(p: &Payload) -> Vec<u8> {
 }
 
 /// Decode a message from `r`; `max_file` bounds each file body.
-pub fn decode(r: &mut impl Read, max_file: u64) -> Result<Payload, String> {
+pub fn decode(r: &mut impl Read, max_file: u64) -> Result<Payload, ChildError> {
+    const S: Step = Step::LaunchMessage;
     let mut len = [0u8; 4];
-    r.read_exact(&mut len)
-        .map_err(|e| format!("read launch header length: {e}"))?;
+    r.read_exact(&mut len).step(S, || "header length".into())?;
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_HEADER {
-        return Err(format!("launch header of {len} bytes"));
+        return Err(ChildError::new(S, format!("header of {len} bytes")));
     }
     let mut h = vec![0u8; len];
-    r.read_exact(&mut h)
-        .map_err(|e| format!("read launch header: {e}"))?;
-    let h: Header = serde_json::from_slice(&h).map_err(|e| format!("parse launch header: {e}"))?;
+    r.read_exact(&mut h).step(S, || "header".into())?;
+    let h: Header =
+        serde_json::from_slice(&h).map_err(|e| ChildError::new(S, format!("parse header: {e}")))?;
     if h.files.len() > MAX_FILES {
-        return Err("too many files".into());
+        return Err(ChildError::new(S, "too many files"));
     }
     let mut files = Vec::with_capacity(h.files.len());
     for (name, size) in h.files {
         if size > max_file {
-            return Err(format!("file {name:?} of {size} bytes"));
+            return Err(ChildError::new(S, format!("file {name:?} of {size} bytes")));
         }
         let mut content = vec![0u8; size as usize];
         r.read_exact(&mut content)
-            .map_err(|e| format!("read file {name:?}: {e}"))?;
+            .step(S, || format!("file {name:?}"))?;
         files.push(WorkFile { name, content });
     }
     Ok(Payload {

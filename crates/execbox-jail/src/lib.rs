@@ -15,6 +15,7 @@
 
 pub mod cgroup;
 pub mod check;
+pub mod child_error;
 pub mod config;
 mod creds;
 pub mod error;
@@ -29,6 +30,7 @@ mod spawn;
 mod supervise;
 pub mod sys;
 
+pub use child_error::{ChildError, Step};
 pub use config::{
     BindMount, HostConfig, JailSpec, LimitError, Limits, Payload, WorkFile, RESULT_FD,
 };

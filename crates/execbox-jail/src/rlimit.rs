@@ -7,6 +7,7 @@
 
 use nix::sys::resource::{setrlimit, Resource};
 
+use crate::child_error::{ChildError, Step, StepContext};
 use crate::config::Limits;
 
 /// Signals a run may have queued at once (`RLIMIT_SIGPENDING`): enough for any runtime's
@@ -57,9 +58,9 @@ pub fn plan(l: &Limits, have_cgroup: bool) -> Vec<(Resource, u64, u64)> {
 }
 
 /// Apply [`plan`].
-pub fn apply(l: &Limits, have_cgroup: bool) -> Result<(), String> {
+pub fn apply(l: &Limits, have_cgroup: bool) -> Result<(), ChildError> {
     for (r, soft, hard) in plan(l, have_cgroup) {
-        setrlimit(r, soft, hard).map_err(|e| format!("setrlimit {r:?}: {e}"))?;
+        setrlimit(r, soft, hard).step(Step::Rlimits, || format!("{r:?}"))?;
     }
     Ok(())
 }

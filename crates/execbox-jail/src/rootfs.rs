@@ -10,6 +10,7 @@ use std::path::Path;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::unistd::{chdir, sethostname};
 
+use crate::child_error::{ChildError, MaybeErrno, Step, StepContext};
 use crate::config::{BindMount, Limits, SANDBOX_ID};
 use crate::sys;
 
@@ -35,13 +36,11 @@ const PROC_MASKED: &[&str] = &[
 pub const DEVICES: &[&str] = &["null", "zero", "random", "urandom"];
 
 /// Step error: which operation on which path, and the errno.
-type StepResult = Result<(), String>;
+type StepResult = Result<(), ChildError>;
 
-fn ctx<T, E: std::fmt::Display>(
-    r: Result<T, E>,
-    what: impl FnOnce() -> String,
-) -> Result<T, String> {
-    r.map_err(|e| format!("{}: {e}", what()))
+/// A failed operation while building the root: [`Step::RootFs`] with what and the errno.
+fn ctx<T, E: MaybeErrno>(r: Result<T, E>, what: impl FnOnce() -> String) -> Result<T, ChildError> {
+    r.step(Step::RootFs, what)
 }
 
 fn bind(src: &Path, dst: &Path) -> StepResult {
@@ -84,7 +83,7 @@ fn touch(p: &Path) -> StepResult {
 fn readonly(p: &Path, nodev: bool) -> StepResult {
     let s = p
         .to_str()
-        .ok_or_else(|| format!("non-UTF-8 path {}", p.display()))?;
+        .ok_or_else(|| ChildError::new(Step::RootFs, format!("non-UTF-8 path {}", p.display())))?;
     ctx(sys::make_readonly_recursive(s, nodev), || {
         format!("mount_setattr ro {s}")
     })
@@ -143,13 +142,16 @@ pub fn build(root: &Path, binds: &[BindMount], limits: &Limits, owner: u32) -> S
     }
     for b in binds {
         if !b.target.is_absolute() {
-            return Err(format!(
-                "bind target {} is not absolute",
-                b.target.display()
+            return Err(ChildError::new(
+                Step::RootFs,
+                format!("bind target {} is not absolute", b.target.display()),
             ));
         }
         if fs::symlink_metadata(&b.source).is_err() {
-            return Err(format!("bind source {} does not exist", b.source.display()));
+            return Err(ChildError::new(
+                Step::RootFs,
+                format!("bind source {} does not exist", b.source.display()),
+            ));
         }
         expose(root, &b.source, &b.target)?;
     }
@@ -262,10 +264,9 @@ fn build_dev(root: &Path) -> StepResult {
 /// `pivot_root(".", ".")` then detach the old root stacked on top: the host tree becomes
 /// unreachable, not just hidden.
 fn pivot(root: &Path) -> StepResult {
-    ctx(chdir(root), || format!("chdir {}", root.display()))?;
-    ctx(sys::pivot_root(".", "."), || "pivot_root".into())?;
-    ctx(umount2(".", MntFlags::MNT_DETACH), || {
-        "detach old root".into()
-    })?;
-    ctx(chdir("/"), || "chdir /".into())
+    const S: Step = Step::PivotRoot;
+    chdir(root).step(S, || format!("chdir {}", root.display()))?;
+    sys::pivot_root(".", ".").step(S, || "pivot_root".into())?;
+    umount2(".", MntFlags::MNT_DETACH).step(S, || "detach old root".into())?;
+    chdir("/").step(S, || "chdir /".into())
 }

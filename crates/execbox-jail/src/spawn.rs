@@ -17,6 +17,7 @@ use nix::unistd::{pipe2, Pid};
 
 use crate::cgroup::{self, CgroupBackend, NoCgroup, RunCgroup};
 use crate::check::{self, HostReport, Verdict};
+use crate::child_error::ChildError;
 use crate::config::{HostConfig, JailSpec, Payload, SANDBOX_ID};
 use crate::error::{JailError, Result};
 use crate::init::{self, ChildPlan};
@@ -150,8 +151,7 @@ impl Jailer {
             Ok(sys::Forked::Child) => init::run(&plan),
             Ok(sys::Forked::Parent { pid, pidfd }) => (pid, pidfd),
             Err(e) => {
-                let _ = cgroup.remove();
-                return Err(JailError::sys("clone3", e));
+                return Err(JailError::sys("clone3", e).with_cleanup(cgroup.remove()));
             }
         };
         t.lap("clone");
@@ -209,8 +209,9 @@ impl Preparing {
         let mut ready = [0u8; init::READY_LEN];
         match jail.status_r.read(&mut ready[..1]) {
             Ok(1) if ready[0] == b'R' => {}
-            Ok(1) => return Err(JailError::ChildSetup(read_rest(&mut jail.status_r))),
-            _ => return Err(JailError::ChildSetup("child exited during setup".into())),
+            Ok(1) if ready[0] == b'E' => return Err(child_report(&mut jail.status_r)),
+            Ok(1) => return Err(JailError::ChildVanished("unexpected status byte")),
+            _ => return Err(JailError::ChildVanished("no ready message")),
         }
         jail.status_r
             .read_exact(&mut ready[1..])
@@ -229,10 +230,16 @@ impl Preparing {
     }
 }
 
-fn read_rest(f: &mut File) -> String {
-    let mut s = String::new();
-    let _ = f.take(64 * 1024).read_to_string(&mut s);
-    s
+/// The child's report of a failed step (after the `E` already read), bounded.
+fn child_report(f: &mut File) -> JailError {
+    let mut bytes = Vec::new();
+    match f.take(64 * 1024).read_to_end(&mut bytes) {
+        Ok(_) => match ChildError::decode(&bytes) {
+            Some(e) => JailError::ChildSetup(e),
+            None => JailError::ChildVanished("unreadable report"),
+        },
+        Err(e) => JailError::io("read", "status pipe", e),
+    }
 }
 
 /// Records how long each step took.
@@ -272,19 +279,32 @@ impl JailProc {
         self.slot.as_ref().map_or(0, |s| s.uid)
     }
 
-    /// SIGKILL the jail's init; the kernel then kills everything in its pid namespace.
-    pub(crate) fn kill(&self) {
-        if !self.reaped {
-            let _ = sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL);
+    /// SIGKILL the jail's init; the kernel then kills everything in its pid namespace. An init
+    /// that has already exited (`ESRCH`) is not an error.
+    pub(crate) fn kill(&self) -> Result<()> {
+        if self.reaped {
+            return Ok(());
+        }
+        match sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(JailError::sys("pidfd_send_signal SIGKILL", e)),
         }
     }
 
     /// Kill, reap, empty and remove the cgroup, release the slot. Idempotent.
     pub(crate) fn teardown(&mut self) -> Result<()> {
         if !self.reaped {
-            self.kill();
-            let _ = waitpid(self.pid, None);
+            // If the kill fails, the cgroup's removal below kills what is left; the failure is
+            // reported after that, so teardown always goes as far as it can.
+            let killed = self.kill();
+            match waitpid(self.pid, None) {
+                // ECHILD: already reaped by someone else (cannot happen for our own child, but
+                // then there is nothing left to wait for)
+                Ok(_) | Err(nix::errno::Errno::ECHILD) => {}
+                Err(e) => return Err(JailError::sys(format!("waitpid {}", self.pid), e)),
+            }
             self.reaped = true;
+            killed?;
         }
         let removed = match self.cgroup.take() {
             Some(cg) => cg.remove(),
@@ -303,7 +323,12 @@ impl JailProc {
 
 impl Drop for JailProc {
     fn drop(&mut self) {
-        let _ = self.teardown();
+        // The explicit teardown (Supervisor::finish) reports its errors; this is the backstop for
+        // paths that already return another error. There is no caller left to tell, so the
+        // failure goes to stderr (the spawner's stderr is the server's log).
+        if let Err(e) = self.teardown() {
+            eprintln!("execbox-jail: teardown of jail {} failed: {e}", self.pid);
+        }
     }
 }
 
@@ -341,8 +366,10 @@ impl Prepared {
         match self.status_r.read_to_end(&mut rest) {
             Ok(_) if rest.is_empty() => {}
             Ok(_) => {
-                let msg = String::from_utf8_lossy(rest.strip_prefix(b"E").unwrap_or(&rest));
-                return Err(JailError::ChildSetup(msg.into_owned()));
+                return Err(match rest.strip_prefix(b"E").and_then(ChildError::decode) {
+                    Some(e) => JailError::ChildSetup(e),
+                    None => JailError::ChildVanished("unreadable report after the launch"),
+                })
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(JailError::io("read", "status pipe", e)),

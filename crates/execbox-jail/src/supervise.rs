@@ -100,6 +100,8 @@ pub struct Supervisor {
     status: Option<WaitStatus>,
     exited_at: Option<Instant>,
     killed_at: Option<Instant>,
+    /// Set when a kill could not be delivered at all; finish() returns it after teardown.
+    kill_error: Option<JailError>,
     limit: Option<Limit>,
     cancelled: bool,
     missing: Vec<String>,
@@ -155,6 +157,7 @@ impl Supervisor {
             status: None,
             exited_at: None,
             killed_at: None,
+            kill_error: None,
             limit: None,
             cancelled: false,
             missing,
@@ -203,7 +206,17 @@ impl Supervisor {
             self.limit.get_or_insert(l);
         }
         if self.killed_at.is_none() {
-            self.proc.kill();
+            if let Err(e) = self.proc.kill() {
+                // The pid namespace's init could not be signalled: kill the whole cgroup
+                // instead. If that fails too the run cannot be stopped: finish() reports it.
+                let fallback = match self.proc.cgroup.as_ref() {
+                    Some(cg) => cg.kill_all(),
+                    None => Err(e),
+                };
+                if let Err(f) = fallback {
+                    self.kill_error.get_or_insert(f);
+                }
+            }
             self.killed_at = Some(Instant::now());
         }
     }
@@ -307,15 +320,19 @@ impl Supervisor {
     pub fn finish(mut self) -> Result<Outcome> {
         let wall = self.exited_at.unwrap_or_else(Instant::now) - self.started;
         let mut t = Timer::new();
-        let stats = self
-            .proc
-            .cgroup
-            .as_ref()
-            .map(|c| c.stats())
-            .unwrap_or_default();
+        // Read before teardown removes the cgroup; report a failed read only after teardown, so
+        // an error never leaves the jail behind.
+        let stats = match self.proc.cgroup.as_ref() {
+            Some(c) => c.stats(),
+            None => Ok(crate::cgroup::CgroupStats::default()),
+        };
         let teardown = self.proc.teardown();
         t.lap("teardown");
         teardown?;
+        if let Some(e) = self.kill_error.take() {
+            return Err(e);
+        }
+        let stats = stats?;
 
         let (exit_code, signal) = match self.status {
             Some(WaitStatus::Exited(_, c)) => (Some(c), None),

@@ -56,7 +56,10 @@ pub trait RunCgroup: Debug + Send {
     /// off the spawner's thread.
     fn self_join_files(&self) -> Vec<PathBuf>;
     /// Current counters.
-    fn stats(&self) -> CgroupStats;
+    ///
+    /// A counter that cannot be read is an error, never a zero: an unreadable `memory.events`
+    /// would otherwise turn an OOM kill into a `runtime_error`.
+    fn stats(&self) -> Result<CgroupStats>;
     /// SIGKILL every task in it and wait until it is empty.
     fn kill_all(&self) -> Result<()>;
     /// Kill what is left, then remove the cgroup.
@@ -176,8 +179,8 @@ impl RunCgroup for NoRunCgroup {
     fn self_join_files(&self) -> Vec<PathBuf> {
         Vec::new()
     }
-    fn stats(&self) -> CgroupStats {
-        CgroupStats::default()
+    fn stats(&self) -> Result<CgroupStats> {
+        Ok(CgroupStats::default())
     }
     fn kill_all(&self) -> Result<()> {
         Ok(())
@@ -193,16 +196,44 @@ pub(crate) fn write_file(path: &Path, value: &str) -> Result<()> {
     fs::write(path, value).map_err(|e| JailError::io("write", path, e))
 }
 
-pub(crate) fn read_u64(path: &Path) -> Option<u64> {
-    fs::read_to_string(path).ok()?.trim().parse().ok()
+/// A file that must hold one number. Unreadable or unparsable is an error: a run's verdict
+/// (an OOM kill, the CPU it used) must never silently become zero.
+pub(crate) fn read_u64(path: &Path) -> Result<u64> {
+    let text = fs::read_to_string(path).map_err(|e| JailError::io("read", path, e))?;
+    parse_u64(path, text.trim())
 }
 
-/// Value of `key` in a flat-keyed file such as `memory.events` or `cpu.stat`.
-pub(crate) fn read_key(path: &Path, key: &str) -> Option<u64> {
-    let text = fs::read_to_string(path).ok()?;
-    text.lines().find_map(|l| {
+/// Like [`read_u64`], but a file the kernel does not have (`ENOENT`: `memory.peak` before
+/// Linux 5.19) is `None`.
+pub(crate) fn read_u64_if_present(path: &Path) -> Result<Option<u64>> {
+    match fs::read_to_string(path) {
+        Ok(text) => parse_u64(path, text.trim()).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(JailError::io("read", path, e)),
+    }
+}
+
+/// Value of `key` in a flat-keyed file such as `memory.events` or `cpu.stat`; a missing key is
+/// an error like an unreadable file.
+pub(crate) fn read_key(path: &Path, key: &str) -> Result<u64> {
+    let text = fs::read_to_string(path).map_err(|e| JailError::io("read", path, e))?;
+    let value = text.lines().find_map(|l| {
         let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
+        (k == key).then(|| v.trim())
+    });
+    match value {
+        Some(v) => parse_u64(path, v),
+        None => Err(JailError::CgroupStat {
+            path: path.to_owned(),
+            what: format!("no key {key}"),
+        }),
+    }
+}
+
+fn parse_u64(path: &Path, v: &str) -> Result<u64> {
+    v.parse().map_err(|_| JailError::CgroupStat {
+        path: path.to_owned(),
+        what: format!("not a number: {:.40}", v),
     })
 }
 
@@ -242,8 +273,11 @@ pub(crate) fn kill_listed(procs: &Path) -> Result<()> {
             return Ok(());
         }
         for p in pids {
-            // ESRCH is fine: it died between the read and the kill.
-            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+            match kill(Pid::from_raw(p), Signal::SIGKILL) {
+                // ESRCH is fine: it died between the read and the kill.
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => return Err(JailError::sys(format!("kill {p}"), e)),
+            }
         }
         if Instant::now() > deadline {
             return Err(JailError::io(
@@ -372,8 +406,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("memory.events");
         fs::write(&p, "low 0\nhigh 0\nmax 3\noom 1\noom_kill 2\n").unwrap();
-        assert_eq!(read_key(&p, "oom_kill"), Some(2));
-        assert_eq!(read_key(&p, "oom"), Some(1));
-        assert_eq!(read_key(&p, "nope"), None);
+        assert_eq!(read_key(&p, "oom_kill").unwrap(), 2);
+        assert_eq!(read_key(&p, "oom").unwrap(), 1);
+        assert!(read_key(&p, "nope").is_err());
+        assert!(read_key(&dir.path().join("absent"), "oom").is_err());
+        assert!(read_u64_if_present(&dir.path().join("absent"))
+            .unwrap()
+            .is_none());
     }
 }

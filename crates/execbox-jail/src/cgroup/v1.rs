@@ -68,11 +68,13 @@ impl CgroupBackend for CgroupV1 {
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        for n in &names {
-            let dirs: Vec<PathBuf> = self.distinct().into_iter().map(|d| d.join(n)).collect();
-            remove_stale(&dirs);
-        }
-        names.len()
+        names
+            .iter()
+            .filter(|n| {
+                let dirs: Vec<PathBuf> = self.distinct().into_iter().map(|d| d.join(n)).collect();
+                remove_stale(&dirs)
+            })
+            .count()
     }
 
     fn create(&self, run_id: &str, limits: &Limits) -> Result<Box<dyn RunCgroup>> {
@@ -89,13 +91,11 @@ impl CgroupBackend for CgroupV1 {
         };
         for d in &run.dirs {
             if let Err(e) = mkdir_fresh(d) {
-                let _ = Box::new(run).remove();
-                return Err(e);
+                return Err(e.with_cleanup(Box::new(run).remove()));
             }
         }
         if let Err(e) = run.apply(limits) {
-            let _ = Box::new(run).remove();
-            return Err(e);
+            return Err(e.with_cleanup(Box::new(run).remove()));
         }
         Ok(Box::new(run))
     }
@@ -153,12 +153,12 @@ impl RunCgroup for RunCgroupV1 {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
-    fn stats(&self) -> CgroupStats {
-        CgroupStats {
-            cpu_ns: read_u64(&self.cpuacct.join("cpuacct.usage")).unwrap_or(0),
-            memory_peak: read_u64(&self.memory.join("memory.max_usage_in_bytes")).unwrap_or(0),
-            oom_kills: read_key(&self.memory.join("memory.oom_control"), "oom_kill").unwrap_or(0),
-        }
+    fn stats(&self) -> Result<CgroupStats> {
+        Ok(CgroupStats {
+            cpu_ns: read_u64(&self.cpuacct.join("cpuacct.usage"))?,
+            memory_peak: read_u64(&self.memory.join("memory.max_usage_in_bytes"))?,
+            oom_kills: read_key(&self.memory.join("memory.oom_control"), "oom_kill")?,
+        })
     }
 
     fn kill_all(&self) -> Result<()> {
@@ -244,8 +244,11 @@ mod tests {
         )
         .unwrap();
         fs::write(mem.join("memory.max_usage_in_bytes"), "4096\n").unwrap();
-        let s = cg.stats();
-        assert_eq!((s.oom_kills, s.memory_peak, s.cpu_ns), (1, 4096, 0));
+        // a counter that cannot be read is an error, not a zero
+        assert!(cg.stats().is_err(), "cpuacct.usage is missing");
+        fs::write(r.join("cpu,cpuacct/execbox/run-1/cpuacct.usage"), "7\n").unwrap();
+        let s = cg.stats().unwrap();
+        assert_eq!((s.oom_kills, s.memory_peak, s.cpu_ns), (1, 4096, 7));
         cg.join(Pid::from_raw(42)).unwrap();
         assert_eq!(
             fs::read_to_string(r.join("pids/execbox/run-1/cgroup.procs")).unwrap(),

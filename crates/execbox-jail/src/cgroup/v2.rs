@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use nix::unistd::Pid;
 
 use super::{
-    kill_listed, mkdir, mkdir_fresh, read_key, read_u64, remove_stale, rmdir_retry, stale_dirs,
-    write_file, CgroupBackend, CgroupStats, RunCgroup,
+    kill_listed, mkdir, mkdir_fresh, read_key, read_u64_if_present, remove_stale, rmdir_retry,
+    stale_dirs, write_file, CgroupBackend, CgroupStats, RunCgroup,
 };
 use crate::config::Limits;
 use crate::error::{JailError, Result};
@@ -51,12 +51,18 @@ impl CgroupBackend for CgroupV2 {
 
     fn reap_stale(&self) -> usize {
         let stale = stale_dirs(&self.parent, std::path::Path::new("/proc"));
-        for d in &stale {
-            // cgroup.kill first: atomic against forks
-            let _ = write_file(&d.join("cgroup.kill"), "1");
-            remove_stale(std::slice::from_ref(d));
-        }
-        stale.len()
+        stale
+            .iter()
+            .filter(|d| {
+                // cgroup.kill first: atomic against forks. Before Linux 5.14 there is no
+                // cgroup.kill and the write fails; that is expected, because remove_stale
+                // kills the listed tasks one by one either way, and its answer is what counts.
+                if let Err(not_supported) = write_file(&d.join("cgroup.kill"), "1") {
+                    drop(not_supported);
+                }
+                remove_stale(std::slice::from_ref(d))
+            })
+            .count()
     }
 
     fn create(&self, run_id: &str, limits: &Limits) -> Result<Box<dyn RunCgroup>> {
@@ -74,10 +80,7 @@ impl CgroupBackend for CgroupV2 {
         };
         match setup() {
             Ok(fd) => Ok(Box::new(RunCgroupV2 { dir, fd })),
-            Err(e) => {
-                let _ = rmdir_retry(&dir);
-                Err(e)
-            }
+            Err(e) => Err(e.with_cleanup(rmdir_retry(&dir))),
         }
     }
 }
@@ -101,12 +104,13 @@ impl RunCgroup for RunCgroupV2 {
         Vec::new() // entered at clone time (CLONE_INTO_CGROUP)
     }
 
-    fn stats(&self) -> CgroupStats {
-        CgroupStats {
-            cpu_ns: read_key(&self.dir.join("cpu.stat"), "usage_usec").unwrap_or(0) * 1000,
-            memory_peak: read_u64(&self.dir.join("memory.peak")).unwrap_or(0),
-            oom_kills: read_key(&self.dir.join("memory.events"), "oom_kill").unwrap_or(0),
-        }
+    fn stats(&self) -> Result<CgroupStats> {
+        Ok(CgroupStats {
+            cpu_ns: read_key(&self.dir.join("cpu.stat"), "usage_usec")?.saturating_mul(1000),
+            // memory.peak exists from Linux 5.19; before it the peak is not known (0).
+            memory_peak: read_u64_if_present(&self.dir.join("memory.peak"))?.unwrap_or(0),
+            oom_kills: read_key(&self.dir.join("memory.events"), "oom_kill")?,
+        })
     }
 
     fn kill_all(&self) -> Result<()> {
@@ -160,8 +164,16 @@ mod tests {
         fs::write(d.join("cpu.stat"), "usage_usec 1500\nuser_usec 1000\n").unwrap();
         fs::write(d.join("memory.events"), "oom 1\noom_kill 1\n").unwrap();
         fs::write(d.join("memory.peak"), "123\n").unwrap();
-        let s = cg.stats();
+        let s = cg.stats().unwrap();
         assert_eq!((s.cpu_ns, s.oom_kills, s.memory_peak), (1_500_000, 1, 123));
+        // memory.peak is absent before Linux 5.19: the peak is unknown, the rest still counts
+        fs::remove_file(d.join("memory.peak")).unwrap();
+        assert_eq!(cg.stats().unwrap().oom_kills, 1);
+        // an unreadable memory.events must not turn an OOM kill into "no OOM kill"
+        fs::remove_file(d.join("memory.events")).unwrap();
+        assert!(cg.stats().is_err());
+        fs::write(d.join("memory.events"), "oom 1\n").unwrap();
+        assert!(cg.stats().is_err(), "no oom_kill key");
     }
 
     #[test]
