@@ -197,7 +197,7 @@ fn spawner(a: SpawnerArgs) -> Result<ExitCode> {
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
     // Signals for the server's group or cgroup (Ctrl-C, systemd's stop) are not for us: the
     // server drains, then closes our stdin.
-    execbox_jail::sys::ignore_termination_signals()?;
+    execbox_jail::ignore_termination_signals()?;
     let default_limits: execbox_jail::Limits = match &a.default_limits {
         Some(j) => serde_json::from_str(j).context("--default-limits")?,
         None => execbox_jail::Limits::default(),

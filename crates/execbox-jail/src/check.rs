@@ -195,7 +195,9 @@ pub fn probe(host: &HostConfig, deep: bool) -> HostReport {
 
 /// Fork a child with `flags`; it exits at once. True when the kernel allowed it.
 fn try_clone(flags: u64) -> bool {
-    match sys::clone3(flags, None) {
+    // SAFETY: the child calls only _exit, which is async-signal-safe, so this is sound even in
+    // a multi-threaded caller.
+    match unsafe { sys::clone3(flags, None) } {
         Ok(Forked::Child) => sys::exit_now(0),
         Ok(Forked::Parent { pid, .. }) => {
             matches!(

@@ -53,6 +53,10 @@ pub enum JailError {
     /// The host lacks a layer and degraded mode was not allowed.
     #[error("isolation layer unavailable: {0}")]
     LayerUnavailable(String),
+    /// A jail was to be cloned from a process with more than one thread (the child would copy
+    /// one thread of a process whose locks other threads may hold).
+    #[error("jails must be created by a single-threaded process; this one has several threads")]
+    NotSingleThreaded,
     /// No free uid slot (too many concurrent runs).
     #[error("no free sandbox uid slot among {0}")]
     NoSlot(u32),

@@ -85,9 +85,13 @@ fn place_fds(fds: &[RawFd; 6]) -> Result<(), nix::errno::Errno> {
         *h = sys::dup_above(fd, 64)?;
     }
     for (i, &h) in high.iter().enumerate() {
-        sys::dup_to(h, i as RawFd)?;
+        // SAFETY: the child owns every descriptor it has (it is a fresh copy of the jailer's
+        // single thread and ends in execve or _exit); 0..=5 are reserved for these six.
+        unsafe { sys::dup_to(h, i as RawFd)? };
     }
-    sys::close_from(6)?;
+    // SAFETY: as above; nothing in the child refers to a descriptor above 5 after this point
+    // (the `high` copies are not used again).
+    unsafe { sys::close_from(6)? };
     sys::set_cloexec(fdnum::STATUS, true)?;
     sys::set_cloexec(fdnum::SYNC, true)
 }

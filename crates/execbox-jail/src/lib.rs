@@ -8,9 +8,10 @@
 //!   .wait(cancel)        stdin, capped stdout/stderr/result, deadline, exit, teardown → Outcome
 //! ```
 //!
-//! This is the only execbox crate allowed `unsafe`; raw syscalls live in [`sys`]. Everything here
-//! must run in a single-threaded process (the spawner or the one-shot CLI), never in the tokio
-//! server.
+//! This is the only execbox crate allowed `unsafe`; raw syscalls live in the private `sys`
+//! module. Everything here must run in a single-threaded process (the spawner or the one-shot
+//! CLI), never in the tokio server: [`Jailer`] checks it before every clone and refuses with
+//! [`JailError::NotSingleThreaded`] otherwise.
 #![deny(missing_docs)]
 
 pub mod cgroup;
@@ -28,12 +29,19 @@ pub mod seccomp;
 pub mod slots;
 mod spawn;
 mod supervise;
-pub mod sys;
+mod sys;
 
 pub use child_error::{ChildError, Step};
 pub use config::{
     BindMount, HostConfig, JailSpec, LimitError, Limits, Payload, WorkFile, RESULT_FD,
 };
 pub use error::{JailError, Result};
+
+/// Ignore SIGTERM, SIGINT and SIGHUP in this process (the spawner: it ends on stdin EOF or its
+/// parent's death, not on signals meant for the server's process group). Jails reset every
+/// disposition before `execve`.
+pub fn ignore_termination_signals() -> Result<()> {
+    sys::ignore_termination_signals().map_err(|e| JailError::sys("signal", e))
+}
 pub use spawn::{Jailer, Prepared, Preparing, Running};
 pub use supervise::{Limit, Outcome, Role, Supervisor};

@@ -147,7 +147,13 @@ impl Jailer {
         if self.userns {
             flags |= libc::CLONE_NEWUSER as u64;
         }
-        let (pid, pidfd) = match sys::clone3(flags, cgroup.clone_into_fd()) {
+        if !sys::single_threaded().map_err(|e| JailError::sys("read /proc/self/stat", e))? {
+            return Err(JailError::NotSingleThreaded.with_cleanup(cgroup.remove()));
+        }
+        // SAFETY: checked just above that this process has one thread, and nothing in this
+        // crate starts one; the child runs init::run, which ends in execve or _exit.
+        let cloned = unsafe { sys::clone3(flags, cgroup.clone_into_fd()) };
+        let (pid, pidfd) = match cloned {
             Ok(sys::Forked::Child) => init::run(&plan),
             Ok(sys::Forked::Parent { pid, pidfd }) => (pid, pidfd),
             Err(e) => {

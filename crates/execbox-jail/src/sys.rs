@@ -1,5 +1,10 @@
 //! Raw Linux syscalls that neither `nix` nor `libc` wrap safely. Every `unsafe` block of the
-//! crate's kernel interface lives here, each behind a small safe function.
+//! crate's kernel interface lives here, each behind a small function. The module is private to
+//! the crate: functions that are sound only under a precondition the type system cannot see
+//! (`clone3` needs a single-threaded caller; `close_from` and `dup_to` act on descriptor
+//! numbers other code may own) are `unsafe fn` with a `# Safety` section, and the crate's public
+//! API upholds those preconditions itself ([`crate::Jailer`] checks that the process is
+//! single-threaded before each clone).
 //!
 //! Written by hand because `nix` 0.31 has no `clone3` (with `CLONE_PIDFD`/`CLONE_INTO_CGROUP`),
 //! `mount_setattr`, `openat2`, `close_range` or `pidfd_send_signal`.
@@ -47,9 +52,13 @@ pub enum Forked {
 /// `clone3` without `CLONE_VM`: a fork with new namespaces, a pidfd and optionally straight into
 /// a cgroup (`cgroup_fd`).
 ///
-/// Must only be called from a single-threaded process: the child is a copy of the calling thread
-/// alone and goes on to run ordinary Rust code (allocation included).
-pub fn clone3(ns_flags: u64, cgroup_fd: Option<BorrowedFd<'_>>) -> Result<Forked, Errno> {
+/// # Safety
+///
+/// The calling process must be single-threaded ([`single_threaded`]), or the child must call
+/// nothing but async-signal-safe functions (such as `_exit`) before it execs or exits: the child
+/// is a copy of the calling thread alone, and ordinary Rust code (allocation included) could
+/// deadlock on a lock another thread held at the time of the clone.
+pub unsafe fn clone3(ns_flags: u64, cgroup_fd: Option<BorrowedFd<'_>>) -> Result<Forked, Errno> {
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
         flags: ns_flags | libc::CLONE_PIDFD as u64,
@@ -168,7 +177,13 @@ pub fn create_beneath(dir: BorrowedFd<'_>, name: &str, mode: u32) -> Result<Owne
 }
 
 /// Close every descriptor from `first` upwards (`close_range`, Linux 5.9).
-pub fn close_from(first: RawFd) -> Result<(), Errno> {
+///
+/// # Safety
+///
+/// No descriptor at or above `first` may be used afterwards by anything in the process (no
+/// `OwnedFd`, `File` or library state may still refer to one): only the jail child, which owns
+/// every descriptor it has and is about to `execve`, calls this.
+pub unsafe fn close_from(first: RawFd) -> Result<(), Errno> {
     // SAFETY: close_range takes plain integers; descriptors at or above `first` are not used by
     // the caller afterwards (the caller moved what it keeps below `first`).
     let r = unsafe { libc::syscall(libc::SYS_close_range, first as libc::c_uint, u32::MAX, 0u32) };
@@ -192,7 +207,12 @@ pub fn pidfd_kill(pidfd: BorrowedFd<'_>, sig: libc::c_int) -> Result<(), Errno> 
 
 /// `dup2(old, new)` where `new` is a specific number the caller reserves (0, 1, 2, …).
 /// The new descriptor does not have `FD_CLOEXEC`.
-pub fn dup_to(old: RawFd, new: RawFd) -> Result<(), Errno> {
+///
+/// # Safety
+///
+/// Whatever `new` referred to is closed silently: the caller must own that number (nothing
+/// else in the process may hold it as an `OwnedFd`, `File` or library descriptor).
+pub unsafe fn dup_to(old: RawFd, new: RawFd) -> Result<(), Errno> {
     // SAFETY: dup2 takes plain integers; the caller owns `new`'s slot in this process.
     Errno::result(unsafe { libc::dup2(old, new) }).map(drop)
 }
@@ -214,6 +234,22 @@ pub fn set_cloexec(fd: RawFd, on: bool) -> Result<(), Errno> {
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit is always safe to call; it never returns.
     unsafe { libc::_exit(code) }
+}
+
+/// Whether the calling process has exactly one thread (`num_threads` of `/proc/self/stat`).
+pub fn single_threaded() -> Result<bool, Errno> {
+    let stat = std::fs::read_to_string("/proc/self/stat").map_err(|_| Errno::EIO)?;
+    // Field 20, counted after the parenthesised command name (which may hold spaces).
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or(Errno::EIO)?;
+    let threads: u64 = after
+        .split_whitespace()
+        .nth(17)
+        .and_then(|t| t.parse().ok())
+        .ok_or(Errno::EIO)?;
+    Ok(threads == 1)
 }
 
 /// Landlock ABI version the kernel offers (0 when Landlock is off or absent).

@@ -2,11 +2,11 @@
 //!
 //! * Any syscall not listed fails with `EPERM` (so ptrace, bpf, io_uring, keyctl, mount, unshare,
 //!   setns, userfaultfd, perf_event_open, process_vm_*, pidfd_getfd, cachestat, readahead,
-//!   inotify, fanotify, … are all denied). [`allowlist`] lists what is allowed with any
+//!   inotify, fanotify, … are all denied). `allowlist.rs` lists what is allowed with any
 //!   arguments, each call with its reason.
 //! * A syscall from another ABI (32-bit `int 0x80`) kills the process: seccompiler's arch check.
 //!   x32 syscalls (`nr | 0x40000000`) match no listed number and get `EPERM`.
-//! * [`args`] allows some calls only with some arguments: `clone` without namespace flags;
+//! * `args.rs` allows some calls only with some arguments: `clone` without namespace flags;
 //!   `ioctl` but `TIOCSTI`/`TIOCLINUX`; `prctl` and `fcntl` from short lists (no `F_NOTIFY`, no
 //!   leases); `socket`/`socketpair` only unix, TCP and UDP; `setsockopt` without BPF filters or
 //!   `TCP_ULP`; `posix_fadvise` without `DONTNEED` and `preadv2`/`pwritev2` without
