@@ -9,6 +9,7 @@ use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
+use crate::routes::ws::slots::WsSlots;
 use crate::spawner_client::SpawnerClient;
 use crate::store::RunStore;
 
@@ -35,6 +36,8 @@ pub struct Inner {
     pub auth: Option<Authenticator>,
     /// Per-user quotas.
     pub quotas: Quotas,
+    /// Open WebSockets, in total and per user.
+    pub websockets: WsSlots,
 }
 
 impl std::ops::Deref for AppState {
