@@ -470,6 +470,40 @@ async fn messages_during_a_run_count_against_the_rate_quota() {
     assert_eq!(fin["record"]["status"], "ok", "{fin}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_close_with_1001_on_shutdown_once_their_run_is_done() {
+    if !privileged() {
+        return;
+    }
+    let mut s = server(&[]);
+    // Not a WebSocket handshake: a JSON error like every other answer.
+    let mut c = TcpStream::connect(s.public).unwrap();
+    write!(
+        c,
+        "GET /v1/ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 4") && answer.contains("\"not_a_websocket\""),
+        "{answer}"
+    );
+
+    let mut idle = connect_as(&s, &token("a")).await.unwrap();
+    let mut busy = connect_as(&s, &token("b")).await.unwrap();
+    assert_eq!(next_json(&mut idle).await["type"], "ready");
+    assert_eq!(next_json(&mut busy).await["type"], "ready");
+    send(&mut busy, sleeper(1.0)).await;
+    assert_eq!(next_json(&mut busy).await["type"], "accepted");
+    s.sigterm();
+    expect_closed_with(&mut idle, "shutting_down", 1001).await;
+    // The run ends (within the shutdown grace, or cancelled after it) and is reported first.
+    assert_eq!(next_json(&mut busy).await["type"], "finished");
+    expect_closed_with(&mut busy, "shutting_down", 1001).await;
+    assert!(s.wait_exit(PATIENCE).is_some(), "the server did not exit");
+}
+
 /// Send a keep-alive request on `c` and read its answer's status.
 fn request_on(c: &mut TcpStream) -> std::io::Result<u16> {
     c.write_all(b"GET /no-such-page HTTP/1.1\r\nHost: x\r\n\r\n")?;

@@ -173,6 +173,7 @@ pub fn build_state(
         quotas: quota::Quotas::new(cfg.quotas.clone()),
         admission: Admission::new(cfg.max_running, cfg.max_queued),
         metrics,
+        shutdown: tokio_util::sync::CancellationToken::new(),
         store,
         spawner,
         python,
@@ -254,7 +255,7 @@ pub async fn serve_on(
 
     // On shutdown: stop accepting at once; after the grace period cancel what still runs so
     // the blocking requests waiting on those runs can answer and the drain completes.
-    let stop = tokio_util::sync::CancellationToken::new();
+    let stop = state.shutdown.clone();
     let drain_store = state.store.clone();
     let stop_signal = stop.clone();
     tokio::spawn(async move {

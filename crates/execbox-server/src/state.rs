@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use execbox_runtime::PythonRuntime;
 
 use crate::admission::Admission;
@@ -38,6 +40,9 @@ pub struct Inner {
     pub quotas: Quotas,
     /// Open WebSockets, in total and per user.
     pub websockets: WsSlots,
+    /// Cancelled when the server starts shutting down (listeners stop accepting; WebSocket
+    /// sessions close once their run, if any, has finished).
+    pub shutdown: CancellationToken,
 }
 
 impl std::ops::Deref for AppState {

@@ -3,6 +3,7 @@
 //!
 //! # Before the upgrade (plain HTTP answers, nothing is upgraded)
 //!
+//! 0. Not a WebSocket handshake: axum's status (400, 405 or 426) with code `not_a_websocket`.
 //! 1. `Origin`: a request that carries one (a browser) must come from an allowed origin
 //!    ([`crate::origin`]; `--allowed-origins`), else 403 `origin_not_allowed`.
 //! 2. A token in `Authorization: Bearer` or in `Sec-WebSocket-Protocol` (offer `execbox.v1` and
@@ -39,6 +40,7 @@
 //! | code | reason | when |
 //! |---|---|---|
 //! | 1000 | `idle_timeout` | no client message and no active run for `--ws-idle-secs` (60 s) |
+//! | 1001 | `shutting_down` | the server is shutting down (SIGTERM); sent once the active run, if any, has finished |
 //! | 1008 | `missing_token`, `invalid_token` | first message is not a valid `auth` |
 //! | 1008 | `auth_timeout` | no first message within `--ws-auth-timeout-secs` |
 //! | 1008 | `rate_quota`, `too_many_websockets` | at first-message authentication: the user is over its rate quota or WebSocket cap |
@@ -51,6 +53,7 @@ pub mod protocol;
 mod session;
 pub mod slots;
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -107,7 +110,7 @@ fn header_token(headers: &HeaderMap) -> Option<String> {
 pub async fn ws(
     State(state): State<AppState>,
     headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
     if !origin::allowed(
@@ -122,6 +125,13 @@ pub async fn ws(
         );
         return reject(&state, e);
     }
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rej) => {
+            let e = ApiError::new(rej.status(), "not_a_websocket", rej.body_text());
+            return e.into_response();
+        }
+    };
     let caller = match (&state.auth, header_token(&headers)) {
         (None, _) => Some(Caller {
             user: None,

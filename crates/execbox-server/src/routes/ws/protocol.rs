@@ -16,6 +16,8 @@ pub const CLOSE_IDLE: u16 = 1000;
 /// WebSocket cap (`missing_token`, `invalid_token`, `auth_timeout`, `token_expired`,
 /// `rate_quota`, `too_many_websockets`).
 pub const CLOSE_POLICY: u16 = 1008;
+/// Close code: the server is shutting down (`shutting_down`; sent once no run is active).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code: a message before authentication larger than [`PRE_AUTH_MAX_BYTES`], or any
 /// message larger than `--max-body-bytes` (`message_too_large`).
 pub const CLOSE_TOO_LARGE: u16 = 1009;

@@ -9,8 +9,8 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::protocol::{
-    parse_client, parse_pre_auth, ClientMessage, ServerMessage, CLOSE_IDLE, CLOSE_POLICY,
-    CLOSE_TOO_LARGE, PRE_AUTH_MAX_BYTES,
+    parse_client, parse_pre_auth, ClientMessage, ServerMessage, CLOSE_GOING_AWAY, CLOSE_IDLE,
+    CLOSE_POLICY, CLOSE_TOO_LARGE, PRE_AUTH_MAX_BYTES,
 };
 use super::slots::WsSlot;
 use crate::auth::{charge_request, Caller};
@@ -31,6 +31,7 @@ enum Event {
     Message(Option<Result<Message, axum::Error>>),
     Finished(Result<Box<RunRecord>, oneshot::error::RecvError>),
     Idle,
+    ShuttingDown,
 }
 
 /// The client left (or the connection failed): nothing more can be sent.
@@ -178,6 +179,7 @@ async fn next_event(
     socket: &mut WebSocket,
     active: &mut Option<ActiveRun>,
     idle_deadline: Instant,
+    shutdown: &CancellationToken,
 ) -> Event {
     let idle_armed = active.is_none();
     let finished = async {
@@ -190,6 +192,7 @@ async fn next_event(
         m = socket.recv() => Event::Message(m),
         r = finished => Event::Finished(r.map(Box::new)),
         _ = tokio::time::sleep_until(idle_deadline), if idle_armed => Event::Idle,
+        _ = shutdown.cancelled(), if idle_armed => Event::ShuttingDown,
     }
 }
 
@@ -199,7 +202,16 @@ async fn serve(state: &AppState, socket: &mut WebSocket, caller: &Caller) -> Res
     let mut idle_deadline = Instant::now() + idle;
     let mut active: Option<ActiveRun> = None;
     loop {
-        let msg = match next_event(socket, &mut active, idle_deadline).await {
+        let msg = match next_event(socket, &mut active, idle_deadline, &state.shutdown).await {
+            Event::ShuttingDown => {
+                let e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the server is shutting down; reconnect to another instance",
+                );
+                close_with(socket, CLOSE_GOING_AWAY, &e).await;
+                return Ok(());
+            }
             Event::Idle => {
                 let e = ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
