@@ -100,6 +100,7 @@ fn header_token(headers: &HeaderMap) -> Option<String> {
     path = "/v1/ws",
     responses(
         (status = 101, description = "WebSocket session: messages are `ClientMessage` and `ServerMessage`; close codes in the README"),
+        (status = 400, description = "`not_a_websocket`: not a WebSocket handshake (also 405, 426)", body = ErrorResponse),
         (status = 401, description = "a token was sent in a header and is invalid", body = ErrorResponse),
         (status = 403, description = "`origin_not_allowed`: the Origin header is not allowed", body = ErrorResponse),
         (status = 429, description = "`rate_quota`, or `too_many_websockets` for this user; see Retry-After", body = ErrorResponse),
@@ -112,6 +113,13 @@ pub async fn ws(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rej) => {
+            let e = ApiError::new(rej.status(), "not_a_websocket", rej.body_text());
+            return e.into_response();
+        }
+    };
     let header_str = |name| headers.get(name).and_then(|v| v.to_str().ok());
     if !origin::allowed(
         &state.cfg.allowed_origins,
@@ -125,13 +133,6 @@ pub async fn ws(
         );
         return reject(&state, e);
     }
-    let upgrade = match upgrade {
-        Ok(u) => u,
-        Err(rej) => {
-            let e = ApiError::new(rej.status(), "not_a_websocket", rej.body_text());
-            return e.into_response();
-        }
-    };
     let caller = match (&state.auth, header_token(&headers)) {
         (None, _) => Some(Caller {
             user: None,
