@@ -63,6 +63,30 @@ pub struct ServeArgs {
     /// Length of the CPU-seconds window, seconds.
     #[arg(long, env = "EXECBOX_QUOTA_WINDOW_SECS", default_value_t = 3600)]
     quota_window_secs: u64,
+    /// Open connections on the public listener; more wait in the kernel's backlog until one
+    /// closes (default: max(1024, 2 x --max-websockets)).
+    #[arg(long, env = "EXECBOX_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Open WebSockets in total (default: max(64, 4 x --max-websockets-per-user)).
+    #[arg(long, env = "EXECBOX_MAX_WEBSOCKETS")]
+    max_websockets: Option<usize>,
+    /// Open WebSockets per user (default: --max-running + --max-queued).
+    #[arg(long, env = "EXECBOX_MAX_WEBSOCKETS_PER_USER")]
+    max_websockets_per_user: Option<usize>,
+    /// Seconds a WebSocket may stay without a client message and without a run.
+    #[arg(long, env = "EXECBOX_WS_IDLE_SECS", default_value_t = 60)]
+    ws_idle_secs: u64,
+    /// Seconds a WebSocket without a token in its headers has to send its `auth` message.
+    #[arg(long, env = "EXECBOX_WS_AUTH_TIMEOUT_SECS", default_value_t = 10)]
+    ws_auth_timeout_secs: u64,
+    /// Browser origins that may open a WebSocket, comma-separated (`https://app.example`, or
+    /// `*` for any). Empty: only the server's own origin. Requests without Origin (not a
+    /// browser) are always allowed.
+    #[arg(long, env = "EXECBOX_ALLOWED_ORIGINS", value_delimiter = ',')]
+    allowed_origins: Vec<String>,
+    /// Seconds of clock skew tolerated on a token's exp and nbf.
+    #[arg(long, env = "EXECBOX_JWT_LEEWAY_SECS", default_value_t = execbox_server::auth::LEEWAY_SECS, hide = true)]
+    jwt_leeway_secs: u64,
     /// Log as JSON lines.
     #[arg(long, env = "EXECBOX_LOG_JSON", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -103,7 +127,27 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
              --insecure-no-auth serves without authentication."
         ),
     };
+    let max_running = a.max_running.unwrap_or(defaults.max_running).max(1);
+    let max_queued = a.max_queued.unwrap_or(defaults.max_queued);
+    let max_websockets_per_user = a.max_websockets_per_user.unwrap_or_else(|| {
+        execbox_server::config::default_max_websockets_per_user(max_running, max_queued)
+    });
+    let max_websockets = a
+        .max_websockets
+        .unwrap_or_else(|| execbox_server::config::default_max_websockets(max_running, max_queued));
+    let allowed_origins = execbox_server::origin::parse_allow_list(&a.allowed_origins)
+        .context("--allowed-origins")?;
     let cfg = ServerConfig {
+        max_connections: a
+            .max_connections
+            .unwrap_or_else(|| execbox_server::config::default_max_connections(max_websockets))
+            .max(1),
+        max_websockets,
+        max_websockets_per_user,
+        ws_idle: Duration::from_secs(a.ws_idle_secs.max(1)),
+        ws_auth_timeout: Duration::from_secs(a.ws_auth_timeout_secs.max(1)),
+        allowed_origins,
+        jwt_leeway: Duration::from_secs(a.jwt_leeway_secs),
         jwt_secret,
         private_listen: a.private_listen,
         tls: a.tls_cert.clone().zip(a.tls_key.clone()),
@@ -115,8 +159,8 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
             window: Duration::from_secs(a.quota_window_secs),
         },
         listen: listen_addr(&a)?,
-        max_running: a.max_running.unwrap_or(defaults.max_running).max(1),
-        max_queued: a.max_queued.unwrap_or(defaults.max_queued),
+        max_running,
+        max_queued,
         retention: Duration::from_secs(a.retention_secs),
         pool: a.pool.unwrap_or(defaults.pool),
         max_body_bytes: a.max_body_bytes,

@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Seconds of clock skew tolerated on `exp` and `nbf`.
+/// Seconds of clock skew tolerated on `exp` and `nbf` by default (`--jwt-leeway-secs`).
 pub const LEEWAY_SECS: u64 = 5;
 
 /// The claims execbox reads (others are ignored).
@@ -69,10 +69,15 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Check tokens against `secret`.
+    /// Check tokens against `secret`, with the default leeway.
     pub fn new(secret: &[u8]) -> Self {
+        Self::with_leeway(secret, std::time::Duration::from_secs(LEEWAY_SECS))
+    }
+
+    /// Check tokens against `secret`, tolerating `leeway` of clock skew (whole seconds).
+    pub fn with_leeway(secret: &[u8], leeway: std::time::Duration) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
+        validation.leeway = leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = false;
@@ -107,6 +112,43 @@ impl Authenticator {
             claims: Some(c),
         })
     }
+
+    /// Whether `caller`'s token is still within its `exp` (plus the leeway) now: a long-lived
+    /// session (the WebSocket) checks this again before each run it starts.
+    pub fn check_expiry(&self, caller: &Caller) -> Result<(), ApiError> {
+        let Some(claims) = &caller.claims else {
+            return Ok(());
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let leeway = i64::try_from(self.validation.leeway).unwrap_or(i64::MAX);
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        if claims.exp.saturating_add(leeway) < now {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_expired",
+                "the token has expired; open a new session with a fresh token",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One request by `caller` against its request-rate quota, counted in the metrics when
+/// refused. Every HTTP request (in [`require_auth`]) and every WebSocket message goes through
+/// here.
+pub fn charge_request(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    let Some(user) = &caller.user else {
+        return Ok(());
+    };
+    state.quotas.check_rate(user).inspect_err(|_| {
+        state
+            .metrics
+            .rejected
+            .with_label_values(&["rate_quota"])
+            .inc();
+    })
 }
 
 /// Mint an HS256 token (for `execbox token` and tests).
@@ -161,15 +203,8 @@ pub async fn require_auth(State(state): State<AppState>, mut req: Request, next:
             }
         }
     };
-    if let Some(user) = &caller.user {
-        if let Err(e) = state.quotas.check_rate(user) {
-            state
-                .metrics
-                .rejected
-                .with_label_values(&["rate_quota"])
-                .inc();
-            return e.into_response();
-        }
+    if let Err(e) = charge_request(&state, &caller) {
+        return e.into_response();
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
@@ -194,6 +229,40 @@ mod tests {
         assert_eq!(claims.user_email.as_deref(), Some("null@piedpiper.com"));
         assert_eq!(claims.exp, 2_554_755_500);
         assert!(Authenticator::new(b"wrong").verify(SEED_TOKEN).is_err());
+    }
+
+    #[test]
+    fn expiry_is_checked_again_with_the_leeway() {
+        let auth = Authenticator::with_leeway(b"k", std::time::Duration::from_secs(5));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let caller = |exp| Caller {
+            user: Some("u".into()),
+            claims: Some(Claims {
+                user_id: Some("u".into()),
+                sub: None,
+                user_full_name: None,
+                user_email: None,
+                jti: None,
+                iat: None,
+                nbf: None,
+                exp,
+            }),
+        };
+        assert!(auth.check_expiry(&caller(now + 60)).is_ok());
+        assert!(
+            auth.check_expiry(&caller(now - 2)).is_ok(),
+            "within the leeway"
+        );
+        let e = auth.check_expiry(&caller(now - 60)).unwrap_err();
+        assert_eq!(e.body.error.code, "token_expired");
+        let anonymous = Caller {
+            user: None,
+            claims: None,
+        };
+        assert!(auth.check_expiry(&anonymous).is_ok());
     }
 
     #[test]

@@ -53,15 +53,50 @@ pub struct ServerConfig {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Per-user quotas.
     pub quotas: QuotaConfig,
+    /// Open connections on the public listener; beyond it new connections wait in the
+    /// kernel's accept backlog until one closes.
+    pub max_connections: usize,
+    /// Open WebSockets in total (authenticated or not).
+    pub max_websockets: usize,
+    /// Open WebSockets per user.
+    pub max_websockets_per_user: usize,
+    /// A WebSocket with no client message and no run for this long is closed.
+    pub ws_idle: Duration,
+    /// How long a WebSocket without a token in its headers may take to send `auth`.
+    pub ws_auth_timeout: Duration,
+    /// Browser origins allowed to open a WebSocket (`scheme://host[:port]`, or `*`); empty:
+    /// only the server's own origin (the `Origin` host equals the `Host` header).
+    pub allowed_origins: Vec<String>,
+    /// Clock skew tolerated on a token's `exp` and `nbf`.
+    pub jwt_leeway: Duration,
+}
+
+/// Default per-user WebSocket cap: every place the server has for runs (running plus queued),
+/// so one client multiplexing runs over sockets is never refused work the server would take.
+pub fn default_max_websockets_per_user(max_running: usize, max_queued: usize) -> usize {
+    (max_running + max_queued).max(1)
+}
+
+/// Default total WebSocket cap: four users' worth, and at least 64.
+pub fn default_max_websockets(max_running: usize, max_queued: usize) -> usize {
+    (4 * default_max_websockets_per_user(max_running, max_queued)).max(64)
+}
+
+/// Default cap on open public connections: room for every WebSocket plus as many HTTP
+/// connections again, and at least 1024.
+pub fn default_max_connections(max_websockets: usize) -> usize {
+    (2 * max_websockets).max(1024)
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let (max_running, max_queued) = (cpus, cpus * 8);
+        let max_websockets = default_max_websockets(max_running, max_queued);
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
-            max_running: cpus,
-            max_queued: cpus * 8,
+            max_running,
+            max_queued,
             retention: Duration::from_secs(600),
             max_stored_runs: 10_000,
             max_stored_bytes: 256 * 1024 * 1024,
@@ -80,6 +115,13 @@ impl Default for ServerConfig {
             private_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             tls: None,
             quotas: QuotaConfig::default(),
+            max_connections: default_max_connections(max_websockets),
+            max_websockets,
+            max_websockets_per_user: default_max_websockets_per_user(max_running, max_queued),
+            ws_idle: Duration::from_secs(60),
+            ws_auth_timeout: Duration::from_secs(10),
+            allowed_origins: Vec::new(),
+            jwt_leeway: Duration::from_secs(crate::auth::LEEWAY_SECS),
         }
     }
 }

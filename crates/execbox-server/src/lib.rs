@@ -19,8 +19,10 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod listener;
 pub mod metrics;
 pub mod openapi;
+pub mod origin;
 pub mod quota;
 pub mod routes;
 pub mod runner;
@@ -79,21 +81,24 @@ const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// Serve `router` on `listener` (with TLS when given) until `stop`, then finish in-flight
 /// requests. hyper's connection settings bound slow clients: headers must arrive within
 /// [`HEADER_READ_TIMEOUT`], HTTP/2 connections are pinged and dropped when silent, and carry
-/// at most 64 concurrent streams.
+/// at most 64 concurrent streams. With `max_connections`, at most that many connections are
+/// open at once ([`listener::CappedListener`]); `open` counts them.
 async fn listen(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     tls: Option<axum_server::tls_rustls::RustlsConfig>,
     stop: tokio_util::sync::CancellationToken,
+    max_connections: Option<usize>,
+    open: Option<prometheus::IntGauge>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::TokioTimer;
-    let handle = axum_server::Handle::new();
+    let handle = axum_server::Handle::<listener::CappedAddr>::new();
     let h = handle.clone();
     tokio::spawn(async move {
         stop.cancelled().await;
         h.graceful_shutdown(None);
     });
-    let std_listener = listener.into_std()?;
+    let listener = listener::CappedListener::new(listener, max_connections, open);
     let service = router.into_make_service();
     macro_rules! configure_and_serve {
         ($server:expr) => {{
@@ -110,9 +115,12 @@ async fn listen(
             server.serve(service).await
         }};
     }
+    let server = axum_server::Server::<listener::CappedAddr>::from_listener(listener);
     match tls {
-        Some(tls) => configure_and_serve!(axum_server::from_tcp_rustls(std_listener, tls)?),
-        None => configure_and_serve!(axum_server::from_tcp(std_listener)?),
+        Some(tls) => {
+            configure_and_serve!(server.acceptor(axum_server::tls_rustls::RustlsAcceptor::new(tls)))
+        }
+        None => configure_and_serve!(server),
     }
 }
 
@@ -151,11 +159,21 @@ pub fn build_state(
         },
         Arc::new(move |id: &str| for_started.set_running(id)),
     );
+    let metrics = Metrics::new()?;
     let state = AppState(Arc::new(Inner {
-        auth: cfg.jwt_secret.as_deref().map(auth::Authenticator::new),
+        auth: cfg
+            .jwt_secret
+            .as_deref()
+            .map(|secret| auth::Authenticator::with_leeway(secret, cfg.jwt_leeway)),
+        websockets: routes::ws::slots::WsSlots::new(
+            cfg.max_websockets,
+            cfg.max_websockets_per_user,
+            metrics.websockets_open.clone(),
+        ),
         quotas: quota::Quotas::new(cfg.quotas.clone()),
         admission: Admission::new(cfg.max_running, cfg.max_queued),
-        metrics: Metrics::new()?,
+        metrics,
+        shutdown: tokio_util::sync::CancellationToken::new(),
         store,
         spawner,
         python,
@@ -217,6 +235,7 @@ pub async fn serve_on(
     let grace = cfg.shutdown_grace;
     let retention = cfg.retention;
     let max_runs = cfg.max_stored_runs;
+    let max_connections = cfg.max_connections;
     let (state, spawner_task) = build_state(cfg)?;
 
     // Background tasks hold the store, not the state: the last AppState clone must go away
@@ -236,7 +255,7 @@ pub async fn serve_on(
 
     // On shutdown: stop accepting at once; after the grace period cancel what still runs so
     // the blocking requests waiting on those runs can answer and the drain completes.
-    let stop = tokio_util::sync::CancellationToken::new();
+    let stop = state.shutdown.clone();
     let drain_store = state.store.clone();
     let stop_signal = stop.clone();
     tokio::spawn(async move {
@@ -252,8 +271,15 @@ pub async fn serve_on(
     tracing::info!(addr = %private_addr, listener = "private", "listening");
     let public_router = public_app(state.clone());
     let private_router = private_app(state.clone());
-    let public_task = listen(public, public_router, tls, stop.clone());
-    let private_task = listen(private, private_router, None, stop.clone());
+    let public_task = listen(
+        public,
+        public_router,
+        tls,
+        stop.clone(),
+        Some(max_connections),
+        Some(state.metrics.connections_open.clone()),
+    );
+    let private_task = listen(private, private_router, None, stop.clone(), None, None);
     let (pub_res, priv_res) = tokio::join!(public_task, private_task);
     gc.abort();
     let _ = gc.await;

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// Spawner restarts.
     pub spawner_restarts: IntGauge,
+    /// Open connections on the public listener.
+    pub connections_open: IntGauge,
+    /// Open WebSockets (authenticated or not).
+    pub websockets_open: IntGauge,
 }
 
 impl Metrics {
@@ -51,6 +55,13 @@ impl Metrics {
         )?;
         let spawner_restarts =
             IntGauge::new("spawner_restarts", "Times the spawner was restarted")?;
+        let connections_open = IntGauge::new(
+            "connections_open",
+            "Open connections on the public listener (WebSockets included)",
+        )?;
+        let websockets_open = IntGauge::new("websockets_open", "Open WebSocket sessions")?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(websockets_open.clone()))?;
         registry.register(Box::new(runs.clone()))?;
         registry.register(Box::new(run_seconds.clone()))?;
         registry.register(Box::new(queue_depth.clone()))?;
@@ -65,6 +76,8 @@ impl Metrics {
             in_flight,
             rejected,
             spawner_restarts,
+            connections_open,
+            websockets_open,
         })
     }
 

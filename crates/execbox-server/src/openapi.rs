@@ -9,6 +9,7 @@ use crate::api::{
 };
 use crate::auth::Claims;
 use crate::error::ErrorResponse;
+use crate::routes::ws::protocol::{ClientMessage, ServerMessage};
 use crate::routes::{execute, health, runs, user, ws};
 use execbox_proto::{ErrorBody, LimitKind, RunRecord, RunStatus, StepReport};
 
@@ -52,7 +53,9 @@ use execbox_proto::{ErrorBody, LimitKind, RunRecord, RunStatus, StepReport};
         RunRecord,
         StepReport,
         RunStatus,
-        LimitKind, Claims)),
+        LimitKind, Claims,
+        ClientMessage,
+        ServerMessage)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

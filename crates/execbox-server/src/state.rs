@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tokio_util::sync::CancellationToken;
+
 use execbox_runtime::PythonRuntime;
 
 use crate::admission::Admission;
@@ -9,6 +11,7 @@ use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
+use crate::routes::ws::slots::WsSlots;
 use crate::spawner_client::SpawnerClient;
 use crate::store::RunStore;
 
@@ -35,6 +38,11 @@ pub struct Inner {
     pub auth: Option<Authenticator>,
     /// Per-user quotas.
     pub quotas: Quotas,
+    /// Open WebSockets, in total and per user.
+    pub websockets: WsSlots,
+    /// Cancelled when the server starts shutting down (listeners stop accepting; WebSocket
+    /// sessions close once their run, if any, has finished).
+    pub shutdown: CancellationToken,
 }
 
 impl std::ops::Deref for AppState {

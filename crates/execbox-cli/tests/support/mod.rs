@@ -208,6 +208,11 @@ impl Server {
         logs[logs.len().saturating_sub(n)..].join("\n")
     }
 
+    /// Send SIGTERM (start a graceful shutdown) without waiting.
+    pub fn sigterm(&self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+    }
+
     /// Wait for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + timeout;

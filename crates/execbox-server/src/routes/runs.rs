@@ -13,7 +13,7 @@ use crate::api::{Accepted, CreateRunRequest, ModeName, RunCodeRequest, RuntimeIn
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::Json;
-use crate::runner::{self, RunRequest};
+use crate::runner::{self, RunRequest, Submitted};
 use crate::state::AppState;
 use crate::validate;
 
@@ -25,6 +25,15 @@ async fn start(
     status_prefix: &str,
 ) -> Result<Response, ApiError> {
     let submitted = runner::submit(state, req, caller.user)?;
+    respond(submitted, wait, status_prefix).await
+}
+
+/// The answer to a submitted run: its record when `wait`, else 202 with where to poll.
+async fn respond(
+    submitted: Submitted,
+    wait: bool,
+    status_prefix: &str,
+) -> Result<Response, ApiError> {
     if wait {
         let rec = runner::wait(submitted).await?;
         return Ok((StatusCode::OK, axum::Json(rec)).into_response());
@@ -215,12 +224,26 @@ pub async fn create_run(
     Json(req): Json<CreateRunRequest>,
 ) -> Result<Response, ApiError> {
     let wait = req.wait.unwrap_or(true);
-    let run = run_request(&state, req)?;
-    start(&state, caller, run, wait, "/v1/runs/").await
+    let submitted = submit_run(&state, &caller, req)?;
+    respond(submitted, wait, "/v1/runs/").await
 }
 
-/// Validate a `/v1/runs` body (also used by the WebSocket).
-pub fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest, ApiError> {
+/// Start a run of the general form for `caller`: validation, then [`runner::submit`] (per-user
+/// concurrency and CPU quotas, readiness, admission, and their metrics). This is the one path
+/// by which both `POST /v1/runs` and a WebSocket `run` message start a run; the request-rate
+/// quota is charged before, per HTTP request or WebSocket message
+/// ([`crate::auth::charge_request`]).
+pub fn submit_run(
+    state: &AppState,
+    caller: &Caller,
+    req: CreateRunRequest,
+) -> Result<Submitted, ApiError> {
+    let run = run_request(state, req)?;
+    runner::submit(state, run, caller.user.clone())
+}
+
+/// Validate a `/v1/runs` body.
+fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest, ApiError> {
     if req.language != "python" {
         return Err(ApiError::bad_request(
             "unknown_language",
