@@ -233,16 +233,24 @@ fn check_cmd(json: bool) -> Result<ExitCode> {
     } else {
         println!("kernel {}", report.kernel);
         for l in &report.layers {
-            let mark = if l.available { "ok  " } else { "MISSING" };
-            println!("  {mark:8} {:16} {}", l.name, l.detail);
+            let mark = match l.status {
+                check::Status::Ok => "ok".to_owned(),
+                check::Status::Covered => format!("covered by {}", l.covered_by.join(", ")),
+                check::Status::Missing => "MISSING".to_owned(),
+            };
+            println!("  {:16} {mark}: {}", l.name, l.detail);
         }
         println!("cgroup backend: {}", report.cgroup_backend);
         let v = match report.verdict {
-            check::Verdict::Full => "execbox runs here with every isolation layer",
-            check::Verdict::DegradedOnly => {
-                "execbox refuses to run here unless --allow-degraded is given (results say degraded)"
+            check::Verdict::Full => {
+                "full: execbox runs here with full isolation (a covered layer is enforced by \
+                 the layers named)"
             }
-            check::Verdict::Refuse => "execbox cannot run here",
+            check::Verdict::DegradedOnly => {
+                "degraded only: execbox refuses to run here unless --allow-degraded is given \
+                 (results then say degraded)"
+            }
+            check::Verdict::Refuse => "refuse: execbox cannot run here",
         };
         println!("verdict: {v}");
     }

@@ -290,11 +290,25 @@ fn check_reports_every_layer() {
         "cgroups",
         "seccomp",
         "landlock",
+        "landlock_scopes",
+        "cgroup_kill",
         "no_new_privs",
+        "mount_setattr",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
     assert_eq!(r["verdict"], "full", "{r}");
+    // full means nothing is missing: a layer is ok, or absent and covered by the ones it names
+    for l in r["layers"].as_array().unwrap() {
+        match l["status"].as_str().unwrap() {
+            "ok" => assert_eq!(l["available"], true, "{l}"),
+            "covered" => {
+                assert_eq!(l["need"], "duplicate", "{l}");
+                assert!(!l["covered_by"].as_array().unwrap().is_empty(), "{l}");
+            }
+            other => panic!("layer {other} on a full host: {l}"),
+        }
+    }
     // the backend reported is the one the host has, and its parent cgroups exist, so the
     // leftover check below looks where the probe really was
     assert_eq!(r["cgroup_backend"], support::cgroup_backend(), "{r}");

@@ -137,6 +137,29 @@ pub fn make_readonly_recursive(path: &str, nodev: bool) -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
+/// Whether `mount_setattr(2)` can be called, without changing anything: a call on a bad
+/// descriptor fails with `EBADF` (or `EINVAL`) when the kernel has it, `ENOSYS` when it does
+/// not, and `EPERM` when a seccomp filter refuses it. `Ok` for any answer but those two.
+pub fn mount_setattr_probe() -> Result<(), Errno> {
+    let mut attr = MountAttr::default();
+    // SAFETY: a valid empty C string and a valid mount_attr of the size passed; fd -1 makes the
+    // call fail before it could act on any mount.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            std::ptr::addr_of_mut!(attr),
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    match Errno::result(r) {
+        Err(e @ (Errno::ENOSYS | Errno::EPERM)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// `struct open_how` of `openat2(2)`.
 #[repr(C)]
 #[derive(Debug, Default)]
