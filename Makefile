@@ -14,12 +14,13 @@ CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
 
-.PHONY: help deps uv runtime build run demo test lint unit openapi-check check bench load-bench clean
+.PHONY: help deps uv runtime build run demo test lint unit openapi-check vm-test check bench load-bench clean
 
 help:
 	@echo "make run     set up and start the service on 0.0.0.0:8080 (execbox serve)"
 	@echo "make demo    set up and run examples/ through the sandbox (execbox run)"
 	@echo "make test    set up and run fmt, clippy and every test (privileged ones need root)"
+	@echo "make vm-test the cgroup v2 proof in a QEMU VM on Debian 12's kernel (vm/README.md)"
 	@echo "make bench   execbox run vs nsjail vs the bare interpreter (bench/README.md)"
 
 ## Debian packages (only when root and something is missing).
@@ -83,10 +84,17 @@ openapi-check: uv
 	$(CARGO) run -q -p execbox-cli -- openapi > target/openapi.json
 	$(UV_ENV)/bin/openapi-spec-validator target/openapi.json
 
+## The cgroup v2 proof: Debian 12's own kernel in a QEMU VM (software emulation, no network),
+## the real binary and jail inside it (vm/README.md). Kernel and initramfs are cached in
+## /var/cache/execbox-vm (EXECBOX_VM_CACHE), so only the first run downloads anything.
+vm-test: runtime
+	EXECBOX_VM_TEST=1 $(CARGO) test -p execbox-cli --test vm -- --nocapture
+
 ## Everything CI runs. Privileged tests run for real as root; with CI=true a missing
 ## capability fails instead of skipping.
 test: runtime lint unit openapi-check
 	$(CARGO) test --workspace
+	$(MAKE) vm-test
 
 check: build
 	$(EXECBOX) check

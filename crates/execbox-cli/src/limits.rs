@@ -21,6 +21,9 @@ pub struct LimitArgs {
     /// Maximum number of processes and threads (default 64).
     #[arg(long)]
     pids: Option<u32>,
+    /// CPU bandwidth in thousandths of a CPU (cgroup `cpu.max`; default 1000, one CPU).
+    #[arg(long, value_name = "MILLICPUS")]
+    cpu_millis: Option<u32>,
     /// Cap on each of stdout and stderr, bytes (default 1 MiB).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     output_limit_bytes: Option<u64>,
@@ -73,6 +76,9 @@ impl LimitArgs {
         }
         if let Some(p) = self.pids {
             l.pids = p;
+        }
+        if let Some(c) = self.cpu_millis {
+            l.cpu_millis = c;
         }
         if let Some(o) = self.output_limit_bytes {
             l.output_bytes = o;
