@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use execbox_server::quota::{QuotaConfig, RateQuota};
 use execbox_server::ServerConfig;
 
 use crate::limits::LimitArgs;
@@ -48,18 +49,19 @@ pub struct ServeArgs {
     /// TLS private key (PEM); with --tls-cert.
     #[arg(long, env = "EXECBOX_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Per user: sustained requests per second.
-    #[arg(long, env = "EXECBOX_QUOTA_RPS", default_value_t = 20)]
-    quota_rps: u32,
-    /// Per user: request burst above the sustained rate.
-    #[arg(long, env = "EXECBOX_QUOTA_BURST", default_value_t = 40)]
-    quota_burst: u32,
-    /// Per user: runs queued or running at once.
-    #[arg(long, env = "EXECBOX_QUOTA_CONCURRENT", default_value_t = 4)]
-    quota_concurrent: usize,
-    /// Per user: CPU-seconds per window.
-    #[arg(long, env = "EXECBOX_QUOTA_CPU_SECONDS", default_value_t = 600.0)]
-    quota_cpu_seconds: f64,
+    /// Per user, a hard cap: sustained requests per second (default: no rate quota; 0: off).
+    #[arg(long, env = "EXECBOX_QUOTA_RPS")]
+    quota_rps: Option<u32>,
+    /// Per user: requests that may arrive at once above the rate (default: 2 x --quota-rps).
+    #[arg(long, env = "EXECBOX_QUOTA_BURST")]
+    quota_burst: Option<u32>,
+    /// Per user, a hard cap: runs queued or running at once (default: no cap of its own, so one
+    /// user may take every place the server admits, --max-running + --max-queued; 0: off).
+    #[arg(long, env = "EXECBOX_QUOTA_CONCURRENT")]
+    quota_concurrent: Option<usize>,
+    /// Per user, a hard cap: CPU-seconds per window (default: no CPU quota; 0: off).
+    #[arg(long, env = "EXECBOX_QUOTA_CPU_SECONDS")]
+    quota_cpu_seconds: Option<f64>,
     /// Length of the CPU-seconds window, seconds.
     #[arg(long, env = "EXECBOX_QUOTA_WINDOW_SECS", default_value_t = 3600)]
     quota_window_secs: u64,
@@ -88,6 +90,28 @@ fn listen_addr(a: &ServeArgs) -> Result<SocketAddr> {
     }
 }
 
+/// The per-user quotas: each one off unless the operator set it (a value of 0 also means off).
+fn quotas(a: &ServeArgs) -> Result<QuotaConfig> {
+    let rate = a.quota_rps.filter(|&r| r > 0).map(|per_second| RateQuota {
+        per_second,
+        burst: a.quota_burst.unwrap_or(per_second.saturating_mul(2)).max(1),
+    });
+    anyhow::ensure!(
+        rate.is_some() || a.quota_burst.is_none(),
+        "--quota-burst needs --quota-rps (there is no rate quota without it)"
+    );
+    let cpu_seconds = a.quota_cpu_seconds.filter(|&c| c > 0.0);
+    if let Some(c) = cpu_seconds {
+        anyhow::ensure!(c.is_finite(), "--quota-cpu-seconds must be a number");
+    }
+    Ok(QuotaConfig {
+        rate,
+        concurrent_runs: a.quota_concurrent.filter(|&c| c > 0),
+        cpu_seconds,
+        window: Duration::from_secs(a.quota_window_secs.max(1)),
+    })
+}
+
 /// Build the config and serve until SIGTERM or Ctrl-C.
 pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     init_logging(a.log_json);
@@ -107,13 +131,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
         jwt_secret,
         private_listen: a.private_listen,
         tls: a.tls_cert.clone().zip(a.tls_key.clone()),
-        quotas: execbox_server::quota::QuotaConfig {
-            requests_per_second: a.quota_rps,
-            burst: a.quota_burst,
-            concurrent_runs: a.quota_concurrent,
-            cpu_seconds: a.quota_cpu_seconds,
-            window: Duration::from_secs(a.quota_window_secs),
-        },
+        quotas: quotas(&a)?,
         listen: listen_addr(&a)?,
         max_running: a.max_running.unwrap_or(defaults.max_running).max(1),
         max_queued: a.max_queued.unwrap_or(defaults.max_queued),
