@@ -24,6 +24,12 @@ pub struct ServeArgs {
     /// Runs waiting behind them before 429 (default: 8 x CPU count).
     #[arg(long, env = "EXECBOX_MAX_QUEUED")]
     max_queued: Option<usize>,
+    /// When running and queued are full, how long a run request waits for a place (before its
+    /// body is read) until it is answered 429: seconds (`1`, `0.5`) or with a unit (`250ms`);
+    /// `0` refuses at once; at most 60s.
+    #[arg(long, env = "EXECBOX_QUEUE_WAIT", default_value = "1s",
+          value_parser = crate::units::parse_duration, value_name = "DURATION")]
+    queue_wait: Duration,
     /// Seconds a finished run stays queryable.
     #[arg(long, env = "EXECBOX_RETENTION_SECS", default_value_t = 600)]
     retention_secs: u64,
@@ -127,6 +133,10 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
              --insecure-no-auth serves without authentication."
         ),
     };
+    anyhow::ensure!(
+        a.queue_wait <= Duration::from_secs(60),
+        "--queue-wait is at most 60s (a client waits that long before a 429)"
+    );
     let cfg = ServerConfig {
         jwt_secret,
         private_listen: a.private_listen,
@@ -135,6 +145,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
         listen: listen_addr(&a)?,
         max_running: a.max_running.unwrap_or(defaults.max_running).max(1),
         max_queued: a.max_queued.unwrap_or(defaults.max_queued),
+        queue_wait: a.queue_wait,
         retention: Duration::from_secs(a.retention_secs),
         pool: a.pool.unwrap_or(defaults.pool),
         max_body_bytes: a.max_body_bytes,

@@ -9,10 +9,11 @@ use execbox_proto::RunRecord;
 use execbox_runtime::Mode;
 use execbox_spawner::protocol::SourceFile;
 
+use crate::admission::Room;
 use crate::api::{Accepted, CreateRunRequest, ModeName, RunCodeRequest, RuntimeInfo, WaitQuery};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponse};
-use crate::extract::Json;
+use crate::extract::{Json, RunRoom};
 use crate::runner::{self, RunRequest};
 use crate::state::AppState;
 use crate::validate;
@@ -20,11 +21,11 @@ use crate::validate;
 async fn start(
     state: &AppState,
     caller: Caller,
-    req: RunRequest,
+    (req, room): (RunRequest, Room),
     wait: bool,
     status_prefix: &str,
 ) -> Result<Response, ApiError> {
-    let submitted = runner::submit(state, req, caller.user)?;
+    let submitted = runner::submit_in(state, req, caller.user, Some(room))?;
     if wait {
         let rec = runner::wait(submitted).await?;
         return Ok((StatusCode::OK, axum::Json(rec)).into_response());
@@ -89,11 +90,12 @@ pub async fn run_json(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    RunRoom(room): RunRoom,
     Json(req): Json<RunCodeRequest>,
 ) -> Result<Response, ApiError> {
     let wait = query(q)?;
     let run = program(&state, req.code, req.stdin, req.args)?;
-    start(&state, caller, run, wait, "/status/").await
+    start(&state, caller, (run, room), wait, "/status/").await
 }
 
 /// Run an uploaded `.py` file (multipart, one file field) as a program.
@@ -115,6 +117,7 @@ pub async fn run_file(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    RunRoom(room): RunRoom,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let wait = query(q)?;
@@ -157,7 +160,7 @@ pub async fn run_file(
     let code =
         code.ok_or_else(|| ApiError::bad_request("no_files", "upload exactly one .py file"))?;
     let run = program(&state, code, None, None)?;
-    start(&state, caller, run, wait, "/status/").await
+    start(&state, caller, (run, room), wait, "/status/").await
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -212,11 +215,12 @@ pub async fn status(
 pub async fn create_run(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    RunRoom(room): RunRoom,
     Json(req): Json<CreateRunRequest>,
 ) -> Result<Response, ApiError> {
     let wait = req.wait.unwrap_or(true);
     let run = run_request(&state, req)?;
-    start(&state, caller, run, wait, "/v1/runs/").await
+    start(&state, caller, (run, room), wait, "/v1/runs/").await
 }
 
 /// Validate a `/v1/runs` body (also used by the WebSocket).
