@@ -553,12 +553,14 @@ async fn the_queue_is_fair_between_users_with_default_quotas() {
     if !privileged() {
         return;
     }
-    // One execution slot; the flooder keeps it busy and queues more within its quota.
+    // One execution slot; the flooder keeps it busy and queues more (no per-user cap by default).
+    // Its runs last 4 s so that every request below arrives while the first one runs, even on
+    // a host loaded by the rest of the suite.
     let s = server(&["--max-running", "1"]);
     let c = support::client().build().unwrap();
     let (flooder, other) = (token("flooder"), token("patient"));
     let sleeper = json!({"language": "python", "wait": false,
-                         "files": [{"content": "import time\ntime.sleep(1.5)\n"}]});
+                         "files": [{"content": "import time\ntime.sleep(4)\n"}]});
     let mut ids = Vec::new();
     for _ in 0..3 {
         let (st, _, body) = post(&c, &s.url("/v1/runs"), &flooder, sleeper.clone()).await;
