@@ -7,7 +7,11 @@ through the peer's load.sh, and prints a table; everything goes to --out as JSON
 See bench/README.md, "Load benchmark".
 
 Env: DURATION (15), WARMUP (3), PAYLOADS (hello,pandas), CONCURRENCY (1,4,16), TIMEOUT (60s),
-     DRAIN (1), BASELINE (1), EXECBOX_PYTHON_ENV (/opt/execbox/python).
+     DRAIN (1), BASELINE (1), PEER (1; 0 measures execbox alone), GOODPUT_TARGET (0.7),
+     EXECBOX_PYTHON_ENV (/opt/execbox/python).
+
+Goodput is the 200 answers per second of a cell; each cell's goodput is also given relative
+to the peak: the best goodput of that payload over the cells of this run.
 """
 import argparse
 import datetime as dt
@@ -440,6 +444,7 @@ def measure(svc, payload_name, payload_file, conc, cfg, roots):
     # CPU the service's whole process tree (server, jails, interpreters) spent per answer.
     # With DRAIN=1 the window holds no warm-up leftovers, but the runs abandoned at the
     # end are paid after it, so this slightly undercounts at high concurrency.
+    rec["goodput"] = round(rec["ok_2xx"] / w["duration_s"], 2) if w["duration_s"] else 0.0
     done = rec["ok_2xx"] + 1  # + load.sh's probe
     rec["cpu_ms_per_answer"] = round(1000 * rec["cpu"]["tree_cpu_s"][svc.name] / done, 1)
     if isinstance(svc, Execbox):
@@ -515,7 +520,15 @@ def fmt(x, nd=1):
 
 
 def nonok(r):
-    return f"{r['s429']}/{r['other_total']}"
+    return "-" if r is None else f"{r['s429']}/{r['other_total']}"
+
+
+def get(r, k):
+    return None if r is None else r.get(k)
+
+
+def pct_of(x):
+    return "-" if x is None else f"{100 * x:.0f} %"
 
 
 def report(summary):
@@ -527,24 +540,29 @@ def report(summary):
                  f" WARMUP={summary['config']['warmup']}s TIMEOUT={summary['config']['timeout']}"
                  f" DRAIN={int(summary['config']['drain'])}")
     lines.append(f"{summary['execbox_command']} (auth {'on, one user' if summary['execbox_auth'] else 'off'}); "
-                 f"peer: gunicorn -w 4 sync, Flask, nsjail per request")
+                 + ("peer: gunicorn -w 4 sync, Flask, nsjail per request" if summary["peer"]
+                    else "peer not measured (PEER=0)"))
     lines.append(f"load average before {summary['loadavg_before']}, after {summary['loadavg_after']};"
                  f" host busy with both services idle: {summary['idle_host_busy_pct']} %"
                  f" (after waiting {summary.get('quiet_wait_s')} s for it to calm down);"
                  f" matrix {summary.get('matrix_seconds')} s")
     lines.append("")
-    lines.append("| payload | c | execbox rps | peer rps | rps ratio | execbox p50 ms | peer p50 ms "
+    lines.append("| payload | c | execbox rps | execbox goodput/s | of peak | peer rps | peer goodput/s "
+                 "| rps ratio | execbox p50 ms | peer p50 ms "
                  "| p50 ratio | execbox p99 ms | peer p99 ms | execbox 429/other | peer 429/other |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in cells:
-        e, p = c["execbox"], c["peer"]
+        e, p = c["execbox"], c.get("peer")
         lines.append(
-            f"| {c['payload']} | {c['concurrency']} | {fmt(e['rps'])} | {fmt(p['rps'])} | "
-            f"{fmt(c['ratio_rps'], 2)}× | {fmt(e['p50_ms'])} | {fmt(p['p50_ms'])} | "
-            f"{fmt(c['ratio_p50'], 2)}× | {fmt(e['p99_ms'])} | {fmt(p['p99_ms'])} | "
+            f"| {c['payload']} | {c['concurrency']} | {fmt(e['rps'])} | {fmt(e['goodput'])} | "
+            f"{pct_of(e.get('goodput_of_peak'))} | {fmt(get(p, 'rps'))} | {fmt(get(p, 'goodput'))} | "
+            f"{fmt(c['ratio_rps'], 2)}× | {fmt(e['p50_ms'])} | {fmt(get(p, 'p50_ms'))} | "
+            f"{fmt(c['ratio_p50'], 2)}× | {fmt(e['p99_ms'])} | {fmt(get(p, 'p99_ms'))} | "
             f"{nonok(e)} | {nonok(p)} |")
     lines.append("")
-    lines.append("ratios are execbox/peer (rps: higher is better for execbox; p50: lower is better)."
+    lines.append("rps counts every answer (429s too); goodput/s counts the 200s only; of peak = this"
+                 " cell's goodput over the best goodput of the same payload in this run."
+                 " ratios are execbox/peer (rps: higher is better for execbox; p50: lower is better)."
                  " 429/other: answers 429, and every other non-2xx answer or socket error.")
     lines.append("")
     lines.append("Where the time goes. execbox's client p50 is wrk's; server p50 = created_at ->"
@@ -560,15 +578,32 @@ def report(summary):
                  "| drain after warm-up s (execbox / peer) |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in cells:
-        e, p = c["execbox"], c["peer"]
+        e, p = c["execbox"], c.get("peer")
         r = e.get("runs", {})
         st = r.get("step_median_ms", {})
         lines.append(
             f"| {c['payload']} | {c['concurrency']} | {fmt(e['p50_ms'])} | "
             f"{fmt(r.get('server_ms_p50'))} | {fmt(st.get('run'))} | {fmt(st.get('prep_total'))} | "
-            f"{fmt(e['cpu_ms_per_answer'])} | {fmt(p['cpu_ms_per_answer'])} | "
-            f"{fmt(e['cpu']['other_cores'], 2)} / {fmt(p['cpu']['other_cores'], 2)} | "
-            f"{fmt(e.get('drain_after_warmup_s'))} / {fmt(p.get('drain_after_warmup_s'))} |")
+            f"{fmt(e['cpu_ms_per_answer'])} | {fmt(get(p, 'cpu_ms_per_answer'))} | "
+            f"{fmt(e['cpu']['other_cores'], 2)} / {fmt(get(get(p, 'cpu'), 'other_cores'), 2)} | "
+            f"{fmt(e.get('drain_after_warmup_s'))} / {fmt(get(p, 'drain_after_warmup_s'))} |")
+    lines.append("")
+    lines.append("CPU shares during each measured execbox run (cores of the 2; execbox = the server,"
+                 " spawner, jails and interpreters; wrk = the load generator):")
+    lines.append("")
+    lines.append("| payload | c | host busy | execbox tree | wrk | other | goodput/s per free core "
+                 "| of peak |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for c in cells:
+        e = c["execbox"]
+        u = e["cpu"]
+        lines.append(f"| {c['payload']} | {c['concurrency']} | {fmt(u['host_busy_cores'], 2)} | "
+                     f"{fmt(u.get('execbox_cores'), 2)} | {fmt(u['loadgen_cores'], 2)} | "
+                     f"{fmt(u['other_cores'], 2)} | {fmt(e.get('goodput_per_free_core'))} | "
+                     f"{pct_of(e.get('free_core_goodput_of_peak'))} |")
+    lines.append("")
+    lines.append("free core = cores - other: goodput per core left to the benchmark (execbox and"
+                 " wrk), which cancels most of the noise of other sessions' work.")
     b = summary.get("baseline", {})
     if "median_ms" in b:
         lines.append("")
@@ -577,8 +612,9 @@ def report(summary):
                          f"{e} ({b['versions'][e]}): start {d['start']}, import numpy+pandas "
                          f"{d['import_pandas']}" for e, d in b["median_ms"].items()))
     lines.append("")
-    lines.append("targets (issue): execbox rps >= peer rps and execbox p50 < peer p50 in every cell;"
-                 " zero non-2xx answers from execbox that are not deliberate 429s")
+    lines.append("targets (issues): execbox rps >= peer rps and execbox p50 < peer p50 in every cell;"
+                 " zero non-2xx answers from execbox that are not deliberate 429s; execbox goodput"
+                 f" >= {pct_of(summary['goodput_target'])} of the payload's peak in every cell")
     for t in summary["targets"]:
         lines.append(f"  {t}")
     for note in summary["notes"]:
@@ -586,16 +622,48 @@ def report(summary):
     return "\n".join(lines)
 
 
+def goodput_peaks(summary):
+    """Best goodput per payload over this run's cells; each cell's share of it.
+
+    Also per free core: goodput / (cores - other cores), where other cores is what processes
+    outside this benchmark (other sessions' builds) took during the cell. On a shared host that
+    noise moves the raw goodput of a cell by half or more; per free core it mostly cancels."""
+    cores = summary["host"]["cores"] or 1
+    peaks, free_peaks = {}, {}
+    for c in summary["cells"]:
+        e = c["execbox"]
+        free = max(cores - max(e["cpu"]["other_cores"], 0.0), 0.1)
+        e["goodput_per_free_core"] = round(e["goodput"] / free, 2)
+        peaks[c["payload"]] = max(peaks.get(c["payload"], 0.0), e["goodput"])
+        free_peaks[c["payload"]] = max(free_peaks.get(c["payload"], 0.0),
+                                       e["goodput_per_free_core"])
+    for c in summary["cells"]:
+        e = c["execbox"]
+        peak, fpeak = peaks[c["payload"]], free_peaks[c["payload"]]
+        e["goodput_of_peak"] = round(e["goodput"] / peak, 3) if peak else None
+        e["free_core_goodput_of_peak"] = (round(e["goodput_per_free_core"] / fpeak, 3)
+                                          if fpeak else None)
+    summary["goodput_peak"] = peaks
+    summary["goodput_per_free_core_peak"] = free_peaks
+
+
 def targets(summary):
     out, notes = [], []
     for c in summary["cells"]:
-        e, p = c["execbox"], c["peer"]
+        e, p = c["execbox"], c.get("peer")
         tag = f"{c['payload']} c={c['concurrency']}:"
-        thr = "met" if c["ratio_rps"] is not None and c["ratio_rps"] >= 1 else "NOT met"
-        lat = "met" if c["ratio_p50"] is not None and c["ratio_p50"] < 1 else "NOT met"
+        share = e.get("goodput_of_peak")
+        good = "met" if share is not None and share >= summary["goodput_target"] else "NOT met"
         bad = e["other_total"]
-        out.append(f"{tag} throughput {thr} ({fmt(c['ratio_rps'], 2)}×), p50 {lat} "
-                   f"({fmt(c['ratio_p50'], 2)}×), execbox non-2xx other than 429: {bad}"
+        vs_peer = ""
+        if p is not None:
+            thr = "met" if c["ratio_rps"] is not None and c["ratio_rps"] >= 1 else "NOT met"
+            lat = "met" if c["ratio_p50"] is not None and c["ratio_p50"] < 1 else "NOT met"
+            vs_peer = (f"throughput {thr} ({fmt(c['ratio_rps'], 2)}×), p50 {lat} "
+                       f"({fmt(c['ratio_p50'], 2)}×), ")
+        out.append(f"{tag} {vs_peer}goodput {good} ({fmt(e['goodput'])}/s, {pct_of(share)} of peak;"
+                   f" per free core {pct_of(e.get('free_core_goodput_of_peak'))} of peak),"
+                   f" execbox non-2xx other than 429: {bad}"
                    f"{'' if not bad else ' ' + json.dumps(e['other_status']) + ' ' + json.dumps(e['socket_errors'])}"
                    f", 429: {e['s429']}")
         if e["s429"]:
@@ -603,7 +671,7 @@ def targets(summary):
             notes.append(f"{tag} execbox answered {e['s429']} × 429 at concurrency "
                          f"{c['concurrency']} (admission cap {summary['execbox_admission_cap']});"
                          f" reasons {json.dumps(why)}")
-        if p["other_total"]:
+        if p is not None and p["other_total"]:
             notes.append(f"{tag} peer non-2xx/errors: {json.dumps(p['other_status'])} "
                          f"{json.dumps(p['socket_errors'])}")
         r = e.get("runs", {})
@@ -614,7 +682,7 @@ def targets(summary):
                          f"{r['log_problems'][0][:200]}")
         if e.get("metrics_delta", {}).get("execbox_spawner_restarts"):
             notes.append(f"{tag} execbox spawner restarted")
-        for s in (e, p):
+        for s in (e, p) if p is not None else (e,):
             for k in ("idle_wait_before_s", "drain_after_warmup_s", "drain_after_s"):
                 if k in s and s[k] is None:
                     notes.append(f"{tag} {s['service']} still busy 180 s after ({k}): hang?")
@@ -658,7 +726,8 @@ def main():
 
     ex = Execbox(a.execbox_url, int(a.execbox_url.rsplit(":", 1)[1]), a.execbox_private_url,
                  a.execbox_pid, a.execbox_log, os.environ.get("EXECBOX_TOKEN"))
-    peer = Peer(a.peer_url, int(a.peer_url.rsplit(":", 1)[1]), a.peer_dir)
+    with_peer = os.environ.get("PEER", "1") != "0"
+    peer = Peer(a.peer_url, int(a.peer_url.rsplit(":", 1)[1]), a.peer_dir) if with_peer else None
     cores = os.cpu_count() or 1
     summary = {
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -673,8 +742,11 @@ def main():
                                         "pool": min(cores, 4)}},
         "execbox_admission_cap": cores + 8 * cores,
         "loadavg_before": loadavg(),
+        "peer": with_peer,
+        "goodput_target": float(os.environ.get("GOODPUT_TARGET", "0.7")),
     }
-    roots = {"execbox": ex.root_pid(), "peer": peer.root_pid()}
+    roots = {"execbox": ex.root_pid(), **({"peer": peer.root_pid()} if peer else {})}
+    services = [ex, peer] if peer else [ex]
     # Other work on the host (builds, tests) is noise both services share; give it up to
     # QUIET_WAIT seconds to calm down (host busy < 25 % over 3 s with both services idle).
     quiet_wait = float(os.environ.get("QUIET_WAIT", "60"))
@@ -689,7 +761,7 @@ def main():
     summary["idle_host_busy_pct"] = idle_busy
     summary["quiet_wait_s"] = round(time.monotonic() - t_q - 3, 1)
     log(f"host busy with both services idle: {idle_busy} %, load average {loadavg()}")
-    summary["checks"] = check_answers([ex, peer], payloads)
+    summary["checks"] = check_answers(services, payloads)
     log("both services answer every payload correctly")
     if os.environ.get("BASELINE", "1") != "0":
         log("timing the bare interpreters")
@@ -701,7 +773,7 @@ def main():
     try:
         for name, path in payloads:
             for conc in concs:
-                order = (ex, peer) if k % 2 == 0 else (peer, ex)
+                order = services if k % 2 == 0 else services[::-1]
                 k += 1
                 cell = {"payload": name, "concurrency": conc, "order": [s.name for s in order]}
                 for svc in order:
@@ -711,15 +783,17 @@ def main():
                     log(f"{name} c={conc}: {svc.name} {r['rps']:.1f} rps, p50 {r['p50_ms']:.1f} ms,"
                         f" p99 {r['p99_ms']:.1f} ms, 2xx {r['ok_2xx']}, 429 {r['s429']},"
                         f" other {r['other_total']}")
-                e, p = cell["execbox"], cell["peer"]
-                cell["ratio_rps"] = round(e["rps"] / p["rps"], 3) if p["rps"] else None
-                cell["ratio_p50"] = round(e["p50_ms"] / p["p50_ms"], 3) if p["p50_ms"] else None
+                e = cell["execbox"]
+                p = cell.get("peer")
+                cell["ratio_rps"] = round(e["rps"] / p["rps"], 3) if p and p["rps"] else None
+                cell["ratio_p50"] = round(e["p50_ms"] / p["p50_ms"], 3) if p and p["p50_ms"] else None
                 cells.append(cell)
     finally:
         summary["matrix_seconds"] = round(time.time() - t_start, 1)
         summary["loadavg_after"] = loadavg()
         summary["execbox_alive_at_end"] = ex.alive()
         if cells:
+            goodput_peaks(summary)
             summary["targets"], summary["notes"] = targets(summary)
         os.makedirs(os.path.dirname(a.out), exist_ok=True)
         with open(a.out, "w") as f:

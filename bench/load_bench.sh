@@ -4,23 +4,28 @@
 # See bench/README.md, "Load benchmark".
 #
 #   bench/load_bench.sh
+#   PAYLOADS=hello CONCURRENCY=4,64,256 PEER=0 BASELINE=0 bench/load_bench.sh   # overload cells
 #
 # Env: DURATION (15) measured seconds per cell and service; WARMUP (3) seconds of unrecorded
 #      load first; PAYLOADS (hello,pandas); CONCURRENCY (1,4,16); TIMEOUT (60s, wrk's
 #      per-request timeout); EXECBOX_PORT (8081, the public listener); EXECBOX_PRIVATE_PORT
 #      (9091, /readyz and /metrics; execbox's default 9090 is often taken by tests); PORT (8090, the peer's);
 #      EXECBOX_BIN (use this binary, skip the cargo build);
-#      EXECBOX_QUOTA_ARGS (default: per-user quotas lifted out of the way, see below; set it
-#      to '' to keep execbox's per-user defaults); EXECBOX_ARGS (more `serve` arguments);
+#      EXECBOX_QUOTA_ARGS (more `serve` arguments for per-user quotas; default none: execbox
+#      has no per-user cap unless told, see below); EXECBOX_ARGS (more `serve` arguments);
+#      PEER (1; 0: measure execbox alone, the peer is not started: for the overload cells);
+#      GOODPUT_TARGET (0.7: each cell's goodput, its 200s per second, against the best of the
+#      payload in this run);
 #      PEER_DIR (/work/shared/peer); DRAIN (1: before each measured run, wait until the
 #      service has finished the runs that wrk's warm-up abandoned; 0: load.sh's own warm-up,
 #      no waiting, which shows what abandoned runs do); BASELINE (1: time `import pandas`
 #      in both Python envs first).
 # execbox runs with its defaults (admission: max-running = cores, max-queued = 8 x cores;
 # pool; limits) and authentication on: a throwaway APP_JWT_SECRET and a token for one user,
-# sent on every request.  All load comes from that one user, so its per-user quotas
-# (20 req/s, 4 runs at once, 600 CPU-s/h) would answer most requests 429 and measure the
-# quota, not the service; they are lifted unless EXECBOX_QUOTA_ARGS says otherwise.
+# sent on every request.  All load comes from that one user; execbox sets no per-user quota
+# by default (builds before that had 20 req/s and 4 runs at once, which measured the quota, not
+# the service: give those EXECBOX_QUOTA_ARGS="--quota-rps 1000000 --quota-burst 1000000
+# --quota-concurrent 100000 --quota-cpu-seconds 1000000000").
 # Prints a table and writes bench/results/load-<timestamp>.json (+ execbox's log next to it).
 # Needs root (both services jail their runs).  Stops both services on exit.
 set -euo pipefail
@@ -29,8 +34,9 @@ REPO="$(dirname "$HERE")"
 PEER_DIR="${PEER_DIR:-/work/shared/peer}"
 EXECBOX_PORT="${EXECBOX_PORT:-8081}"
 EXECBOX_PRIVATE_PORT="${EXECBOX_PRIVATE_PORT:-9091}"
-LIFTED_QUOTAS="--quota-rps 1000000 --quota-burst 1000000 --quota-concurrent 100000 --quota-cpu-seconds 1000000000"
-EXECBOX_QUOTA_ARGS="${EXECBOX_QUOTA_ARGS-$LIFTED_QUOTAS}"
+EXECBOX_QUOTA_ARGS="${EXECBOX_QUOTA_ARGS-}"
+PEER="${PEER:-1}"
+export PEER
 PEER_PORT="${PORT:-8090}"
 RESULTS="$HERE/results"
 STAMP="$(date -u +%Y%m%d-%H%M%S)"
@@ -41,7 +47,8 @@ log() { echo "[load_bench] $*" >&2; }
 die() { echo "[load_bench] error: $*" >&2; exit 1; }
 
 [[ "$(id -u)" == 0 ]] || die "needs root (both services create namespaces and cgroups)"
-[[ -x "$PEER_DIR/run_peer.sh" && -x "$PEER_DIR/load.sh" ]] || die "no peer in $PEER_DIR"
+[[ -x "$PEER_DIR/load.sh" ]] || die "no load.sh in $PEER_DIR"
+[[ "$PEER" == 0 || -x "$PEER_DIR/run_peer.sh" ]] || die "no peer in $PEER_DIR"
 mkdir -p "$RESULTS"
 
 # 1. wrk and curl (Debian packages).
@@ -122,15 +129,19 @@ done
 (( ready )) || { tail -20 "$EXECBOX_LOG" >&2; die "execbox /readyz not 200 after 30 s"; }
 log "execbox ready: $(curl -s "http://127.0.0.1:$EXECBOX_PRIVATE_PORT/readyz")"
 
-# 4. The peer (installs its venv on first use).
-if [[ -f "$PEER_DIR/.peer.pid" ]] && kill -0 "$(cat "$PEER_DIR/.peer.pid")" 2>/dev/null; then
-  die "a peer is already running (pid $(cat "$PEER_DIR/.peer.pid")); stop it with $PEER_DIR/run_peer.sh stop"
+# 4. The peer (installs its venv on first use), unless PEER=0.
+if [[ "$PEER" == 0 ]]; then
+  log "PEER=0: measuring execbox alone"
+else
+  if [[ -f "$PEER_DIR/.peer.pid" ]] && kill -0 "$(cat "$PEER_DIR/.peer.pid")" 2>/dev/null; then
+    die "a peer is already running (pid $(cat "$PEER_DIR/.peer.pid")); stop it with $PEER_DIR/run_peer.sh stop"
+  fi
+  port_busy "$PEER_PORT" && die "127.0.0.1:$PEER_PORT is in use (set PORT)"
+  PEER_STARTED=1
+  PORT="$PEER_PORT" "$PEER_DIR/run_peer.sh" >&2
+  [[ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PEER_PORT/health")" == 200 ]] \
+    || die "the peer does not answer on 127.0.0.1:$PEER_PORT/health (see $PEER_DIR/peer.log)"
 fi
-port_busy "$PEER_PORT" && die "127.0.0.1:$PEER_PORT is in use (set PORT)"
-PEER_STARTED=1
-PORT="$PEER_PORT" "$PEER_DIR/run_peer.sh" >&2
-[[ "$(curl -s -m 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PEER_PORT/health")" == 200 ]] \
-  || die "the peer does not answer on 127.0.0.1:$PEER_PORT/health (see $PEER_DIR/peer.log)"
 
 # 5. The matrix, the table, the JSON.
 GIT_REV="$(cd "$REPO" && git describe --always --dirty 2>/dev/null || echo unknown)$PREBUILT"

@@ -3,10 +3,13 @@
 use clap::Args;
 use execbox_jail::{LimitError, Limits};
 
+use crate::units::{parse_duration_ms, parse_size};
+
 /// Limit flags. Unset flags take the defaults; every value is checked against the maxima.
 #[derive(Debug, Args)]
 pub struct LimitArgs {
-    /// Wall-clock limit, e.g. `5s`, `1500ms` (default 5s).
+    /// Wall-clock (and CPU) limit: seconds (`2`, `0.5`) or with a unit (`300ms`, `5s`, `1m`);
+    /// default 5s.
     #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
     timeout: Option<u64>,
     /// Wall-clock limit in milliseconds.
@@ -85,59 +88,5 @@ impl LimitArgs {
         }
         l.validate(&max)?;
         Ok((l, max))
-    }
-}
-
-/// `5s`, `1500ms`, `2m`, or a bare number of milliseconds.
-fn parse_duration_ms(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000)
-    } else {
-        (s, 1)
-    };
-    let v: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}"))?;
-    v.checked_mul(mult)
-        .ok_or_else(|| format!("duration {s:?} too large"))
-}
-
-/// `256M`, `1G`, `64k`, `1MiB`, or a bare number of bytes.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
-    let (num, mult) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
-        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    let v: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}"))?;
-    v.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} too large"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_units() {
-        assert_eq!(parse_duration_ms("5s"), Ok(5000));
-        assert_eq!(parse_duration_ms("1500ms"), Ok(1500));
-        assert_eq!(parse_duration_ms("250"), Ok(250));
-        assert!(parse_duration_ms("x").is_err());
-        assert_eq!(parse_size("256M"), Ok(256 << 20));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("100"), Ok(100));
-        assert!(parse_size("lots").is_err());
     }
 }

@@ -8,6 +8,7 @@
 mod limits;
 mod serve;
 mod token;
+mod units;
 
 use std::io::Write;
 use std::os::fd::AsFd;

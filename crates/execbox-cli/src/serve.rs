@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use execbox_server::quota::{QuotaConfig, RateQuota};
 use execbox_server::ServerConfig;
 
 use crate::limits::LimitArgs;
@@ -23,6 +24,12 @@ pub struct ServeArgs {
     /// Runs waiting behind them before 429 (default: 8 x CPU count).
     #[arg(long, env = "EXECBOX_MAX_QUEUED")]
     max_queued: Option<usize>,
+    /// When running and queued are full, how long a run request waits for a place (before its
+    /// body is read) until it is answered 429: seconds (`1`, `0.5`) or with a unit (`250ms`);
+    /// `0` refuses at once; at most 60s.
+    #[arg(long, env = "EXECBOX_QUEUE_WAIT", default_value = "1s",
+          value_parser = crate::units::parse_duration, value_name = "DURATION")]
+    queue_wait: Duration,
     /// Seconds a finished run stays queryable.
     #[arg(long, env = "EXECBOX_RETENTION_SECS", default_value_t = 600)]
     retention_secs: u64,
@@ -48,18 +55,19 @@ pub struct ServeArgs {
     /// TLS private key (PEM); with --tls-cert.
     #[arg(long, env = "EXECBOX_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Per user: sustained requests per second.
-    #[arg(long, env = "EXECBOX_QUOTA_RPS", default_value_t = 20)]
-    quota_rps: u32,
-    /// Per user: request burst above the sustained rate.
-    #[arg(long, env = "EXECBOX_QUOTA_BURST", default_value_t = 40)]
-    quota_burst: u32,
-    /// Per user: runs queued or running at once.
-    #[arg(long, env = "EXECBOX_QUOTA_CONCURRENT", default_value_t = 4)]
-    quota_concurrent: usize,
-    /// Per user: CPU-seconds per window.
-    #[arg(long, env = "EXECBOX_QUOTA_CPU_SECONDS", default_value_t = 600.0)]
-    quota_cpu_seconds: f64,
+    /// Per user, a hard cap: sustained requests per second (default: no rate quota; 0: off).
+    #[arg(long, env = "EXECBOX_QUOTA_RPS")]
+    quota_rps: Option<u32>,
+    /// Per user: requests that may arrive at once above the rate (default: 2 x --quota-rps).
+    #[arg(long, env = "EXECBOX_QUOTA_BURST")]
+    quota_burst: Option<u32>,
+    /// Per user, a hard cap: runs queued or running at once (default: no cap of its own, so one
+    /// user may take every place the server admits, --max-running + --max-queued; 0: off).
+    #[arg(long, env = "EXECBOX_QUOTA_CONCURRENT")]
+    quota_concurrent: Option<usize>,
+    /// Per user, a hard cap: CPU-seconds per window (default: no CPU quota; 0: off).
+    #[arg(long, env = "EXECBOX_QUOTA_CPU_SECONDS")]
+    quota_cpu_seconds: Option<f64>,
     /// Length of the CPU-seconds window, seconds.
     #[arg(long, env = "EXECBOX_QUOTA_WINDOW_SECS", default_value_t = 3600)]
     quota_window_secs: u64,
@@ -112,6 +120,28 @@ fn listen_addr(a: &ServeArgs) -> Result<SocketAddr> {
     }
 }
 
+/// The per-user quotas: each one off unless the operator set it (a value of 0 also means off).
+fn quotas(a: &ServeArgs) -> Result<QuotaConfig> {
+    let rate = a.quota_rps.filter(|&r| r > 0).map(|per_second| RateQuota {
+        per_second,
+        burst: a.quota_burst.unwrap_or(per_second.saturating_mul(2)).max(1),
+    });
+    anyhow::ensure!(
+        rate.is_some() || a.quota_burst.is_none(),
+        "--quota-burst needs --quota-rps (there is no rate quota without it)"
+    );
+    let cpu_seconds = a.quota_cpu_seconds.filter(|&c| c > 0.0);
+    if let Some(c) = cpu_seconds {
+        anyhow::ensure!(c.is_finite(), "--quota-cpu-seconds must be a number");
+    }
+    Ok(QuotaConfig {
+        rate,
+        concurrent_runs: a.quota_concurrent.filter(|&c| c > 0),
+        cpu_seconds,
+        window: Duration::from_secs(a.quota_window_secs.max(1)),
+    })
+}
+
 /// Build the config and serve until SIGTERM or Ctrl-C.
 pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     init_logging(a.log_json);
@@ -137,6 +167,10 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
         .unwrap_or_else(|| execbox_server::config::default_max_websockets(max_running, max_queued));
     let allowed_origins = execbox_server::origin::parse_allow_list(&a.allowed_origins)
         .context("--allowed-origins")?;
+    anyhow::ensure!(
+        a.queue_wait <= Duration::from_secs(60),
+        "--queue-wait is at most 60s (a client waits that long before a 429)"
+    );
     let cfg = ServerConfig {
         max_connections: a
             .max_connections
@@ -151,16 +185,11 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
         jwt_secret,
         private_listen: a.private_listen,
         tls: a.tls_cert.clone().zip(a.tls_key.clone()),
-        quotas: execbox_server::quota::QuotaConfig {
-            requests_per_second: a.quota_rps,
-            burst: a.quota_burst,
-            concurrent_runs: a.quota_concurrent,
-            cpu_seconds: a.quota_cpu_seconds,
-            window: Duration::from_secs(a.quota_window_secs),
-        },
+        quotas: quotas(&a)?,
         listen: listen_addr(&a)?,
         max_running,
         max_queued,
+        queue_wait: a.queue_wait,
         retention: Duration::from_secs(a.retention_secs),
         pool: a.pool.unwrap_or(defaults.pool),
         max_body_bytes: a.max_body_bytes,

@@ -12,7 +12,7 @@ pub struct TokenArgs {
     /// The user id the token names (`user_id` claim).
     #[arg(long)]
     user_id: String,
-    /// Lifetime, e.g. `1h`, `30m`, `3600s` (default 1h).
+    /// Lifetime: seconds (`3600`) or with units (`1h`, `30m`, `2d`); default 1h.
     #[arg(long, default_value = "1h")]
     ttl: String,
     /// `user_full_name` claim.
@@ -24,17 +24,10 @@ pub struct TokenArgs {
 }
 
 fn ttl_secs(s: &str) -> Result<i64> {
-    let s = s.trim();
-    let (n, mult) = match s.chars().last() {
-        Some('h') => (&s[..s.len() - 1], 3600),
-        Some('m') => (&s[..s.len() - 1], 60),
-        Some('s') => (&s[..s.len() - 1], 1),
-        Some('d') => (&s[..s.len() - 1], 86_400),
-        _ => (s, 1),
-    };
-    let v: i64 = n.parse().with_context(|| format!("invalid --ttl {s:?}"))?;
-    anyhow::ensure!(v > 0, "--ttl must be positive");
-    Ok(v * mult)
+    let d = crate::units::parse_duration(s).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    let secs = i64::try_from(d.as_secs()).context("--ttl too large")?;
+    anyhow::ensure!(secs > 0, "--ttl must be at least one second");
+    Ok(secs)
 }
 
 /// Print a token for `a.user_id`.
@@ -73,5 +66,6 @@ mod tests {
         assert_eq!(ttl_secs("2d").unwrap(), 172_800);
         assert!(ttl_secs("0").is_err());
         assert!(ttl_secs("x").is_err());
+        assert_eq!(ttl_secs("1h30m").unwrap(), 5400);
     }
 }

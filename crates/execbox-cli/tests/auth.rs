@@ -351,6 +351,54 @@ async fn quotas_answer_429_with_retry_after_and_ratelimit_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_user_on_default_quotas_gets_everything_the_server_admits() {
+    if !privileged() {
+        return;
+    }
+    // Default admission: CPU count running, 8 x CPU count queued. One user sends as many
+    // concurrent /execute requests as the server has places (at most 32): the per-user
+    // defaults must not refuse any of them (they once allowed 4 at once and 20 per second).
+    let s = server(&[]);
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let n = (cpus * 9).min(32);
+    let c = support::client().build().unwrap();
+    let t = token("lone");
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (c, url, t) = (c.clone(), s.url("/execute"), t.clone());
+            tokio::spawn(async move {
+                post(
+                    &c,
+                    &url,
+                    &t,
+                    json!({"script": "def main():\n    return {'ok': 1}\n"}),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        let (st, _, body) = task.await.unwrap();
+        if st != StatusCode::OK {
+            eprintln!("{st}: {body}");
+        }
+        statuses.push(st.as_u16());
+    }
+    assert!(
+        statuses.iter().all(|&st| st == 200),
+        "{n} concurrent requests of one user: {statuses:?}"
+    );
+    // And well beyond the old 20 requests per second.
+    for _ in 0..60 {
+        assert_eq!(
+            get(&c, &s.url("/v1/runtimes"), Some(&t)).await.0,
+            StatusCode::OK
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_user_flooding_does_not_hold_up_another() {
     if !privileged() {
         return;
@@ -505,12 +553,14 @@ async fn the_queue_is_fair_between_users_with_default_quotas() {
     if !privileged() {
         return;
     }
-    // One execution slot; the flooder keeps it busy and queues more within its quota.
+    // One execution slot; the flooder keeps it busy and queues more (no per-user cap by default).
+    // Its runs last 4 s so that every request below arrives while the first one runs, even on
+    // a host loaded by the rest of the suite.
     let s = server(&["--max-running", "1"]);
     let c = support::client().build().unwrap();
     let (flooder, other) = (token("flooder"), token("patient"));
     let sleeper = json!({"language": "python", "wait": false,
-                         "files": [{"content": "import time\ntime.sleep(1.5)\n"}]});
+                         "files": [{"content": "import time\ntime.sleep(4)\n"}]});
     let mut ids = Vec::new();
     for _ in 0..3 {
         let (st, _, body) = post(&c, &s.url("/v1/runs"), &flooder, sleeper.clone()).await;

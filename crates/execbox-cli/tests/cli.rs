@@ -211,6 +211,29 @@ fn timeout_keeps_what_was_printed() {
 }
 
 #[test]
+fn timeout_is_seconds_when_bare_and_takes_units() {
+    if !privileged() {
+        return;
+    }
+    // `--timeout 2` is two seconds (it once meant 2 ms): a half-second sleep finishes.
+    let sleeper = "import time\ndef main():\n    time.sleep(0.5)\n    return 'slept'\n";
+    let r = run(sleeper, &["--timeout", "2"]);
+    assert_status!(r, "ok");
+    assert_eq!(r["result"], "slept");
+    // Units are read as written.
+    let r = run("def main():\n    return 1\n", &["--timeout", "300ms"]);
+    assert_status!(r, "ok");
+    let r = run(sleeper, &["--timeout", "300ms"]);
+    assert_status!(r, "timeout");
+    // Something that is neither is refused with a hint, before any jail.
+    let s = script("def main():\n    return 1\n");
+    let out = execbox(&["--timeout", "2 fortnights"], &s.path, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("300ms"), "{err}");
+}
+
+#[test]
 fn limits_above_operator_maxima_are_refused_with_the_maximum() {
     let s = script("def main():\n    return 1\n");
     let out = execbox(

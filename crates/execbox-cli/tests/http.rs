@@ -1578,6 +1578,99 @@ async fn burst_gets_429_timeout_and_body_limit() {
     assert_eq!(r.json["result"], 1);
 }
 
+/// The head and as much body as arrives of one answer on a raw connection, read until `until`
+/// appears (an answer may come before the request's body was sent, so no read-to-end).
+fn read_answer(stream: &mut std::net::TcpStream, until: &str) -> String {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(until) {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_server_refuses_before_the_body_or_holds_the_request_for_a_freed_place() {
+    if !privileged() {
+        return;
+    }
+    let _host = host_shared().await;
+    let sleeper = |secs: u32| {
+        json!({"language": "python", "wait": false,
+               "files": [{"content": format!("import time\ntime.sleep({secs})\n")}]})
+    };
+
+    // One place in all, and refusals at once (--queue-wait 0).
+    let s = Server::start(&[
+        "--max-running",
+        "1",
+        "--max-queued",
+        "0",
+        "--queue-wait",
+        "0",
+    ]);
+    let api = Api::new(&s);
+    let r = api.post("/v1/runs", sleeper(30)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    // A request that announces a body and never sends it is refused from its headers alone:
+    // nothing is read or parsed for a request that cannot run.
+    let mut raw = std::net::TcpStream::connect(s.addr).unwrap();
+    std::io::Write::write_all(
+        &mut raw,
+        b"POST /execute HTTP/1.1\r\nHost: execbox\r\nContent-Type: application/json\r\n\
+          Content-Length: 100000\r\n\r\n",
+    )
+    .unwrap();
+    let answer = read_answer(&mut raw, "queue_full");
+    assert!(
+        answer.starts_with("HTTP/1.1 429") && answer.contains("queue_full"),
+        "{answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    drop(s);
+
+    // With a wait, a request that finds the server full waits for the place instead of being
+    // answered 429 at once.
+    let s = Server::start(&[
+        "--max-running",
+        "1",
+        "--max-queued",
+        "0",
+        "--queue-wait",
+        "30s",
+    ]);
+    let api = Api::new(&s);
+    let r = api.post("/v1/runs", sleeper(1)).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let r = api
+        .execute("def main():\n    return {'waited': True}\n")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["result"], json!({"waited": true}));
+    let m = api.get("/metrics").await;
+    assert_eq!(
+        metric(
+            &m.text,
+            "execbox_rejected_requests_total",
+            "reason=\"queue_full\""
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{}",
+        m.text
+    );
+}
+
 // ----------------------------------------------------------------------------- recovery
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,11 @@
 //! Admission control: at most `max_running` runs execute at once, at most `max_queued` wait
 //! behind them, and anything beyond is refused at once (429) instead of piling up.
 //!
+//! When running and queued are full, a request may wait a bounded time for a place before its
+//! body is read ([`Admission::wait_for_room`]): holding a closed-loop client that would retry at
+//! once is far cheaper than answering it thousands of times a second, and the wait costs no
+//! place, so a slow client cannot hold one (see `docs/architecture.md`, "Overload").
+//!
 //! The queue is fair between users: when a slot frees, it goes to the waiting run whose user
 //! has the fewest runs executing, then the fewest waiting, then the earliest, so a user who
 //! floods the queue gets no more than its share of the slots while others wait. Written by hand: tokio's
@@ -9,8 +14,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 #[derive(Debug, Default)]
 struct Slots {
@@ -60,11 +66,19 @@ impl Shared {
     }
 }
 
+/// The places (running + queued) and the requests waiting for one.
+#[derive(Debug, Default)]
+struct Places {
+    admitted: AtomicUsize,
+    /// One notification per freed place, for a request in [`Admission::wait_for_room`].
+    freed: Notify,
+}
+
 /// The gate.
 #[derive(Debug)]
 pub struct Admission {
     shared: Arc<Shared>,
-    admitted: Arc<AtomicUsize>,
+    places: Arc<Places>,
     max_queued: usize,
 }
 
@@ -72,8 +86,30 @@ pub struct Admission {
 #[derive(Debug)]
 pub struct Ticket {
     shared: Arc<Shared>,
-    admitted: Arc<AtomicUsize>,
+    places: Arc<Places>,
     user: String,
+}
+
+/// Word that a place was free: [`Admission::try_enter_with`] takes it. Dropped unused (the
+/// request failed validation, or the client left), it wakes the next waiting request so the
+/// free place is not left idle until someone's wait runs out.
+#[derive(Debug)]
+pub struct Room {
+    places: Option<Arc<Places>>,
+}
+
+impl Room {
+    fn used(mut self) {
+        self.places = None;
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        if let Some(p) = self.places.take() {
+            p.freed.notify_one();
+        }
+    }
 }
 
 /// An execution slot; dropping it frees the slot for the next waiting run.
@@ -85,7 +121,8 @@ pub struct Permit {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.admitted.fetch_sub(1, Ordering::AcqRel);
+        self.places.admitted.fetch_sub(1, Ordering::AcqRel);
+        self.places.freed.notify_one();
     }
 }
 
@@ -170,20 +207,63 @@ impl Admission {
                 max_running: max_running.max(1),
                 slots: Mutex::default(),
             }),
-            admitted: Arc::new(AtomicUsize::new(0)),
+            places: Arc::default(),
             max_queued,
         }
     }
 
+    fn cap(&self) -> usize {
+        self.shared.max_running + self.max_queued
+    }
+
+    fn has_room(&self) -> bool {
+        self.places.admitted.load(Ordering::Acquire) < self.cap()
+    }
+
+    /// Wait up to `patience` until running + queued have a free place, without taking it (a
+    /// request waits here before its body is read; the place is taken after, by
+    /// [`Self::try_enter_with`]). `None` when none freed in time. Waiters are woken one per
+    /// freed place, in the order they came.
+    pub async fn wait_for_room(&self, patience: Duration) -> Option<Room> {
+        let room = || Room {
+            places: Some(self.places.clone()),
+        };
+        if self.has_room() {
+            return Some(room());
+        }
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let freed = self.places.freed.notified();
+            tokio::pin!(freed);
+            // Registered before the check, so a place freed in between still wakes us.
+            freed.as_mut().enable();
+            if self.has_room() {
+                return Some(room());
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return self.has_room().then(room);
+            }
+        }
+    }
+
+    /// [`Self::try_enter`] for a request that waited for `room`.
+    pub fn try_enter_with(&self, user: &str, room: Room) -> Option<Ticket> {
+        let t = self.try_enter(user);
+        if t.is_some() {
+            room.used();
+        }
+        t
+    }
+
     /// Take a place for `user`'s run, or `None` when running and queued are both full.
     pub fn try_enter(&self, user: &str) -> Option<Ticket> {
-        let cap = self.shared.max_running + self.max_queued;
-        let mut cur = self.admitted.load(Ordering::Acquire);
+        let cap = self.cap();
+        let mut cur = self.places.admitted.load(Ordering::Acquire);
         loop {
             if cur >= cap {
                 return None;
             }
-            match self.admitted.compare_exchange_weak(
+            match self.places.admitted.compare_exchange_weak(
                 cur,
                 cur + 1,
                 Ordering::AcqRel,
@@ -192,7 +272,7 @@ impl Admission {
                 Ok(_) => {
                     return Some(Ticket {
                         shared: self.shared.clone(),
-                        admitted: self.admitted.clone(),
+                        places: self.places.clone(),
                         user: user.to_owned(),
                     })
                 }
@@ -208,7 +288,8 @@ impl Admission {
 
     /// Runs admitted but waiting for a slot.
     pub fn queued(&self) -> usize {
-        self.admitted
+        self.places
+            .admitted
             .load(Ordering::Acquire)
             .saturating_sub(self.running())
     }
@@ -260,6 +341,51 @@ mod tests {
         for t in tasks {
             t.abort();
         }
+    }
+
+    #[tokio::test]
+    async fn a_full_gate_makes_requests_wait_for_a_freed_place_then_refuses() {
+        let a = Arc::new(Admission::new(1, 0));
+        let t1 = a.try_enter("u").unwrap();
+        let patience = Duration::from_secs(30);
+        assert!(
+            a.wait_for_room(Duration::from_millis(10)).await.is_none(),
+            "nothing freed in time"
+        );
+        let waiter = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                let room = a.wait_for_room(patience).await.expect("a place was freed");
+                a.try_enter_with("v", room)
+            })
+        };
+        tokio::task::yield_now().await;
+        drop(t1);
+        let t2 = waiter
+            .await
+            .unwrap()
+            .expect("the waiter took the freed place");
+        assert!(a.try_enter("w").is_none());
+        drop(t2);
+    }
+
+    #[tokio::test]
+    async fn an_unused_room_wakes_the_next_waiter() {
+        let a = Arc::new(Admission::new(1, 0));
+        let t1 = a.try_enter("u").unwrap();
+        let patience = Duration::from_secs(30);
+        let (a1, a2) = (a.clone(), a.clone());
+        // The first waiter gives up its room (as a request failing validation would).
+        let first = tokio::spawn(async move { a1.wait_for_room(patience).await.is_some() });
+        tokio::task::yield_now().await;
+        let second = tokio::spawn(async move {
+            let room = a2.wait_for_room(patience).await.expect("woken");
+            a2.try_enter_with("v", room).is_some()
+        });
+        tokio::task::yield_now().await;
+        drop(t1);
+        assert!(first.await.unwrap());
+        assert!(second.await.unwrap(), "the second waiter got the place");
     }
 
     #[tokio::test]

@@ -17,6 +17,9 @@ pub struct ServerConfig {
     pub max_running: usize,
     /// Runs waiting behind them before new ones get 429.
     pub max_queued: usize,
+    /// When running and queued are full, how long a request waits for a place (before its
+    /// body is read) until it is answered 429; zero refuses at once.
+    pub queue_wait: Duration,
     /// How long finished runs stay queryable.
     pub retention: Duration,
     /// At most this many runs are remembered (oldest finished ones are forgotten first).
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
             max_running,
             max_queued,
+            queue_wait: Duration::from_secs(1),
             retention: Duration::from_secs(600),
             max_stored_runs: 10_000,
             max_stored_bytes: 256 * 1024 * 1024,

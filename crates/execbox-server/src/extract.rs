@@ -1,11 +1,35 @@
 //! Extractors whose rejections use the common error format.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
 
+use crate::admission::Room;
 use crate::error::ApiError;
+use crate::runner;
+use crate::state::AppState;
+
+/// Taken before a run request's body is read (put it before the body extractor): the sandbox
+/// is ready (else 503 `not_ready`), and running + queued have a free place, waited for up to
+/// `queue_wait` (else 429 `queue_full`). So a refusal under overload costs neither reading nor
+/// parsing a body, and a client retrying at once is held instead of answered thousands of times
+/// a second. The place itself is taken once the body is valid ([`runner::submit_in`]).
+#[derive(Debug)]
+pub struct RunRoom(pub Room);
+
+impl FromRequestParts<AppState> for RunRoom {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(_: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        runner::ready(state)?;
+        match state.admission.wait_for_room(state.cfg.queue_wait).await {
+            Some(room) => Ok(Self(room)),
+            None => Err(runner::queue_full(state)),
+        }
+    }
+}
 
 /// `axum::Json`, but a malformed body answers with [`ApiError`]: 413 when too large, 415 when
 /// not `application/json`, 400 when not a JSON object, 400 naming the field otherwise.

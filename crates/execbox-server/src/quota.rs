@@ -1,5 +1,9 @@
 //! Per-user quotas: request rate with a burst (token bucket, `governor`), concurrent runs, and
 //! CPU-seconds per window. Over a quota → 429 with `Retry-After` and `RateLimit-*` headers.
+//!
+//! Every quota is a hard cap the operator sets; none is on by default. Without them one user may
+//! use everything the server admits (`max_running` + `max_queued`), and the admission queue's
+//! fair dispatch shares the slots between users when several compete.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -11,28 +15,35 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::error::ApiError;
 
-/// Quota settings.
+/// Quota settings; `None` turns a quota off.
 #[derive(Debug, Clone)]
 pub struct QuotaConfig {
-    /// Sustained requests per second per user.
-    pub requests_per_second: u32,
-    /// Burst above the sustained rate.
-    pub burst: u32,
+    /// Sustained requests per second per user, and the burst above it.
+    pub rate: Option<RateQuota>,
     /// Runs a user may have admitted (queued or running) at once.
-    pub concurrent_runs: usize,
+    pub concurrent_runs: Option<usize>,
     /// CPU-seconds a user may consume per window.
-    pub cpu_seconds: f64,
+    pub cpu_seconds: Option<f64>,
     /// The CPU window.
     pub window: Duration,
 }
 
+/// A request-rate quota: a token bucket refilled at `per_second`, holding `burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateQuota {
+    /// Sustained requests per second.
+    pub per_second: u32,
+    /// Requests that may arrive at once.
+    pub burst: u32,
+}
+
 impl Default for QuotaConfig {
+    /// No per-user cap: a lone user gets whatever the server would admit.
     fn default() -> Self {
         Self {
-            requests_per_second: 20,
-            burst: 40,
-            concurrent_runs: 4,
-            cpu_seconds: 600.0,
+            rate: None,
+            concurrent_runs: None,
+            cpu_seconds: None,
             window: Duration::from_secs(3600),
         }
     }
@@ -42,21 +53,24 @@ impl Default for QuotaConfig {
 #[derive(Debug)]
 pub struct Quotas {
     cfg: QuotaConfig,
-    rate: DefaultKeyedRateLimiter<String>,
+    rate: Option<DefaultKeyedRateLimiter<String>>,
     running: Arc<Mutex<HashMap<String, usize>>>,
     cpu: Mutex<HashMap<String, (Instant, f64)>>,
 }
 
-/// A user's concurrent-run place; released on drop.
+/// A user's concurrent-run place (counted only when the quota is on); released on drop.
 #[derive(Debug)]
 pub struct RunSlot {
     user: String,
-    running: Arc<Mutex<HashMap<String, usize>>>,
+    running: Option<Arc<Mutex<HashMap<String, usize>>>>,
 }
 
 impl Drop for RunSlot {
     fn drop(&mut self) {
-        let mut m = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(running) = &self.running else {
+            return;
+        };
+        let mut m = running.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = m.get_mut(&self.user) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -76,10 +90,13 @@ fn over(code: &str, message: String, limit: u64, reset: Duration) -> ApiError {
 impl Quotas {
     /// Quotas with `cfg`.
     pub fn new(cfg: QuotaConfig) -> Self {
-        let rps = NonZeroU32::new(cfg.requests_per_second.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(cfg.burst.max(1)).unwrap_or(NonZeroU32::MIN);
+        let rate = cfg.rate.map(|r| {
+            let rps = NonZeroU32::new(r.per_second).unwrap_or(NonZeroU32::MIN);
+            let burst = NonZeroU32::new(r.burst).unwrap_or(NonZeroU32::MIN);
+            RateLimiter::keyed(Quota::per_second(rps).allow_burst(burst))
+        });
         Self {
-            rate: RateLimiter::keyed(Quota::per_second(rps).allow_burst(burst)),
+            rate,
             running: Arc::default(),
             cpu: Mutex::default(),
             cfg,
@@ -88,7 +105,10 @@ impl Quotas {
 
     /// One request by `user`.
     pub fn check_rate(&self, user: &str) -> Result<(), ApiError> {
-        match self.rate.check_key(&user.to_owned()) {
+        let (Some(limiter), Some(q)) = (&self.rate, self.cfg.rate) else {
+            return Ok(());
+        };
+        match limiter.check_key(&user.to_owned()) {
             Ok(()) => Ok(()),
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -96,9 +116,9 @@ impl Quotas {
                     "rate_quota",
                     format!(
                         "more than {} requests per second (burst {}); slow down",
-                        self.cfg.requests_per_second, self.cfg.burst
+                        q.per_second, q.burst
                     ),
-                    u64::from(self.cfg.burst),
+                    u64::from(q.burst),
                     wait,
                 ))
             }
@@ -107,45 +127,53 @@ impl Quotas {
 
     /// Take one of `user`'s concurrent-run places, if the CPU window allows a run at all.
     pub fn start_run(&self, user: &str) -> Result<RunSlot, ApiError> {
-        {
+        if let Some(limit) = self.cfg.cpu_seconds {
             let mut cpu = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((start, used)) = cpu.get(user).copied() {
                 let elapsed = start.elapsed();
                 if elapsed >= self.cfg.window {
                     cpu.remove(user);
-                } else if used >= self.cfg.cpu_seconds {
+                } else if used >= limit {
                     return Err(over(
                         "cpu_quota",
                         format!(
-                            "{used:.1} CPU-seconds used of {} in this {}-second window",
-                            self.cfg.cpu_seconds,
+                            "{used:.1} CPU-seconds used of {limit} in this {}-second window",
                             self.cfg.window.as_secs()
                         ),
-                        self.cfg.cpu_seconds.ceil() as u64,
+                        limit.ceil() as u64,
                         self.cfg.window - elapsed,
                     ));
                 }
             }
         }
+        let Some(cap) = self.cfg.concurrent_runs else {
+            return Ok(RunSlot {
+                user: String::new(),
+                running: None,
+            });
+        };
         let mut m = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let n = m.entry(user.to_owned()).or_insert(0);
-        if *n >= self.cfg.concurrent_runs {
+        if *n >= cap {
             return Err(over(
                 "concurrency_quota",
-                format!("at most {} runs at once per user", self.cfg.concurrent_runs),
-                self.cfg.concurrent_runs as u64,
+                format!("at most {cap} runs at once per user"),
+                cap as u64,
                 Duration::from_secs(1),
             ));
         }
         *n += 1;
         Ok(RunSlot {
             user: user.to_owned(),
-            running: self.running.clone(),
+            running: Some(self.running.clone()),
         })
     }
 
     /// Charge a finished run's CPU time to `user`.
     pub fn charge_cpu(&self, user: &str, cpu_ms: f64) {
+        if self.cfg.cpu_seconds.is_none() {
+            return;
+        }
         let mut cpu = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
         let e = cpu.entry(user.to_owned()).or_insert((Instant::now(), 0.0));
         if e.0.elapsed() >= self.cfg.window {
@@ -156,7 +184,9 @@ impl Quotas {
 
     /// Drop state of users not seen for a while (bounded memory).
     pub fn gc(&self) {
-        self.rate.retain_recent();
+        if let Some(r) = &self.rate {
+            r.retain_recent();
+        }
         let window = self.cfg.window;
         self.cpu
             .lock()
@@ -172,8 +202,8 @@ mod tests {
     #[test]
     fn concurrency_and_cpu_quotas() {
         let q = Quotas::new(QuotaConfig {
-            concurrent_runs: 1,
-            cpu_seconds: 1.0,
+            concurrent_runs: Some(1),
+            cpu_seconds: Some(1.0),
             ..QuotaConfig::default()
         });
         let a = q.start_run("a").unwrap();
@@ -189,8 +219,10 @@ mod tests {
     #[test]
     fn rate_quota_allows_the_burst_then_refuses() {
         let q = Quotas::new(QuotaConfig {
-            requests_per_second: 1,
-            burst: 3,
+            rate: Some(RateQuota {
+                per_second: 1,
+                burst: 3,
+            }),
             ..QuotaConfig::default()
         });
         for _ in 0..3 {
@@ -199,5 +231,17 @@ mod tests {
         let e = q.check_rate("a").unwrap_err();
         assert_eq!(e.body.error.code, "rate_quota");
         assert!(q.check_rate("b").is_ok());
+    }
+
+    #[test]
+    fn by_default_no_quota_refuses_anything() {
+        let q = Quotas::new(QuotaConfig::default());
+        for _ in 0..1000 {
+            q.check_rate("a").unwrap();
+        }
+        let slots: Vec<_> = (0..1000).map(|_| q.start_run("a").unwrap()).collect();
+        q.charge_cpu("a", 1e9);
+        assert!(q.start_run("a").is_ok());
+        drop(slots);
     }
 }

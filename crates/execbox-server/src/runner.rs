@@ -7,7 +7,7 @@ use execbox_spawner::protocol::{RunOrder, SourceFile};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::Ticket;
+use crate::admission::{Room, Ticket};
 use crate::error::ApiError;
 use crate::quota::RunSlot;
 use crate::state::AppState;
@@ -62,6 +62,17 @@ pub fn submit(
     req: RunRequest,
     owner: Option<String>,
 ) -> Result<Submitted, ApiError> {
+    submit_in(state, req, owner, None)
+}
+
+/// [`submit`] for a request that already waited for `room` before its body was read
+/// ([`crate::extract::RunRoom`]).
+pub fn submit_in(
+    state: &AppState,
+    req: RunRequest,
+    owner: Option<String>,
+    room: Option<Room>,
+) -> Result<Submitted, ApiError> {
     let user_slot = match &owner {
         Some(u) => match state.quotas.start_run(u) {
             Ok(s) => Some(s),
@@ -76,33 +87,14 @@ pub fn submit(
         },
         None => None,
     };
-    let sp = state.spawner.status();
-    if !(sp.up && sp.canary_ok) {
-        state
-            .metrics
-            .rejected
-            .with_label_values(&["not_ready"])
-            .inc();
-        return Err(ApiError {
-            retry_after: Some(2),
-            ..ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "not_ready",
-                "the sandbox is starting or restarting; retry shortly",
-            )
-        });
-    }
-    let Some(ticket) = state.admission.try_enter(owner.as_deref().unwrap_or("")) else {
-        state
-            .metrics
-            .rejected
-            .with_label_values(&["queue_full"])
-            .inc();
-        return Err(ApiError::too_many(
-            "queue_full",
-            "too many runs are running or queued; retry shortly",
-            1,
-        ));
+    ready(state)?;
+    let user = owner.as_deref().unwrap_or("");
+    let ticket = match room {
+        Some(room) => state.admission.try_enter_with(user, room),
+        None => state.admission.try_enter(user),
+    };
+    let Some(ticket) = ticket else {
+        return Err(queue_full(state));
     };
     let id = new_run_id();
     let created_at = now_rfc3339();
@@ -140,6 +132,41 @@ pub fn submit(
         tx,
     ));
     Ok(Submitted { id, done, cancel })
+}
+
+/// 503 unless the spawner is up and passed its canary.
+pub fn ready(state: &AppState) -> Result<(), ApiError> {
+    let sp = state.spawner.status();
+    if sp.up && sp.canary_ok {
+        return Ok(());
+    }
+    state
+        .metrics
+        .rejected
+        .with_label_values(&["not_ready"])
+        .inc();
+    Err(ApiError {
+        retry_after: Some(2),
+        ..ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the sandbox is starting or restarting; retry shortly",
+        )
+    })
+}
+
+/// 429 `queue_full`, counted.
+pub fn queue_full(state: &AppState) -> ApiError {
+    state
+        .metrics
+        .rejected
+        .with_label_values(&["queue_full"])
+        .inc();
+    ApiError::too_many(
+        "queue_full",
+        "too many runs are running or queued; retry shortly",
+        1,
+    )
 }
 
 /// The user's concurrent-run place, held for the run's life, and whom to charge its CPU to.

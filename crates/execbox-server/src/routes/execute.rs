@@ -13,7 +13,7 @@ use execbox_spawner::protocol::SourceFile;
 
 use crate::api::{ExecuteRequest, ExecuteResponse};
 use crate::error::{ApiError, ErrorResponse};
-use crate::extract::Json;
+use crate::extract::{Json, RunRoom};
 use crate::runner::{self, RunRequest};
 use crate::state::AppState;
 use crate::validate;
@@ -36,6 +36,7 @@ use crate::validate;
 pub async fn execute(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    RunRoom(room): RunRoom,
     Json(req): Json<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
     validate::source("script", &req.script, state.cfg.max_source_bytes)?;
@@ -49,7 +50,7 @@ pub async fn execute(
         args: vec![],
         limits: state.cfg.default_limits,
     };
-    let submitted = runner::submit(&state, run, caller.user)?;
+    let submitted = runner::submit_in(&state, run, caller.user, Some(room))?;
     let rec = runner::wait(submitted).await?;
     let step = rec.run.clone().unwrap_or_default();
     if rec.status == RunStatus::Ok {

@@ -9,10 +9,11 @@ use execbox_proto::RunRecord;
 use execbox_runtime::Mode;
 use execbox_spawner::protocol::SourceFile;
 
+use crate::admission::Room;
 use crate::api::{Accepted, CreateRunRequest, ModeName, RunCodeRequest, RuntimeInfo, WaitQuery};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponse};
-use crate::extract::Json;
+use crate::extract::{Json, RunRoom};
 use crate::runner::{self, RunRequest, Submitted};
 use crate::state::AppState;
 use crate::validate;
@@ -20,11 +21,11 @@ use crate::validate;
 async fn start(
     state: &AppState,
     caller: Caller,
-    req: RunRequest,
+    (req, room): (RunRequest, Room),
     wait: bool,
     status_prefix: &str,
 ) -> Result<Response, ApiError> {
-    let submitted = runner::submit(state, req, caller.user)?;
+    let submitted = runner::submit_in(state, req, caller.user, Some(room))?;
     respond(submitted, wait, status_prefix).await
 }
 
@@ -98,11 +99,12 @@ pub async fn run_json(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    RunRoom(room): RunRoom,
     Json(req): Json<RunCodeRequest>,
 ) -> Result<Response, ApiError> {
     let wait = query(q)?;
     let run = program(&state, req.code, req.stdin, req.args)?;
-    start(&state, caller, run, wait, "/status/").await
+    start(&state, caller, (run, room), wait, "/status/").await
 }
 
 /// Run an uploaded `.py` file (multipart, one file field) as a program.
@@ -124,6 +126,7 @@ pub async fn run_file(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    RunRoom(room): RunRoom,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let wait = query(q)?;
@@ -166,7 +169,7 @@ pub async fn run_file(
     let code =
         code.ok_or_else(|| ApiError::bad_request("no_files", "upload exactly one .py file"))?;
     let run = program(&state, code, None, None)?;
-    start(&state, caller, run, wait, "/status/").await
+    start(&state, caller, (run, room), wait, "/status/").await
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -221,10 +224,11 @@ pub async fn status(
 pub async fn create_run(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
+    RunRoom(room): RunRoom,
     Json(req): Json<CreateRunRequest>,
 ) -> Result<Response, ApiError> {
     let wait = req.wait.unwrap_or(true);
-    let submitted = submit_run(&state, &caller, req)?;
+    let submitted = submit_run(&state, &caller, req, Some(room))?;
     respond(submitted, wait, "/v1/runs/").await
 }
 
@@ -232,14 +236,17 @@ pub async fn create_run(
 /// concurrency and CPU quotas, readiness, admission, and their metrics). This is the one path
 /// by which both `POST /v1/runs` and a WebSocket `run` message start a run; the request-rate
 /// quota is charged before, per HTTP request or WebSocket message
-/// ([`crate::auth::charge_request`]).
+/// ([`crate::auth::charge_request`]). An HTTP request brings the `room` it waited for before
+/// its body was read ([`RunRoom`]); a WebSocket message has none and is admitted or refused at
+/// once.
 pub fn submit_run(
     state: &AppState,
     caller: &Caller,
     req: CreateRunRequest,
+    room: Option<Room>,
 ) -> Result<Submitted, ApiError> {
     let run = run_request(state, req)?;
-    runner::submit(state, run, caller.user.clone())
+    runner::submit_in(state, run, caller.user.clone(), room)
 }
 
 /// Validate a `/v1/runs` body.

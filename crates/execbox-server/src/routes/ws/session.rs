@@ -287,7 +287,7 @@ async fn serve(state: &AppState, socket: &mut WebSocket, caller: &Caller) -> Res
                         "one run at a time; send {\"type\": \"cancel\"} to stop it",
                     ))
                 } else {
-                    match submit_run(state, caller, request) {
+                    match submit_run(state, caller, request, None) {
                         Ok(s) => {
                             active = Some(ActiveRun {
                                 done: s.done,
