@@ -217,7 +217,14 @@ fn check_cmd(json: bool) -> Result<ExitCode> {
         for l in &report.layers {
             let mark = match l.status {
                 check::Status::Ok => "ok".to_owned(),
-                check::Status::Covered => format!("covered by {}", l.covered_by.join(", ")),
+                check::Status::Covered => format!(
+                    "covered by {}",
+                    l.covered_by
+                        .iter()
+                        .map(|c| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 check::Status::Missing => "MISSING".to_owned(),
             };
             println!("  {:16} {mark}: {}", l.name, l.detail);

@@ -6,6 +6,7 @@
 //!   spawner's configuration;
 //! - [`Limits`] and the one routine that applies a caller's overrides to them;
 //! - [`Mode`], source files and the rules their names follow;
+//! - [`LayerName`]: the isolation layers, by the names records and `execbox check` use;
 //! - [`defaults`]: host paths and sizes, defined once;
 //! - run ids and RFC 3339 timestamps.
 //!
@@ -16,12 +17,14 @@
 
 pub mod defaults;
 pub mod files;
+pub mod layers;
 pub mod limits;
 pub mod mode;
 pub mod spawner;
 pub mod time;
 
 pub use files::{validate_file_name, FileNameError, SourceFile, MAX_FILES};
+pub use layers::LayerName;
 pub use limits::{LimitError, LimitOverrides, Limits};
 pub use mode::Mode;
 pub use time::{new_run_id, now_rfc3339};
