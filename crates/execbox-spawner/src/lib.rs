@@ -46,8 +46,10 @@ pub fn run(cfg: SpawnerConfig, input: OwnedFd, output: OwnedFd) -> Result<(), Sp
             let fatal = Event::Fatal {
                 message: e.to_string(),
             };
-            // Best effort: the error is returned (and printed) either way.
-            let _ = std::fs::File::from(output).write_all(&fatal.to_line());
+            // The error is returned (and printed) whether or not the server hears of it.
+            if let Err(w) = std::fs::File::from(output).write_all(&fatal.to_line()) {
+                eprintln!("execbox-spawner: cannot report that it cannot start: {w}");
+            }
             Err(e)
         }
     }
