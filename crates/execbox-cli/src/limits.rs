@@ -1,7 +1,7 @@
 //! Per-run limits from flags, capped by operator maxima from the environment.
 
 use clap::Args;
-use execbox_jail::{LimitError, Limits};
+use execbox_proto::limits::{mib, LimitError, LimitOverrides, Limits};
 
 use crate::units::{parse_duration_ms, parse_size};
 
@@ -52,41 +52,20 @@ impl LimitArgs {
 
     /// The limits and the maxima they were checked against.
     pub fn resolve_pair(&self) -> Result<(Limits, Limits), LimitError> {
-        let mut max = Limits::default_maxima();
-        if let Some(v) = self.max_timeout_ms {
-            max.wall_time_ms = v;
-            max.cpu_time_ms = v;
-        }
-        if let Some(v) = self.max_memory_mb {
-            max.memory_bytes = v.saturating_mul(1 << 20);
-        }
-        if let Some(v) = self.max_pids {
-            max.pids = v;
-        }
-        if let Some(v) = self.max_output_bytes {
-            max.output_bytes = v;
-        }
-        let mut l = Limits::default();
-        if let Some(t) = self.timeout.or(self.timeout_ms) {
-            l.wall_time_ms = t;
-            l.cpu_time_ms = t;
-        }
-        if let Some(m) = self
-            .memory
-            .or(self.memory_mb.map(|m| m.saturating_mul(1 << 20)))
-        {
-            l.memory_bytes = m;
-        }
-        if let Some(p) = self.pids {
-            l.pids = p;
-        }
-        if let Some(c) = self.cpu_millis {
-            l.cpu_millis = c;
-        }
-        if let Some(o) = self.output_limit_bytes {
-            l.output_bytes = o;
-        }
-        l.validate(&max)?;
-        Ok((l, max))
+        let max = Limits::default_maxima().with(&LimitOverrides {
+            timeout_ms: self.max_timeout_ms,
+            memory_bytes: self.max_memory_mb.map(mib),
+            pids: self.max_pids,
+            cpu_millis: None,
+            output_bytes: self.max_output_bytes,
+        });
+        let asked = LimitOverrides {
+            timeout_ms: self.timeout.or(self.timeout_ms),
+            memory_bytes: self.memory.or(self.memory_mb.map(mib)),
+            pids: self.pids,
+            cpu_millis: self.cpu_millis,
+            output_bytes: self.output_limit_bytes,
+        };
+        Ok((Limits::default().overridden(&asked, &max)?, max))
     }
 }

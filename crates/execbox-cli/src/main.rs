@@ -16,9 +16,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use execbox_jail::{check, HostConfig, Jailer};
-use execbox_runtime::{build_record, new_run_id, now_rfc3339, Mode, PythonRuntime, RunMeta};
+use execbox_proto::spawner::{HostSettings, SpawnerConfig};
+use execbox_proto::{defaults, new_run_id, now_rfc3339, Mode};
+use execbox_runtime::{build_record, PythonRuntime, RunMeta};
 
 use crate::limits::LimitArgs;
 
@@ -49,16 +51,17 @@ enum Cmd {
     Token(token::TokenArgs),
     /// Print the service's OpenAPI document.
     Openapi,
-    /// The jail spawner the service starts (orders on stdin, events on stdout). Internal.
+    /// The jail spawner the service starts (its configuration, then orders, on stdin; events on
+    /// stdout). Internal.
     #[command(hide = true)]
-    Spawner(Box<SpawnerArgs>),
+    Spawner,
 }
 
 /// Where the jail machinery finds its host resources (shared by `run`, `serve`, `spawner`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct HostArgs {
     /// The Python environment (a venv with numpy and pandas).
-    #[arg(long, env = "EXECBOX_PYTHON_ENV", default_value = execbox_runtime::python::DEFAULT_ENV)]
+    #[arg(long, env = "EXECBOX_PYTHON_ENV", default_value = defaults::PYTHON_ENV)]
     pub python_env: PathBuf,
     /// Run even if an isolation layer is missing; records then say `degraded: true`.
     /// (`EXECBOX_ALLOW_DEGRADED` accepts 1/0, true/false, yes/no, on/off.)
@@ -66,42 +69,34 @@ pub struct HostArgs {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_degraded: bool,
     /// State directory (uid slot locks, jail mount point).
-    #[arg(long, env = "EXECBOX_STATE_DIR", default_value = "/run/execbox")]
+    #[arg(long, env = "EXECBOX_STATE_DIR", default_value = defaults::STATE_DIR)]
     pub state_dir: PathBuf,
     /// cgroup mount root.
-    #[arg(long, env = "EXECBOX_CGROUP_ROOT", default_value = "/sys/fs/cgroup")]
+    #[arg(long, env = "EXECBOX_CGROUP_ROOT", default_value = defaults::CGROUP_ROOT)]
     pub cgroup_root: PathBuf,
 }
 
 impl HostArgs {
-    fn host_config(&self) -> HostConfig {
-        HostConfig {
+    /// As the spawner and the jail take them.
+    pub fn settings(&self) -> HostSettings {
+        HostSettings {
+            python_env: self.python_env.clone(),
             state_dir: self.state_dir.clone(),
             cgroup_root: self.cgroup_root.clone(),
             allow_degraded: self.allow_degraded,
-            ..HostConfig::default()
         }
     }
 }
 
-#[derive(Debug, clap::Args)]
-struct SpawnerArgs {
-    #[command(flatten)]
-    host: HostArgs,
-    /// Jails with the default limits kept prepared ahead of demand.
-    #[arg(long, default_value_t = 2)]
-    pool: usize,
-    /// The default limits, as JSON (pooled jails are prepared with them).
-    #[arg(long)]
-    default_limits: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum ModeArg {
-    /// Call main() and return its value as `result`.
-    Main,
-    /// Run the file as a program.
-    Program,
+/// `--mode`: the one [`Mode`] enum, with a line of help per value.
+fn mode_parser() -> impl clap::builder::TypedValueParser<Value = Mode> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([
+        PossibleValue::new(Mode::Main.as_str())
+            .help("Call main() and return its value as `result`"),
+        PossibleValue::new(Mode::Program.as_str()).help("Run the file as a program"),
+    ])
+    .map(|s| s.parse::<Mode>().unwrap_or(Mode::Main))
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,8 +104,8 @@ struct RunArgs {
     /// The Python file to run.
     file: PathBuf,
     /// main: call main() and return its JSON value; program: run as `python3 FILE`.
-    #[arg(long, value_enum, default_value = "main")]
-    mode: ModeArg,
+    #[arg(long, value_parser = mode_parser(), default_value = "main")]
+    mode: Mode,
     /// Text fed to the program's stdin.
     #[arg(long, conflicts_with = "stdin_file")]
     stdin: Option<String>,
@@ -134,7 +129,7 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve::serve(*a),
         Cmd::Token(a) => token::token(a),
         Cmd::Openapi => openapi(),
-        Cmd::Spawner(a) => spawner(*a),
+        Cmd::Spawner => spawner(),
     };
     match r {
         Ok(code) => code,
@@ -161,11 +156,8 @@ fn run(a: RunArgs) -> Result<ExitCode> {
         (None, None) => Vec::new(),
     };
     let runtime = PythonRuntime::discover(&a.host.python_env)?;
-    let jailer = Jailer::new(&a.host.host_config())?;
-    let mode = match a.mode {
-        ModeArg::Main => Mode::Main,
-        ModeArg::Program => Mode::Program,
-    };
+    let jailer = Jailer::new(&execbox_spawner::host_config(&a.host.settings()))?;
+    let mode = a.mode;
     let payload = runtime.payload(source, mode, stdin, &a.args);
     if let Err(e) = payload.validate(&limits) {
         eprintln!("execbox: {e}");
@@ -192,31 +184,20 @@ fn run(a: RunArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The spawner process: single-threaded, orders on stdin, events on stdout.
-fn spawner(a: SpawnerArgs) -> Result<ExitCode> {
+/// The spawner process: single-threaded, its configuration then orders on stdin, events on
+/// stdout.
+fn spawner() -> Result<ExitCode> {
     // If the server dies, so do we (and with us every jail, by their own parent-death signal).
     nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
     // Signals for the server's group or cgroup (Ctrl-C, systemd's stop) are not for us: the
     // server drains, then closes our stdin.
     execbox_jail::ignore_termination_signals()?;
-    let default_limits: execbox_jail::Limits = match &a.default_limits {
-        Some(j) => serde_json::from_str(j).context("--default-limits")?,
-        None => execbox_jail::Limits::default(),
-    };
-    let runtime = PythonRuntime::discover(&a.host.python_env)?;
-    let jailer = Jailer::new(&a.host.host_config())?;
     let input = std::io::stdin().as_fd().try_clone_to_owned()?;
-    let cfg = execbox_spawner::SpawnerConfig {
-        pool: a.pool,
-        default_limits,
-    };
-    execbox_spawner::Spawner::new(
-        jailer,
-        runtime,
-        cfg,
-        std::io::stdout().as_fd().try_clone_to_owned()?,
-    )
-    .serve(input)?;
+    // Read through an unbuffered handle on the same descriptor: the orders that follow the
+    // configuration line are the event loop's.
+    let cfg = SpawnerConfig::read_line(&mut std::fs::File::from(input.try_clone()?))?;
+    let output = std::io::stdout().as_fd().try_clone_to_owned()?;
+    execbox_spawner::run(cfg, input, output)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -236,7 +217,14 @@ fn check_cmd(json: bool) -> Result<ExitCode> {
         for l in &report.layers {
             let mark = match l.status {
                 check::Status::Ok => "ok".to_owned(),
-                check::Status::Covered => format!("covered by {}", l.covered_by.join(", ")),
+                check::Status::Covered => format!(
+                    "covered by {}",
+                    l.covered_by
+                        .iter()
+                        .map(|c| c.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 check::Status::Missing => "MISSING".to_owned(),
             };
             println!("  {:16} {mark}: {}", l.name, l.detail);

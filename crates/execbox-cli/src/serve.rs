@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use execbox_proto::spawner::SpawnerConfig;
 use execbox_server::quota::{QuotaConfig, RateQuota};
 use execbox_server::ServerConfig;
 
@@ -191,15 +192,14 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
         max_queued,
         queue_wait: a.queue_wait,
         retention: Duration::from_secs(a.retention_secs),
-        pool: a.pool.unwrap_or(defaults.pool),
+        spawner: SpawnerConfig {
+            host: a.host.settings(),
+            pool: a.pool.unwrap_or(defaults.spawner.pool),
+            default_limits,
+        },
         max_body_bytes: a.max_body_bytes,
         shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),
-        default_limits,
         max_limits,
-        python_env: a.host.python_env.clone(),
-        allow_degraded: a.host.allow_degraded,
-        state_dir: a.host.state_dir.clone(),
-        cgroup_root: a.host.cgroup_root.clone(),
         ..defaults
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

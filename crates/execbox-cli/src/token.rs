@@ -52,7 +52,7 @@ pub fn token(a: TokenArgs) -> Result<ExitCode> {
 }
 
 fn uuid_v4() -> String {
-    execbox_runtime::new_run_id()
+    execbox_proto::new_run_id()
 }
 
 #[cfg(test)]

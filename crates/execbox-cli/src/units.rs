@@ -1,4 +1,5 @@
-//! Durations and sizes on the command line.
+//! Durations and sizes on the command line: one parser each, on well-kept crates (`humantime`,
+//! `parse-size`).
 //!
 //! A duration is a number of seconds (`2`, `0.5`) or a number with units (`300ms`, `5s`, `1m`,
 //! `1h 30m`, as `humantime` reads them): a bare number in a flag named like a timeout means
@@ -28,21 +29,16 @@ pub fn parse_duration_ms(s: &str) -> Result<u64, String> {
     u64::try_from(d.as_millis()).map_err(|_| format!("duration {s:?} too large"))
 }
 
-/// `256M`, `1G`, `64k`, `1MiB`, or a bare number of bytes.
+/// `256M`, `1G`, `64k`, `1MiB`, `1.5M`, or a bare number of bytes. Every unit is binary
+/// (`M` and `MB` are MiB, as for `ulimit` and cgroup files), as the `parse-size` crate reads
+/// them.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
-    let (num, mult) = match t.chars().last() {
-        Some('k' | 'K') => (&t[..t.len() - 1], 1u64 << 10),
-        Some('m' | 'M') => (&t[..t.len() - 1], 1 << 20),
-        Some('g' | 'G') => (&t[..t.len() - 1], 1 << 30),
-        _ => (t, 1),
-    };
-    let v: u64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}"))?;
-    v.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} too large"))
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| {
+            format!("invalid size {s:?} ({e}): give bytes or units (`64k`, `256M`, `1GiB`)")
+        })
 }
 
 #[cfg(test)]
@@ -80,6 +76,8 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("64k"), Ok(64 << 10));
         assert_eq!(parse_size("100"), Ok(100));
-        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_size("1MB"), Ok(1 << 20));
+        assert!(parse_size("lots").unwrap_err().contains("lots"));
+        assert!(parse_size("99999999999G").is_err());
     }
 }

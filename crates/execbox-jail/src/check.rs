@@ -18,6 +18,7 @@
 
 use std::fs;
 
+pub use execbox_proto::LayerName;
 use serde::Serialize;
 
 use crate::cgroup;
@@ -58,7 +59,7 @@ pub enum Status {
 #[derive(Debug, Clone, Serialize)]
 pub struct Layer {
     /// Stable name, e.g. `user_namespaces`.
-    pub name: &'static str,
+    pub name: LayerName,
     /// `ok`, `covered` or `missing`.
     pub status: Status,
     /// Whether the layer itself is there (`status == ok`).
@@ -67,7 +68,7 @@ pub struct Layer {
     pub need: Need,
     /// For a duplicate layer: the layers that enforce what it would.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub covered_by: Vec<&'static str>,
+    pub covered_by: Vec<LayerName>,
     /// Detail for the operator.
     pub detail: String,
 }
@@ -110,14 +111,14 @@ impl HostReport {
     }
 
     /// Whether a layer is present and used.
-    pub fn has(&self, name: &str) -> bool {
+    pub fn has(&self, name: LayerName) -> bool {
         self.layers
             .iter()
             .any(|l| l.name == name && l.status == Status::Ok)
     }
 
     /// A layer by name.
-    pub fn layer(&self, name: &str) -> Option<&Layer> {
+    pub fn layer(&self, name: LayerName) -> Option<&Layer> {
         self.layers.iter().find(|l| l.name == name)
     }
 }
@@ -175,7 +176,7 @@ pub struct HostFacts {
 /// Decide every layer's status and the verdict from probed facts.
 pub fn assess(f: &HostFacts) -> HostReport {
     let mut layers = Vec::new();
-    let mut add = |name, available, need, covered_by: &[&'static str], detail: String| {
+    let mut add = |name, available, need, covered_by: &[LayerName], detail: String| {
         layers.push(Layer {
             name,
             status: if available {
@@ -191,21 +192,21 @@ pub fn assess(f: &HostFacts) -> HostReport {
     };
 
     add(
-        "root",
+        LayerName::Root,
         f.root,
         Need::Required,
         &[],
         "the spawner needs root to map uids, create cgroups and mount".into(),
     );
     add(
-        "namespaces",
+        LayerName::Namespaces,
         f.namespaces,
         Need::Required,
         &[],
         "mount, pid, ipc, uts and network namespaces".into(),
     );
     add(
-        "user_namespaces",
+        LayerName::UserNamespaces,
         f.user_namespaces,
         Need::Essential,
         &[],
@@ -215,23 +216,29 @@ pub fn assess(f: &HostFacts) -> HostReport {
     if f.cgroups.usable && f.cgroups.backend == "v2" && !f.cgroups.peak_file {
         cg_detail.push_str("; no memory.peak (Linux < 5.19): memory_peak_bytes reads 0");
     }
-    add("cgroups", f.cgroups.usable, Need::Essential, &[], cg_detail);
     add(
-        "seccomp",
+        LayerName::Cgroups,
+        f.cgroups.usable,
+        Need::Essential,
+        &[],
+        cg_detail,
+    );
+    add(
+        LayerName::Seccomp,
         f.seccomp,
         Need::Required,
         &[],
         "seccomp-bpf filters".into(),
     );
     add(
-        "no_new_privs",
+        LayerName::NoNewPrivs,
         f.no_new_privs,
         Need::Required,
         &[],
         "PR_SET_NO_NEW_PRIVS".into(),
     );
     add(
-        "mount_setattr",
+        LayerName::MountSetattr,
         f.mount_setattr == SyscallState::Available,
         Need::Required,
         &[],
@@ -252,10 +259,10 @@ pub fn assess(f: &HostFacts) -> HostReport {
 
     let abi = f.landlock_abi;
     add(
-        "landlock",
+        LayerName::Landlock,
         abi >= 1,
         Need::Duplicate,
-        &["namespaces", "mount_setattr"],
+        &[LayerName::Namespaces, LayerName::MountSetattr],
         match abi {
             a if a >= 1 => format!(
                 "ABI {a}: writes only below /work and /tmp, a second check behind the read-only \
@@ -272,10 +279,10 @@ pub fn assess(f: &HostFacts) -> HostReport {
         },
     );
     add(
-        "landlock_scopes",
+        LayerName::LandlockScopes,
         abi >= 6,
         Need::Duplicate,
-        &["namespaces"],
+        &[LayerName::Namespaces],
         if abi >= 6 {
             "abstract unix sockets and signals scoped to the run (Landlock ABI 6)".into()
         } else {
@@ -299,15 +306,15 @@ pub fn assess(f: &HostFacts) -> HostReport {
         )
     };
     add(
-        "cgroup_kill",
+        LayerName::CgroupKill,
         f.cgroups.kill_file,
         Need::Duplicate,
-        &["namespaces"],
+        &[LayerName::Namespaces],
         kill_detail,
     );
 
     // A duplicate is covered only when every layer it duplicates is present.
-    let ok: Vec<&'static str> = layers
+    let ok: Vec<LayerName> = layers
         .iter()
         .filter(|l| l.status == Status::Ok)
         .map(|l| l.name)
@@ -493,7 +500,7 @@ mod tests {
         }
     }
 
-    fn status(r: &HostReport, name: &str) -> Status {
+    fn status(r: &HostReport, name: LayerName) -> Status {
         r.layer(name)
             .unwrap_or_else(|| panic!("no layer {name}"))
             .status
@@ -511,17 +518,21 @@ mod tests {
             let r = assess(&host(kernel, abi, "v2"));
             assert_eq!(r.verdict, Verdict::Full, "{kernel}: {:#?}", r.layers);
             assert!(r.missing().is_empty(), "{kernel}: {:?}", r.missing());
-            assert_eq!(status(&r, "landlock_scopes"), Status::Covered, "{kernel}");
-            assert!(!r.has("landlock_scopes"));
-            assert_eq!(r.has("landlock"), abi >= 1, "{kernel}");
+            assert_eq!(
+                status(&r, LayerName::LandlockScopes),
+                Status::Covered,
+                "{kernel}"
+            );
+            assert!(!r.has(LayerName::LandlockScopes));
+            assert_eq!(r.has(LayerName::Landlock), abi >= 1, "{kernel}");
             assert_eq!(r.cgroup_backend, "v2");
         }
         let r = assess(&host("5.15.0-125-generic", 1, "v2"));
-        let cg = r.layer("cgroups").unwrap();
+        let cg = r.layer(LayerName::Cgroups).unwrap();
         assert!(cg.detail.contains("memory.peak"), "{}", cg.detail);
-        assert_eq!(status(&r, "cgroup_kill"), Status::Ok);
+        assert_eq!(status(&r, LayerName::CgroupKill), Status::Ok);
         let r = assess(&host("5.14.0-503.el9.x86_64", 0, "v2"));
-        assert_eq!(status(&r, "landlock"), Status::Covered);
+        assert_eq!(status(&r, LayerName::Landlock), Status::Covered);
     }
 
     #[test]
@@ -532,8 +543,13 @@ mod tests {
         // v1 has no cgroup.kill: covered by the pid namespace
         let r = assess(&host("6.18.44", 7, "v1"));
         assert_eq!(r.verdict, Verdict::Full);
-        assert_eq!(status(&r, "cgroup_kill"), Status::Covered);
-        assert!(r.layer("cgroups").unwrap().detail.find("peak").is_none());
+        assert_eq!(status(&r, LayerName::CgroupKill), Status::Covered);
+        assert!(r
+            .layer(LayerName::Cgroups)
+            .unwrap()
+            .detail
+            .find("peak")
+            .is_none());
     }
 
     #[test]
@@ -575,11 +591,11 @@ mod tests {
         f.namespaces = false;
         let r = assess(&f);
         assert_eq!(r.verdict, Verdict::Refuse);
-        for l in ["landlock_scopes", "namespaces"] {
+        for l in [LayerName::LandlockScopes, LayerName::Namespaces] {
             assert_eq!(status(&r, l), Status::Missing, "{l}");
         }
         // present landlock stays ok whatever else is missing
-        assert_eq!(status(&r, "landlock"), Status::Ok);
+        assert_eq!(status(&r, LayerName::Landlock), Status::Ok);
     }
 
     #[test]

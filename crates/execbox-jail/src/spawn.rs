@@ -16,6 +16,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::{pipe2, Pid};
 
 use crate::cgroup::{self, CgroupBackend, NoCgroup, RunCgroup};
+use crate::check::LayerName;
 use crate::check::{self, HostReport, Verdict};
 use crate::child_error::ChildError;
 use crate::config::{HostConfig, JailSpec, Payload, SANDBOX_ID};
@@ -64,7 +65,7 @@ impl Jailer {
             }
             Verdict::DegradedOnly => {}
         }
-        let cgroups: Box<dyn CgroupBackend> = if report.has("cgroups") {
+        let cgroups: Box<dyn CgroupBackend> = if report.has(LayerName::Cgroups) {
             cgroup::detect(&host.cgroup_root, &host.mountinfo, &host.cgroup_parent)?
                 .unwrap_or_else(|| Box::new(NoCgroup))
         } else {
@@ -80,8 +81,8 @@ impl Jailer {
             slots,
             seccomp: seccomp::default_policy()?,
             jail_root,
-            userns: report.has("user_namespaces"),
-            landlock: report.has("landlock"),
+            userns: report.has(LayerName::UserNamespaces),
+            landlock: report.has(LayerName::Landlock),
             missing,
             report,
             counter: AtomicU64::new(0),

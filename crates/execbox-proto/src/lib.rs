@@ -1,8 +1,33 @@
-//! Wire types shared by every execbox front end (CLI, HTTP server).
+//! Types shared across execbox's processes: the server, the spawner and the CLI agree on
+//! these and on nothing else.
 //!
-//! Every run, whatever API started it, produces one [`RunRecord`].
+//! - every run, whatever API started it, produces one [`RunRecord`];
+//! - [`spawner`]: the orders and events between the server and its spawner, and the
+//!   spawner's configuration;
+//! - [`Limits`] and the one routine that applies a caller's overrides to them;
+//! - [`Mode`], source files and the rules their names follow;
+//! - [`LayerName`]: the isolation layers, by the names records and `execbox check` use;
+//! - [`defaults`]: host paths and sizes, defined once;
+//! - run ids and RFC 3339 timestamps.
+//!
+//! The server depends on this crate and not on the jail: what crosses a process boundary is
+//! defined here.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod defaults;
+pub mod files;
+pub mod layers;
+pub mod limits;
+pub mod mode;
+pub mod spawner;
+pub mod time;
+
+pub use files::{validate_file_name, FileNameError, SourceFile, MAX_FILES};
+pub use layers::LayerName;
+pub use limits::{LimitError, LimitOverrides, Limits};
+pub use mode::Mode;
+pub use time::{new_run_id, now_rfc3339};
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;

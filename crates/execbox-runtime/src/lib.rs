@@ -7,5 +7,5 @@
 pub mod python;
 pub mod record;
 
-pub use python::{Mode, PythonRuntime, RuntimeError};
-pub use record::{build_record, new_run_id, now_rfc3339, RunMeta};
+pub use python::{PythonRuntime, RuntimeError};
+pub use record::{build_record, RunMeta};

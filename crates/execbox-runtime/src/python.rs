@@ -6,34 +6,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use execbox_jail::{BindMount, JailSpec, Limits, Payload, WorkFile};
+use execbox_proto::Mode;
 
 /// The harness, run with `python3 -I -u -B -c`.
 pub const HARNESS: &str = include_str!("../../../runtimes/python/harness.py");
 
 /// Name of the user's script in the work dir.
 pub const SCRIPT_NAME: &str = "main.py";
-
-/// Default location of the environment (`make runtime` creates it).
-pub const DEFAULT_ENV: &str = "/opt/execbox/python";
-
-/// How the script is run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Call `main()` and return its value as the result (seed 004's contract).
-    Main,
-    /// Run the file as a program, like `python3 main.py`.
-    Program,
-}
-
-impl Mode {
-    fn as_arg(self) -> &'static str {
-        match self {
-            Mode::Main => "main",
-            Mode::Program => "program",
-        }
-    }
-}
 
 /// Why the runtime cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +133,7 @@ impl PythonRuntime {
             "-B".into(), // no .pyc writes (the env is read-only anyway)
             "-c".into(),
             HARNESS.into(),
-            mode.as_arg().into(),
+            mode.as_str().into(),
             entry,
         ];
         argv.extend(args.iter().cloned());

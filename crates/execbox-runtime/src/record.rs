@@ -1,23 +1,9 @@
 //! From a jail outcome to the run record every API returns.
 
-use std::time::SystemTime;
-
 use execbox_jail::{Limit, Limits, Outcome};
-use execbox_proto::{ErrorBody, LimitKind, RunRecord, RunStatus, StepReport};
+use execbox_proto::{now_rfc3339, ErrorBody, LimitKind, Mode, RunRecord, RunStatus, StepReport};
 use serde::Deserialize;
 use serde_json::Value;
-
-use crate::python::Mode;
-
-/// A fresh run id (UUID v4).
-pub fn new_run_id() -> String {
-    uuid::Uuid::new_v4().to_string()
-}
-
-/// Now, as RFC 3339 with milliseconds.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
 
 /// What the harness writes on the result channel.
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,7 @@
 //! Request and response bodies of the HTTP API.
 
-use execbox_proto::RunStatus;
+use execbox_proto::limits::{mib, LimitOverrides};
+use execbox_proto::{Mode, RunStatus};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -66,16 +67,6 @@ pub struct FileInput {
     pub content: String,
 }
 
-/// How to run: call `main()` or run as a program.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum ModeName {
-    /// Run the entry file as a program (default).
-    Program,
-    /// Call `main()` and return its value as `result`.
-    Main,
-}
-
 /// Per-run limits; each is capped by the operator's maximum.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -88,6 +79,19 @@ pub struct LimitsInput {
     pub pids: Option<u32>,
     /// Cap of each of stdout and stderr, bytes.
     pub output_limit_bytes: Option<u64>,
+}
+
+impl LimitsInput {
+    /// What this asks to change of the default limits.
+    pub fn overrides(&self) -> LimitOverrides {
+        LimitOverrides {
+            timeout_ms: self.timeout_ms,
+            memory_bytes: self.memory_mb.map(mib),
+            pids: self.pids,
+            cpu_millis: None,
+            output_bytes: self.output_limit_bytes,
+        }
+    }
 }
 
 /// `POST /v1/runs` body.
@@ -109,7 +113,7 @@ pub struct CreateRunRequest {
     pub args: Option<Vec<String>>,
     /// `program` (default) or `main`.
     #[serde(default)]
-    pub mode: Option<ModeName>,
+    pub mode: Option<Mode>,
     /// Limits.
     #[serde(default)]
     pub limits: Option<LimitsInput>,
@@ -128,7 +132,7 @@ pub struct RuntimeInfo {
     /// Notable packages importable in it.
     pub packages: Vec<String>,
     /// Modes it supports.
-    pub modes: Vec<ModeName>,
+    pub modes: Vec<Mode>,
 }
 
 /// `GET /readyz` body.

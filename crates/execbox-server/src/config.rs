@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use execbox_jail::Limits;
+use execbox_proto::spawner::SpawnerConfig;
+use execbox_proto::{defaults, Limits};
 
 use crate::quota::QuotaConfig;
 
@@ -26,24 +27,15 @@ pub struct ServerConfig {
     pub max_stored_runs: usize,
     /// At most this many bytes of finished records are kept (oldest forgotten first).
     pub max_stored_bytes: usize,
-    /// Limits of a run that asks for none.
-    pub default_limits: Limits,
+    /// The spawner's configuration, sent to it as it starts: host paths, the pool and the
+    /// limits of a run that asks for none (`spawner.default_limits`).
+    pub spawner: SpawnerConfig,
     /// The most a run may ask for.
     pub max_limits: Limits,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
     /// Largest source file, bytes.
     pub max_source_bytes: usize,
-    /// Jails kept prepared ahead of demand.
-    pub pool: usize,
-    /// Python environment.
-    pub python_env: PathBuf,
-    /// Run with missing isolation layers (records say degraded).
-    pub allow_degraded: bool,
-    /// Spawner state dir.
-    pub state_dir: PathBuf,
-    /// cgroup mount root.
-    pub cgroup_root: PathBuf,
     /// On SIGTERM, how long in-flight runs may take before they are cancelled.
     pub shutdown_grace: Duration,
     /// The binary that provides `spawner` (normally the running `execbox`).
@@ -93,7 +85,7 @@ pub fn default_max_connections(max_websockets: usize) -> usize {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cpus = defaults::cpus();
         let (max_running, max_queued) = (cpus, cpus * 8);
         let max_websockets = default_max_websockets(max_running, max_queued);
         Self {
@@ -104,15 +96,10 @@ impl Default for ServerConfig {
             retention: Duration::from_secs(600),
             max_stored_runs: 10_000,
             max_stored_bytes: 256 * 1024 * 1024,
-            default_limits: Limits::default(),
+            spawner: SpawnerConfig::default(),
             max_limits: Limits::default_maxima(),
             max_body_bytes: 2 * 1024 * 1024,
             max_source_bytes: 512 * 1024,
-            pool: cpus.min(4),
-            python_env: PathBuf::from(execbox_runtime::python::DEFAULT_ENV),
-            allow_degraded: false,
-            state_dir: PathBuf::from("/run/execbox"),
-            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             shutdown_grace: Duration::from_secs(10),
             spawner_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("execbox")),
             jwt_secret: None,

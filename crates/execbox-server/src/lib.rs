@@ -34,8 +34,6 @@ pub mod validate;
 use std::future::Future;
 use std::sync::Arc;
 
-use execbox_runtime::PythonRuntime;
-
 pub use config::ServerConfig;
 pub use routes::{private_app, public_app};
 pub use state::AppState;
@@ -49,9 +47,9 @@ use crate::store::RunStore;
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The Python runtime is missing or broken.
-    #[error(transparent)]
-    Runtime(#[from] execbox_runtime::RuntimeError),
+    /// The spawner cannot start on this host (no runtime, a required layer missing).
+    #[error("the sandbox spawner cannot start: {0}")]
+    Spawner(String),
     /// Binding or serving failed.
     #[error("listen on {addr}: {source}")]
     Listen {
@@ -124,38 +122,16 @@ async fn listen(
     }
 }
 
-/// The arguments that make `execbox spawner` match `cfg`.
-pub fn spawner_args(cfg: &ServerConfig) -> Vec<String> {
-    let mut a = vec![
-        "--pool".to_owned(),
-        cfg.pool.to_string(),
-        "--python-env".to_owned(),
-        cfg.python_env.display().to_string(),
-        "--state-dir".to_owned(),
-        cfg.state_dir.display().to_string(),
-        "--cgroup-root".to_owned(),
-        cfg.cgroup_root.display().to_string(),
-        "--default-limits".to_owned(),
-        serde_json::to_string(&cfg.default_limits).unwrap_or_default(),
-    ];
-    if cfg.allow_degraded {
-        a.push("--allow-degraded".to_owned());
-    }
-    a
-}
-
-/// Build the state: discover the runtime and start the spawner.
+/// Build the state and start the spawner (which reports the runtime's version when it is up).
 pub fn build_state(
     cfg: ServerConfig,
 ) -> Result<(AppState, tokio::task::JoinHandle<()>), ServerError> {
-    let python = PythonRuntime::discover(&cfg.python_env)?;
     let store = Arc::new(RunStore::with_max_bytes(cfg.max_stored_bytes));
     let for_started = store.clone();
     let (spawner, task) = SpawnerClient::start(
         SpawnerCommand {
             exe: cfg.spawner_exe.clone(),
-            args: spawner_args(&cfg),
-            canary_limits: cfg.default_limits,
+            config: cfg.spawner.clone(),
         },
         Arc::new(move |id: &str| for_started.set_running(id)),
     );
@@ -176,7 +152,6 @@ pub fn build_state(
         shutdown: tokio_util::sync::CancellationToken::new(),
         store,
         spawner,
-        python,
         cfg,
     }));
     Ok((state, task))
@@ -267,6 +242,22 @@ pub async fn serve_on(
         drain_store.cancel_all();
     });
 
+    // A spawner that cannot start at all (no runtime, a required layer missing) stops the
+    // server: it would never become ready.
+    let mut spawner_status = state.spawner.watch();
+    let fatal_stop = stop.clone();
+    let fatal_watch = tokio::spawn(async move {
+        loop {
+            if spawner_status.borrow_and_update().fatal.is_some() {
+                fatal_stop.cancel();
+                return;
+            }
+            if spawner_status.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+
     tracing::info!(addr = %public_addr, listener = "public", tls = tls.is_some(), "listening");
     tracing::info!(addr = %private_addr, listener = "private", "listening");
     let public_router = public_app(state.clone());
@@ -283,12 +274,17 @@ pub async fn serve_on(
     let (pub_res, priv_res) = tokio::join!(public_task, private_task);
     gc.abort();
     let _ = gc.await;
+    fatal_watch.abort();
+    let fatal = state.spawner.status().fatal;
     state.store.cancel_all();
     // Dropping the last client handle closes the order channel: the spawner cancels what
     // runs, tears every jail down and exits.
     drop(state);
     let _ = tokio::time::timeout(grace + std::time::Duration::from_secs(5), spawner_task).await;
     tracing::info!("stopped");
+    if let Some(why) = fatal {
+        return Err(ServerError::Spawner(why));
+    }
     pub_res
         .map_err(|source| ServerError::Listen {
             addr: public_addr,

@@ -4,14 +4,14 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::{
-    Accepted, CreateRunRequest, ExecuteRequest, ExecuteResponse, FileInput, LimitsInput, ModeName,
-    Readiness, RunCodeRequest, RuntimeInfo,
+    Accepted, CreateRunRequest, ExecuteRequest, ExecuteResponse, FileInput, LimitsInput, Readiness,
+    RunCodeRequest, RuntimeInfo,
 };
 use crate::auth::Claims;
 use crate::error::ErrorResponse;
 use crate::routes::ws::protocol::{ClientMessage, ServerMessage};
 use crate::routes::{execute, health, runs, user, ws};
-use execbox_proto::{ErrorBody, LimitKind, RunRecord, RunStatus, StepReport};
+use execbox_proto::{ErrorBody, LimitKind, Mode, RunRecord, RunStatus, StepReport};
 
 /// The API description served at `/openapi.json`.
 #[derive(Debug, OpenApi)]
@@ -45,7 +45,7 @@ use execbox_proto::{ErrorBody, LimitKind, RunRecord, RunStatus, StepReport};
         CreateRunRequest,
         FileInput,
         LimitsInput,
-        ModeName,
+        Mode,
         RuntimeInfo,
         Readiness,
         ErrorResponse,

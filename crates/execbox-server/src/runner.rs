@@ -1,9 +1,9 @@
 //! From a validated request to a finished run: admission, the run store, the spawner.
 
-use execbox_jail::Limits;
-use execbox_proto::{ErrorBody, RunRecord, RunStatus};
-use execbox_runtime::{new_run_id, now_rfc3339, Mode};
-use execbox_spawner::protocol::{RunOrder, SourceFile};
+use execbox_proto::spawner::RunOrder;
+use execbox_proto::{
+    new_run_id, now_rfc3339, ErrorBody, Limits, Mode, RunRecord, RunStatus, SourceFile,
+};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
@@ -38,10 +38,14 @@ pub struct Submitted {
     pub cancel: CancellationToken,
 }
 
-fn record(id: &str, version: &str, created_at: String, status: RunStatus) -> RunRecord {
+/// A record the server writes itself (queued, cancelled before it started, internal error),
+/// naming the runtime as the spawner last reported it.
+fn record(state: &AppState, id: &str, created_at: String, status: RunStatus) -> RunRecord {
+    let sp = state.spawner.status();
+    let (language, version) = sp.runtime().unwrap_or(("python", ""));
     RunRecord {
         id: id.to_owned(),
-        language: "python".into(),
+        language: language.to_owned(),
         version: version.to_owned(),
         status,
         degraded: false,
@@ -100,12 +104,7 @@ pub fn submit_in(
     let created_at = now_rfc3339();
     let cancel = CancellationToken::new();
     state.store.insert(
-        record(
-            &id,
-            &state.python.version,
-            created_at.clone(),
-            RunStatus::Queued,
-        ),
+        record(state, &id, created_at.clone(), RunStatus::Queued),
         owner.clone(),
         cancel.clone(),
     );
@@ -188,7 +187,7 @@ async fn drive(
     let permit = tokio::select! {
         p = ticket.acquire() => p,
         _ = cancel.cancelled() => {
-            let mut r = record(&id, &state.python.version, created_at, RunStatus::Cancelled);
+            let mut r = record(&state, &id, created_at, RunStatus::Cancelled);
             r.error = Some(ErrorBody::new("cancelled", "the run was cancelled before it started"));
             r.finished_at = Some(now_rfc3339());
             conclude(&state, r, done);
@@ -236,12 +235,7 @@ async fn drive(
 }
 
 fn internal_error(state: &AppState, id: &str, created_at: String) -> RunRecord {
-    let mut r = record(
-        id,
-        &state.python.version,
-        created_at,
-        RunStatus::InternalError,
-    );
+    let mut r = record(state, id, created_at, RunStatus::InternalError);
     r.error = Some(ErrorBody::new(
         "internal_error",
         "execbox failed to run this; the cause is in the server log",

@@ -8,10 +8,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use execbox_jail::Limits;
-use execbox_proto::{RunRecord, RunStatus};
-use execbox_runtime::Mode;
-use execbox_spawner::protocol::{Event, Order, RunOrder, SourceFile};
+use execbox_proto::spawner::{Event, Order, RunOrder, SpawnerConfig};
+use execbox_proto::{Limits, Mode, RunRecord, RunStatus, SourceFile};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -24,7 +22,9 @@ pub struct SpawnerStatus {
     pub up: bool,
     /// The start-up canary run succeeded in this spawner.
     pub canary_ok: bool,
-    /// Runtime version it reported.
+    /// Language of the runtime it reported (empty until the first hello).
+    pub language: String,
+    /// Runtime version it reported (empty until the first hello; kept across restarts).
     pub version: String,
     /// Isolation layers it lacks (degraded mode).
     pub missing_layers: Vec<String>,
@@ -32,6 +32,16 @@ pub struct SpawnerStatus {
     pub pid: Option<u32>,
     /// How many times it was restarted.
     pub restarts: u64,
+    /// Why the first spawner could not start (no runtime, host refused): it is not restarted
+    /// and the server stops.
+    pub fatal: Option<String>,
+}
+
+impl SpawnerStatus {
+    /// The runtime's language and version, once a spawner has said hello.
+    pub fn runtime(&self) -> Option<(&str, &str)> {
+        (!self.version.is_empty()).then_some((self.language.as_str(), self.version.as_str()))
+    }
 }
 
 /// The outcome of one order: the final record, or an internal error for the log.
@@ -45,12 +55,11 @@ enum Cmd {
 /// How to start the spawner.
 #[derive(Debug, Clone)]
 pub struct SpawnerCommand {
-    /// The `execbox` binary.
+    /// The binary that provides `spawner` (normally the running `execbox`).
     pub exe: PathBuf,
-    /// Arguments after `spawner`.
-    pub args: Vec<String>,
-    /// Limits of the canary run.
-    pub canary_limits: Limits,
+    /// Its configuration, sent as the first line on its stdin; the canary runs with its
+    /// default limits.
+    pub config: SpawnerConfig,
 }
 
 /// Handle to the spawner task.
@@ -102,6 +111,8 @@ impl SpawnerClient {
 enum Exit {
     /// The client was dropped: shut down for good.
     Closed,
+    /// The spawner cannot start here (its `fatal` event).
+    Fatal(String),
     /// The process died or misbehaved: restart it.
     Died(String),
 }
@@ -116,6 +127,19 @@ async fn supervise(
     loop {
         match run_one(&cmd, &mut rx, &status, &on_started).await {
             Exit::Closed => return,
+            // The first spawner cannot start: a configuration error, which a restart will not
+            // mend. One that ran before (the host changed under it) is restarted as below.
+            Exit::Fatal(why) if restarts == 0 => {
+                tracing::error!(%why, "the spawner cannot start");
+                status.send_modify(|s| s.fatal = Some(why));
+                return;
+            }
+            Exit::Fatal(why) => {
+                restarts += 1;
+                tracing::error!(%why, restarts, "spawner cannot start; restarting");
+                status.send_modify(|s| s.restarts = restarts);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
             Exit::Died(why) => {
                 restarts += 1;
                 tracing::error!(%why, restarts, "spawner died; restarting");
@@ -133,8 +157,8 @@ async fn supervise(
 
 fn canary_order(limits: Limits) -> RunOrder {
     RunOrder {
-        id: format!("canary-{}", uuid::Uuid::new_v4()),
-        created_at: execbox_runtime::now_rfc3339(),
+        id: format!("canary-{}", execbox_proto::new_run_id()),
+        created_at: execbox_proto::now_rfc3339(),
         mode: Mode::Main,
         files: vec![SourceFile {
             name: "main.py".into(),
@@ -146,13 +170,6 @@ fn canary_order(limits: Limits) -> RunOrder {
     }
 }
 
-fn line_of(order: &Order) -> Vec<u8> {
-    // Orders are plain data (strings, numbers): serialising them cannot fail.
-    let mut line = serde_json::to_vec(order).unwrap_or_default();
-    line.push(b'\n');
-    line
-}
-
 async fn run_one(
     cmd: &SpawnerCommand,
     rx: &mut mpsc::Receiver<Cmd>,
@@ -161,7 +178,6 @@ async fn run_one(
 ) -> Exit {
     let mut child: Child = match Command::new(&cmd.exe)
         .arg("spawner")
-        .args(&cmd.args)
         // Nothing of the server's environment (APP_JWT_SECRET above all) reaches the jailer;
         // every jail is a copy of it until execve.
         .env_clear()
@@ -182,6 +198,10 @@ async fn run_one(
         return Exit::Died("spawner pipes missing".into());
     };
     let mut lines = BufReader::new(stdout).lines();
+    if let Err(e) = stdin.write_all(&cmd.config.to_line()).await {
+        let _ = child.kill().await;
+        return Exit::Died(format!("write the spawner's configuration: {e}"));
+    }
 
     let hello = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
     match hello
@@ -190,16 +210,22 @@ async fn run_one(
         .map(|l| serde_json::from_str::<Event>(&l))
     {
         Some(Ok(Event::Hello {
+            language,
             version,
             missing_layers,
         })) => {
-            tracing::info!(%version, ?missing_layers, pid = child.id(), "spawner up");
+            tracing::info!(%language, %version, ?missing_layers, pid = child.id(), "spawner up");
             status.send_modify(|s| {
                 s.up = true;
+                s.language = language;
                 s.version = version;
                 s.missing_layers = missing_layers;
                 s.pid = child.id();
             });
+        }
+        Some(Ok(Event::Fatal { message })) => {
+            let _ = child.wait().await;
+            return Exit::Fatal(message);
         }
         other => {
             let _ = child.kill().await;
@@ -207,9 +233,9 @@ async fn run_one(
         }
     }
 
-    let canary = canary_order(cmd.canary_limits);
+    let canary = canary_order(cmd.config.default_limits);
     let canary_id = canary.id.clone();
-    if let Err(e) = stdin.write_all(&line_of(&Order::Run(canary))).await {
+    if let Err(e) = stdin.write_all(&Order::Run(canary).to_line()).await {
         return Exit::Died(format!("write canary: {e}"));
     }
 
@@ -237,7 +263,7 @@ async fn run_one(
                 }
                 Some(Cmd::Run(order, tx)) => {
                     let id = order.id.clone();
-                    let sent = order_tx.as_ref().map(|w| w.send(line_of(&Order::Run(*order))));
+                    let sent = order_tx.as_ref().map(|w| w.send(Order::Run(*order).to_line()));
                     if let Some(Ok(())) = sent {
                         pending.insert(id, tx);
                     } else {
@@ -247,7 +273,7 @@ async fn run_one(
                 }
                 Some(Cmd::Cancel(id)) => {
                     if let Some(w) = &order_tx {
-                        if w.send(line_of(&Order::Cancel { id })).is_err() {
+                        if w.send(Order::Cancel { id }.to_line()).is_err() {
                             break Exit::Died("order pipe closed".into());
                         }
                     }
@@ -278,7 +304,7 @@ async fn run_one(
                             let _ = tx.send(Err(message));
                         }
                     }
-                    Ok(Event::Hello { .. }) => {}
+                    Ok(Event::Hello { .. } | Event::Fatal { .. }) => {}
                     Err(e) => {
                         // Fail the run it was about rather than leave it waiting forever.
                         #[derive(serde::Deserialize)]

@@ -4,8 +4,6 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use execbox_runtime::PythonRuntime;
-
 use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
@@ -32,8 +30,6 @@ pub struct Inner {
     pub spawner: SpawnerClient,
     /// Metrics.
     pub metrics: Metrics,
-    /// The Python runtime (for versions; the spawner runs it).
-    pub python: PythonRuntime,
     /// Token checking; `None` only with `--insecure-no-auth`.
     pub auth: Option<Authenticator>,
     /// Per-user quotas.

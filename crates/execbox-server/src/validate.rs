@@ -1,8 +1,6 @@
 //! Input validation, before any jail starts.
 
-use execbox_jail::config::{validate_file_name, MAX_FILES};
-use execbox_jail::Limits;
-use execbox_spawner::protocol::SourceFile;
+use execbox_proto::{validate_file_name, Limits, SourceFile, MAX_FILES};
 
 use crate::api::{FileInput, LimitsInput};
 use crate::error::ApiError;
@@ -114,31 +112,16 @@ pub fn args(args: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
     Ok(a)
 }
 
-/// Defaults overridden by `input`, checked against `max`.
+/// Defaults overridden by `input`, checked against `max` (the rules and messages of the
+/// CLI's flags: [`Limits::overridden`]).
 pub fn limits(
     input: Option<LimitsInput>,
     defaults: Limits,
     max: &Limits,
 ) -> Result<Limits, ApiError> {
-    let mut l = defaults;
-    if let Some(i) = input {
-        if let Some(t) = i.timeout_ms {
-            l.wall_time_ms = t;
-            l.cpu_time_ms = t;
-        }
-        if let Some(m) = i.memory_mb {
-            l.memory_bytes = m.saturating_mul(1 << 20);
-        }
-        if let Some(p) = i.pids {
-            l.pids = p;
-        }
-        if let Some(o) = i.output_limit_bytes {
-            l.output_bytes = o;
-        }
-    }
-    l.validate(max)
-        .map_err(|e| ApiError::bad_request("invalid_limit", e.to_string()))?;
-    Ok(l)
+    defaults
+        .overridden(&input.map(|i| i.overrides()).unwrap_or_default(), max)
+        .map_err(|e| ApiError::bad_request("invalid_limit", e.to_string()))
 }
 
 /// Standard input: bounded by the run's limit.

@@ -7,14 +7,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use execbox_jail::{
-    JailError, JailSpec, Jailer, Limits, Outcome, Payload, Prepared, Preparing, Role, Supervisor,
-    WorkFile,
+    JailError, JailSpec, Jailer, Outcome, Payload, Prepared, Preparing, Role, Supervisor, WorkFile,
 };
+use execbox_proto::spawner::{Event, Order, RunOrder, SpawnerConfig, MAX_LINE};
 use execbox_runtime::{build_record, PythonRuntime, RunMeta};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-
-use crate::protocol::{Event, Order, RunOrder, MAX_LINE};
 
 /// Errors that end the spawner.
 #[derive(Debug, thiserror::Error)]
@@ -28,15 +26,9 @@ pub enum SpawnerError {
     /// `poll` failed.
     #[error("poll: {0}")]
     Poll(nix::Error),
-}
-
-/// Spawner settings.
-#[derive(Debug, Clone)]
-pub struct SpawnerConfig {
-    /// How many jails with the default limits to keep prepared.
-    pub pool: usize,
-    /// The limits most runs use; pooled jails are prepared with them.
-    pub default_limits: Limits,
+    /// The runtime cannot be used.
+    #[error(transparent)]
+    Runtime(execbox_runtime::RuntimeError),
 }
 
 struct Prep {
@@ -84,6 +76,9 @@ impl std::fmt::Debug for Spawner {
     }
 }
 
+/// The language of the one runtime there is.
+const LANGUAGE: &str = "python";
+
 fn log(msg: &str) {
     eprintln!("execbox-spawner: {msg}");
 }
@@ -109,9 +104,7 @@ impl Spawner {
 
     /// Queue an event and write what the pipe takes now.
     fn emit(&mut self, ev: &Event) -> io::Result<()> {
-        let line = serde_json::to_vec(ev).map_err(io::Error::other)?;
-        self.outbuf.extend(line);
-        self.outbuf.push_back(b'\n');
+        self.outbuf.extend(ev.to_line());
         self.flush_some()
     }
 
@@ -150,6 +143,7 @@ impl Spawner {
         fcntl(self.out.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
             .map_err(SpawnerError::Poll)?;
         let hello = Event::Hello {
+            language: LANGUAGE.into(),
             version: self.runtime.version.clone(),
             missing_layers: self.jailer.missing_layers().to_vec(),
         };
@@ -431,7 +425,7 @@ impl Spawner {
     fn finished(&mut self, order: RunOrder, outcome: Outcome) -> io::Result<()> {
         let meta = RunMeta {
             id: order.id.clone(),
-            language: "python".into(),
+            language: LANGUAGE.into(),
             version: self.runtime.version.clone(),
             created_at: order.created_at.clone(),
         };

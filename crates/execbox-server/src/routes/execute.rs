@@ -8,8 +8,7 @@ use crate::auth::Caller;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use execbox_proto::RunStatus;
-use execbox_runtime::Mode;
-use execbox_spawner::protocol::SourceFile;
+use execbox_proto::{Mode, SourceFile};
 
 use crate::api::{ExecuteRequest, ExecuteResponse};
 use crate::error::{ApiError, ErrorResponse};
@@ -48,7 +47,7 @@ pub async fn execute(
         }],
         stdin: String::new(),
         args: vec![],
-        limits: state.cfg.default_limits,
+        limits: state.cfg.spawner.default_limits,
     };
     let submitted = runner::submit_in(&state, run, caller.user, Some(room))?;
     let rec = runner::wait(submitted).await?;

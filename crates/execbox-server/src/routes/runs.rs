@@ -6,11 +6,10 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use execbox_proto::RunRecord;
-use execbox_runtime::Mode;
-use execbox_spawner::protocol::SourceFile;
+use execbox_proto::{Mode, SourceFile};
 
 use crate::admission::Room;
-use crate::api::{Accepted, CreateRunRequest, ModeName, RunCodeRequest, RuntimeInfo, WaitQuery};
+use crate::api::{Accepted, CreateRunRequest, RunCodeRequest, RuntimeInfo, WaitQuery};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::{Json, RunRoom};
@@ -60,7 +59,7 @@ fn program(
     args: Option<Vec<String>>,
 ) -> Result<RunRequest, ApiError> {
     validate::source("code", &code, state.cfg.max_source_bytes)?;
-    let limits = state.cfg.default_limits;
+    let limits = state.cfg.spawner.default_limits;
     Ok(RunRequest {
         mode: Mode::Program,
         files: vec![SourceFile {
@@ -261,14 +260,19 @@ fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest, Ap
         ));
     }
     if let Some(sel) = &req.version {
-        check_version(sel, &state.python.version)?;
+        // The version is the spawner's (its hello); before the first one nothing runs anyway.
+        match state.spawner.status().runtime() {
+            Some((_, have)) => check_version(sel, have)?,
+            None => runner::ready(state)?,
+        }
     }
-    let limits = validate::limits(req.limits, state.cfg.default_limits, &state.cfg.max_limits)?;
+    let limits = validate::limits(
+        req.limits,
+        state.cfg.spawner.default_limits,
+        &state.cfg.max_limits,
+    )?;
     Ok(RunRequest {
-        mode: match req.mode.unwrap_or(ModeName::Program) {
-            ModeName::Program => Mode::Program,
-            ModeName::Main => Mode::Main,
-        },
+        mode: req.mode.unwrap_or(Mode::Program),
         files: validate::files(req.files, state.cfg.max_source_bytes)?,
         stdin: validate::stdin(req.stdin, &limits)?,
         args: validate::args(req.args)?,
@@ -352,16 +356,22 @@ pub async fn cancel_run(
 #[utoipa::path(
     get,
     path = "/v1/runtimes",
-    responses((status = 200, description = "available runtimes", body = [RuntimeInfo])),
+    responses((status = 200, description = "available runtimes (none until the sandbox has started)", body = [RuntimeInfo])),
     tag = "v1"
 )]
 pub async fn runtimes(State(state): State<AppState>) -> axum::Json<Vec<RuntimeInfo>> {
-    axum::Json(vec![RuntimeInfo {
-        language: "python".into(),
-        version: state.python.version.clone(),
-        packages: vec!["numpy".into(), "pandas".into()],
-        modes: vec![ModeName::Program, ModeName::Main],
-    }])
+    let sp = state.spawner.status();
+    axum::Json(
+        sp.runtime()
+            .map(|(language, version)| RuntimeInfo {
+                language: language.to_owned(),
+                version: version.to_owned(),
+                packages: vec!["numpy".into(), "pandas".into()],
+                modes: vec![Mode::Program, Mode::Main],
+            })
+            .into_iter()
+            .collect(),
+    )
 }
 
 #[cfg(test)]

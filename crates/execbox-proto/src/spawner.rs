@@ -1,0 +1,264 @@
+//! The conversation between the server and its spawner: one JSON object per line over the
+//! spawner's stdin (first its [`SpawnerConfig`], then [`Order`]s) and stdout ([`Event`]s, the
+//! first of which is [`Event::Hello`] or [`Event::Fatal`]).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::files::SourceFile;
+use crate::limits::Limits;
+use crate::mode::Mode;
+use crate::{defaults, RunRecord};
+
+/// Longest order line the spawner accepts (the server bounds bodies well below this).
+pub const MAX_LINE: usize = 64 * 1024 * 1024;
+
+/// Longest configuration line.
+pub const MAX_CONFIG_LINE: usize = 64 * 1024;
+
+/// Where the jail machinery finds its host resources (the spawner's, and `execbox run`'s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HostSettings {
+    /// The Python environment (a venv with numpy and pandas).
+    pub python_env: PathBuf,
+    /// State directory (uid slot locks, jail mount point).
+    pub state_dir: PathBuf,
+    /// cgroup mount root.
+    pub cgroup_root: PathBuf,
+    /// Run even if an isolation layer is missing; records then say `degraded: true`.
+    pub allow_degraded: bool,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        Self {
+            python_env: PathBuf::from(defaults::PYTHON_ENV),
+            state_dir: PathBuf::from(defaults::STATE_DIR),
+            cgroup_root: PathBuf::from(defaults::CGROUP_ROOT),
+            allow_degraded: false,
+        }
+    }
+}
+
+/// Everything the spawner is told, as the first line on its stdin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpawnerConfig {
+    /// Host resources.
+    pub host: HostSettings,
+    /// Jails with the default limits kept prepared ahead of demand.
+    pub pool: usize,
+    /// The limits most runs use; pooled jails are prepared with them.
+    pub default_limits: Limits,
+}
+
+impl Default for SpawnerConfig {
+    fn default() -> Self {
+        Self {
+            host: HostSettings::default(),
+            pool: defaults::pool(),
+            default_limits: Limits::default(),
+        }
+    }
+}
+
+/// Why the configuration line could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Reading failed.
+    #[error("reading the spawner configuration: {0}")]
+    Io(#[from] std::io::Error),
+    /// End of input before a complete line.
+    #[error("no spawner configuration line on stdin")]
+    Eof,
+    /// Longer than [`MAX_CONFIG_LINE`].
+    #[error("the spawner configuration line is longer than {MAX_CONFIG_LINE} bytes")]
+    TooLong,
+    /// Not a [`SpawnerConfig`].
+    #[error("the spawner configuration is invalid: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl SpawnerConfig {
+    /// The configuration as one line (newline included).
+    pub fn to_line(&self) -> Vec<u8> {
+        to_line(self)
+    }
+
+    /// Read the configuration line from `r`, one byte at a time so that nothing after it is
+    /// consumed (orders follow on the same descriptor; give an unbuffered reader).
+    pub fn read_line(r: &mut impl Read) -> Result<Self, ConfigError> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match r.read(&mut byte) {
+                Ok(0) => return Err(ConfigError::Eof),
+                Ok(_) if byte[0] == b'\n' => break,
+                Ok(_) => line.push(byte[0]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+            if line.len() > MAX_CONFIG_LINE {
+                return Err(ConfigError::TooLong);
+            }
+        }
+        Ok(serde_json::from_slice(&line)?)
+    }
+}
+
+/// A run to execute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunOrder {
+    /// Run id (chosen by the server).
+    pub id: String,
+    /// When the run was accepted (RFC 3339).
+    pub created_at: String,
+    /// Main-function contract or plain program.
+    pub mode: Mode,
+    /// Files; the first is the entry point.
+    pub files: Vec<SourceFile>,
+    /// Standard input.
+    #[serde(default)]
+    pub stdin: String,
+    /// Program arguments.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Limits, already checked against the operator's maxima.
+    pub limits: Limits,
+}
+
+/// Server → spawner, after the configuration line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Order {
+    /// Start a run.
+    Run(RunOrder),
+    /// Kill a run (if it is still going); its record comes back with status `cancelled`.
+    Cancel {
+        /// Run id.
+        id: String,
+    },
+}
+
+impl Order {
+    /// The order as one line (newline included).
+    pub fn to_line(&self) -> Vec<u8> {
+        to_line(self)
+    }
+}
+
+/// Spawner → server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Sent once at start, when the spawner is ready for orders.
+    Hello {
+        /// Language of the runtime it runs.
+        language: String,
+        /// Runtime version, for example `3.11.2`.
+        version: String,
+        /// Layers missing on this host (degraded mode).
+        missing_layers: Vec<String>,
+    },
+    /// Sent instead of `Hello` when the spawner cannot start (no runtime, host refused); it
+    /// exits after it.
+    Fatal {
+        /// What is wrong, for the operator.
+        message: String,
+    },
+    /// The run's payload has `execve`d.
+    Started {
+        /// Run id.
+        id: String,
+    },
+    /// The run is over.
+    Finished {
+        /// Run id.
+        id: String,
+        /// Its final record.
+        record: Box<RunRecord>,
+    },
+    /// execbox failed to run it; the message is for the log, not the client.
+    Failed {
+        /// Run id.
+        id: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl Event {
+    /// The event as one line (newline included).
+    pub fn to_line(&self) -> Vec<u8> {
+        to_line(self)
+    }
+}
+
+fn to_line(v: &impl Serialize) -> Vec<u8> {
+    // These types hold strings, numbers and paths (as UTF-8 when they came from JSON or a
+    // flag): serialising them cannot fail; a non-UTF-8 path would give an empty line, which
+    // the reader refuses.
+    let mut line = serde_json::to_vec(v).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orders_are_tagged_json_lines() {
+        let o = Order::Cancel { id: "a".into() };
+        assert_eq!(o.to_line(), b"{\"type\":\"cancel\",\"id\":\"a\"}\n");
+        let run = Order::Run(RunOrder {
+            id: "r".into(),
+            created_at: "t".into(),
+            mode: Mode::Main,
+            files: vec![SourceFile {
+                name: "main.py".into(),
+                content: "def main(): return 1\n".into(),
+            }],
+            stdin: String::new(),
+            args: vec![],
+            limits: Limits::default(),
+        });
+        let line = run.to_line();
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        let back: Order = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, run);
+    }
+
+    #[test]
+    fn config_is_one_line_and_nothing_after_it_is_read() {
+        let cfg = SpawnerConfig {
+            pool: 3,
+            host: HostSettings {
+                allow_degraded: true,
+                ..HostSettings::default()
+            },
+            ..SpawnerConfig::default()
+        };
+        let mut input = cfg.to_line();
+        input.extend(Order::Cancel { id: "x".into() }.to_line());
+        let mut r = std::io::Cursor::new(input);
+        assert_eq!(SpawnerConfig::read_line(&mut r).unwrap(), cfg);
+        let mut rest = String::new();
+        r.read_to_string(&mut rest).unwrap();
+        assert_eq!(rest, "{\"type\":\"cancel\",\"id\":\"x\"}\n");
+
+        let empty = SpawnerConfig::read_line(&mut std::io::Cursor::new(b"{}\n")).unwrap();
+        assert_eq!(empty, SpawnerConfig::default());
+        for bad in [&b""[..], b"{}", b"{\"pool\": \"x\"}\n", b"{\"nope\": 1}\n"] {
+            assert!(SpawnerConfig::read_line(&mut std::io::Cursor::new(bad)).is_err());
+        }
+        let long = vec![b' '; MAX_CONFIG_LINE + 2];
+        assert!(matches!(
+            SpawnerConfig::read_line(&mut std::io::Cursor::new(long)),
+            Err(ConfigError::TooLong)
+        ));
+    }
+}
