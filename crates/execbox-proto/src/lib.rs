@@ -6,6 +6,7 @@
 //!   spawner's configuration;
 //! - [`Limits`] and the one routine that applies a caller's overrides to them;
 //! - [`Mode`], source files and the rules their names follow;
+//! - [`ErrorCode`]: every error code, one string form each;
 //! - [`LayerName`]: the isolation layers, by the names records and `execbox check` use;
 //! - [`defaults`]: host paths and sizes, defined once;
 //! - run ids and RFC 3339 timestamps.
@@ -16,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod defaults;
+pub mod error_code;
 pub mod files;
 pub mod layers;
 pub mod limits;
@@ -23,6 +25,7 @@ pub mod mode;
 pub mod spawner;
 pub mod time;
 
+pub use error_code::ErrorCode;
 pub use files::{validate_file_name, FileNameError, SourceFile, MAX_FILES};
 pub use layers::LayerName;
 pub use limits::{LimitError, LimitOverrides, Limits};
@@ -79,6 +82,20 @@ impl RunStatus {
     pub fn is_final(self) -> bool {
         !matches!(self, Self::Queued | Self::Running)
     }
+
+    /// The error code that stands for a failed run of this status when the record carries no
+    /// more precise one.
+    pub fn error_code(self) -> ErrorCode {
+        match self {
+            Self::Timeout => ErrorCode::Timeout,
+            Self::MemoryLimit => ErrorCode::MemoryLimit,
+            Self::OutputLimit => ErrorCode::OutputLimit,
+            Self::Cancelled => ErrorCode::Cancelled,
+            Self::InternalError => ErrorCode::InternalError,
+            Self::CompileError => ErrorCode::CompileError,
+            Self::Queued | Self::Running | Self::Ok | Self::RuntimeError => ErrorCode::RuntimeError,
+        }
+    }
 }
 
 /// Which limit ended a run early.
@@ -99,16 +116,16 @@ pub enum LimitKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// Stable snake_case code, for example `no_main`.
-    pub code: String,
+    pub code: ErrorCode,
     /// Human-readable explanation.
     pub message: String,
 }
 
 impl ErrorBody {
     /// Build an error body.
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            code: code.into(),
+            code,
             message: message.into(),
         }
     }

@@ -1,6 +1,7 @@
 //! From a jail outcome to the run record every API returns.
 
 use execbox_jail::{Limit, Limits, Outcome};
+use execbox_proto::ErrorCode;
 use execbox_proto::{now_rfc3339, ErrorBody, LimitKind, Mode, RunRecord, RunStatus, StepReport};
 use serde::Deserialize;
 use serde_json::Value;
@@ -49,7 +50,10 @@ pub fn build_record(meta: RunMeta, mode: Mode, limits: &Limits, o: Outcome) -> R
 
     if o.cancelled {
         status = RunStatus::Cancelled;
-        error = Some(ErrorBody::new("cancelled", "the run was cancelled"));
+        error = Some(ErrorBody::new(
+            ErrorCode::Cancelled,
+            "the run was cancelled",
+        ));
     } else if let Some(l) = limit {
         (status, error) = limit_error(l, limits);
     } else if let Some(Ok(ChannelMsg {
@@ -67,7 +71,7 @@ pub fn build_record(meta: RunMeta, mode: Mode, limits: &Limits, o: Outcome) -> R
             (_, Some(Err(_))) => {
                 status = RunStatus::RuntimeError;
                 error = Some(ErrorBody::new(
-                    "result_channel_corrupt",
+                    ErrorCode::ResultChannelCorrupt,
                     "the result channel (fd 3) held something other than the harness's message; \
                      do not write to fd 3",
                 ));
@@ -77,7 +81,7 @@ pub fn build_record(meta: RunMeta, mode: Mode, limits: &Limits, o: Outcome) -> R
                 if depth(&value) > MAX_RESULT_DEPTH {
                     status = RunStatus::RuntimeError;
                     error = Some(ErrorBody::new(
-                        "result_not_json",
+                        ErrorCode::ResultNotJson,
                         format!(
                             "main() returned a value nested deeper than {MAX_RESULT_DEPTH} levels"
                         ),
@@ -92,12 +96,8 @@ pub fn build_record(meta: RunMeta, mode: Mode, limits: &Limits, o: Outcome) -> R
                 status = RunStatus::RuntimeError;
                 let code = m
                     .error
-                    .filter(|c| {
-                        !c.is_empty()
-                            && c.len() <= 40
-                            && c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-                    })
-                    .unwrap_or_else(|| "runtime_error".into());
+                    .as_deref()
+                    .map_or(ErrorCode::RuntimeError, ErrorCode::from_harness);
                 let mut message = m.message.unwrap_or_default();
                 if message.len() > MAX_MESSAGE {
                     let mut cut = MAX_MESSAGE;
@@ -113,19 +113,19 @@ pub fn build_record(meta: RunMeta, mode: Mode, limits: &Limits, o: Outcome) -> R
                 if let Some(sig) = o.signal {
                     status = RunStatus::RuntimeError;
                     error = Some(ErrorBody::new(
-                        "killed_by_signal",
+                        ErrorCode::KilledBySignal,
                         format!("the process was killed by signal {sig}{}", signal_hint(sig)),
                     ));
                 } else if o.exit_code != Some(0) {
                     status = RunStatus::RuntimeError;
                     error = Some(ErrorBody::new(
-                        "nonzero_exit",
+                        ErrorCode::NonzeroExit,
                         format!("the process exited with code {}", o.exit_code.unwrap_or(-1)),
                     ));
                 } else if mode == Mode::Main {
                     status = RunStatus::RuntimeError;
                     error = Some(ErrorBody::new(
-                        "no_result",
+                        ErrorCode::NoResult,
                         "the process exited before main() returned",
                     ));
                 }
@@ -187,7 +187,7 @@ fn limit_error(l: LimitKind, limits: &Limits) -> (RunStatus, Option<ErrorBody>) 
     let (status, code, msg) = match l {
         LimitKind::WallTime => (
             RunStatus::Timeout,
-            "timeout",
+            ErrorCode::Timeout,
             format!(
                 "the run exceeded its wall-clock limit of {} ms",
                 limits.wall_time_ms
@@ -195,7 +195,7 @@ fn limit_error(l: LimitKind, limits: &Limits) -> (RunStatus, Option<ErrorBody>) 
         ),
         LimitKind::CpuTime => (
             RunStatus::Timeout,
-            "cpu_time_limit",
+            ErrorCode::CpuTimeLimit,
             format!(
                 "the run exceeded its CPU-time limit of {} ms",
                 limits.cpu_time_ms
@@ -203,7 +203,7 @@ fn limit_error(l: LimitKind, limits: &Limits) -> (RunStatus, Option<ErrorBody>) 
         ),
         LimitKind::Memory => (
             RunStatus::MemoryLimit,
-            "memory_limit",
+            ErrorCode::MemoryLimit,
             format!(
                 "the run exceeded its memory limit of {} bytes",
                 limits.memory_bytes
@@ -211,7 +211,7 @@ fn limit_error(l: LimitKind, limits: &Limits) -> (RunStatus, Option<ErrorBody>) 
         ),
         LimitKind::Output => (
             RunStatus::OutputLimit,
-            "output_limit",
+            ErrorCode::OutputLimit,
             format!(
                 "the run wrote more than {} bytes to stdout or stderr (or {} to its result)",
                 limits.output_bytes, limits.result_bytes

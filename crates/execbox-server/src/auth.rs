@@ -8,6 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use execbox_proto::ErrorCode;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -127,7 +128,7 @@ impl Authenticator {
         if claims.exp.saturating_add(leeway) < now {
             return Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "token_expired",
+                ErrorCode::TokenExpired,
                 "the token has expired; open a new session with a fresh token",
             ));
         }
@@ -143,11 +144,7 @@ pub fn charge_request(state: &AppState, caller: &Caller) -> Result<(), ApiError>
         return Ok(());
     };
     state.quotas.check_rate(user).inspect_err(|_| {
-        state
-            .metrics
-            .rejected
-            .with_label_values(&["rate_quota"])
-            .inc();
+        state.metrics.reject(ErrorCode::RateQuota);
     })
 }
 
@@ -160,7 +157,7 @@ pub fn mint(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::erro
     )
 }
 
-pub(crate) fn unauthorized(code: &str, message: impl Into<String>) -> Response {
+pub(crate) fn unauthorized(code: ErrorCode, message: impl Into<String>) -> Response {
     let mut r = ApiError::new(StatusCode::UNAUTHORIZED, code, message).into_response();
     let challenge = if code == "missing_token" {
         r#"Bearer realm="execbox""#
@@ -189,17 +186,17 @@ pub async fn require_auth(State(state): State<AppState>, mut req: Request, next:
         },
         Some(auth) => {
             let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-                return unauthorized("missing_token", "send Authorization: Bearer <jwt>");
+                return unauthorized(ErrorCode::MissingToken, "send Authorization: Bearer <jwt>");
             };
             let Some(token) = value.to_str().ok().and_then(bearer) else {
                 return unauthorized(
-                    "invalid_token",
+                    ErrorCode::InvalidToken,
                     "the Authorization header is not a Bearer token",
                 );
             };
             match auth.verify(token) {
                 Ok(c) => c,
-                Err(why) => return unauthorized("invalid_token", why),
+                Err(why) => return unauthorized(ErrorCode::InvalidToken, why),
             }
         }
     };

@@ -4,7 +4,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use execbox_proto::ErrorBody;
+use execbox_proto::{ErrorBody, ErrorCode};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -39,7 +39,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error with `status`, `code` and `message`.
-    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             body: Box::new(ErrorResponse {
@@ -54,7 +54,7 @@ impl ApiError {
     }
 
     /// 400 with `code`.
-    pub fn bad_request(code: &str, message: impl Into<String>) -> Self {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 
@@ -62,7 +62,7 @@ impl ApiError {
     pub fn run_not_found(id: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
-            "run_not_found",
+            ErrorCode::RunNotFound,
             format!("no run with id {id:?}"),
         )
     }
@@ -72,13 +72,13 @@ impl ApiError {
         tracing::error!(%detail, "internal error");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
+            ErrorCode::InternalError,
             "execbox failed to handle this request; the cause is in the server log",
         )
     }
 
     /// 429 with `Retry-After`.
-    pub fn too_many(code: &str, message: impl Into<String>, retry_after: u64) -> Self {
+    pub fn too_many(code: ErrorCode, message: impl Into<String>, retry_after: u64) -> Self {
         let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, code, message);
         e.retry_after = Some(retry_after);
         e

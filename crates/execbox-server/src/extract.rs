@@ -4,6 +4,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
+use execbox_proto::ErrorCode;
 use serde::de::DeserializeOwned;
 
 use crate::admission::Room;
@@ -53,7 +54,7 @@ where
         };
         if !value.is_object() {
             return Err(ApiError::bad_request(
-                "invalid_body",
+                ErrorCode::InvalidBody,
                 "the body must be a JSON object",
             ));
         }
@@ -68,7 +69,7 @@ where
                 } else {
                     format!("{path}: {msg}")
                 };
-                ApiError::bad_request("invalid_field", text)
+                ApiError::bad_request(ErrorCode::InvalidField, text)
             })
     }
 }
@@ -78,24 +79,24 @@ pub fn json_rejection(rej: JsonRejection) -> ApiError {
     match rej {
         JsonRejection::JsonDataError(e) => {
             // serde's message names the field and what was expected.
-            ApiError::bad_request("invalid_field", e.body_text())
+            ApiError::bad_request(ErrorCode::InvalidField, e.body_text())
         }
         JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("body is not valid JSON: {}", e.body_text()),
         ),
         JsonRejection::MissingJsonContentType(_) => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send the body as application/json",
         ),
         JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
+                ErrorCode::BodyTooLarge,
                 "the request body is larger than the server accepts",
             )
         }
-        other => ApiError::bad_request("invalid_body", other.body_text()),
+        other => ApiError::bad_request(ErrorCode::InvalidBody, other.body_text()),
     }
 }

@@ -1,5 +1,6 @@
 //! Prometheus metrics.
 
+use execbox_proto::{ErrorCode, RunStatus};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
@@ -87,5 +88,21 @@ impl Metrics {
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Count a request refused before running, labelled with its error code (the one string
+    /// form of [`ErrorCode`], so labels and answers never disagree).
+    pub fn reject(&self, code: ErrorCode) {
+        self.rejected.with_label_values(&[code.as_str()]).inc();
+    }
+
+    /// Count a finished run by status and runtime, and observe its wall time.
+    pub fn run_finished(&self, status: RunStatus, runtime: &str, wall_secs: Option<f64>) {
+        self.runs
+            .with_label_values(&[status.as_str(), runtime])
+            .inc();
+        if let Some(secs) = wall_secs {
+            self.run_seconds.with_label_values(&[runtime]).observe(secs);
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! use everything the server admits (`max_running` + `max_queued`), and the admission queue's
 //! fair dispatch shares the slots between users when several compete.
 
+use execbox_proto::ErrorCode;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -80,7 +81,7 @@ impl Drop for RunSlot {
     }
 }
 
-fn over(code: &str, message: String, limit: u64, reset: Duration) -> ApiError {
+fn over(code: ErrorCode, message: String, limit: u64, reset: Duration) -> ApiError {
     let secs = reset.as_secs_f64().ceil().max(1.0) as u64;
     let mut e = ApiError::too_many(code, message, secs);
     e.rate_limit = Some((limit, 0, secs));
@@ -113,7 +114,7 @@ impl Quotas {
             Err(not_until) => {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
                 Err(over(
-                    "rate_quota",
+                    ErrorCode::RateQuota,
                     format!(
                         "more than {} requests per second (burst {}); slow down",
                         q.per_second, q.burst
@@ -135,7 +136,7 @@ impl Quotas {
                     cpu.remove(user);
                 } else if used >= limit {
                     return Err(over(
-                        "cpu_quota",
+                        ErrorCode::CpuQuota,
                         format!(
                             "{used:.1} CPU-seconds used of {limit} in this {}-second window",
                             self.cfg.window.as_secs()
@@ -156,7 +157,7 @@ impl Quotas {
         let n = m.entry(user.to_owned()).or_insert(0);
         if *n >= cap {
             return Err(over(
-                "concurrency_quota",
+                ErrorCode::ConcurrencyQuota,
                 format!("at most {cap} runs at once per user"),
                 cap as u64,
                 Duration::from_secs(1),

@@ -1,6 +1,7 @@
 //! From a validated request to a finished run: admission, the run store, the spawner.
 
 use execbox_proto::spawner::RunOrder;
+use execbox_proto::ErrorCode;
 use execbox_proto::{
     new_run_id, now_rfc3339, ErrorBody, Limits, Mode, RunRecord, RunStatus, SourceFile,
 };
@@ -81,11 +82,7 @@ pub fn submit_in(
         Some(u) => match state.quotas.start_run(u) {
             Ok(s) => Some(s),
             Err(e) => {
-                state
-                    .metrics
-                    .rejected
-                    .with_label_values(&["user_quota"])
-                    .inc();
+                state.metrics.reject(e.body.error.code);
                 return Err(e);
             }
         },
@@ -139,16 +136,12 @@ pub fn ready(state: &AppState) -> Result<(), ApiError> {
     if sp.up && sp.canary_ok {
         return Ok(());
     }
-    state
-        .metrics
-        .rejected
-        .with_label_values(&["not_ready"])
-        .inc();
+    state.metrics.reject(ErrorCode::NotReady);
     Err(ApiError {
         retry_after: Some(2),
         ..ApiError::new(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
+            ErrorCode::NotReady,
             "the sandbox is starting or restarting; retry shortly",
         )
     })
@@ -156,13 +149,9 @@ pub fn ready(state: &AppState) -> Result<(), ApiError> {
 
 /// 429 `queue_full`, counted.
 pub fn queue_full(state: &AppState) -> ApiError {
-    state
-        .metrics
-        .rejected
-        .with_label_values(&["queue_full"])
-        .inc();
+    state.metrics.reject(ErrorCode::QueueFull);
     ApiError::too_many(
-        "queue_full",
+        ErrorCode::QueueFull,
         "too many runs are running or queued; retry shortly",
         1,
     )
@@ -188,7 +177,7 @@ async fn drive(
         p = ticket.acquire() => p,
         _ = cancel.cancelled() => {
             let mut r = record(&state, &id, created_at, RunStatus::Cancelled);
-            r.error = Some(ErrorBody::new("cancelled", "the run was cancelled before it started"));
+            r.error = Some(ErrorBody::new(ErrorCode::Cancelled, "the run was cancelled before it started"));
             r.finished_at = Some(now_rfc3339());
             conclude(&state, r, done);
             return;
@@ -237,7 +226,7 @@ async fn drive(
 fn internal_error(state: &AppState, id: &str, created_at: String) -> RunRecord {
     let mut r = record(state, id, created_at, RunStatus::InternalError);
     r.error = Some(ErrorBody::new(
-        "internal_error",
+        ErrorCode::InternalError,
         "execbox failed to run this; the cause is in the server log",
     ));
     r.finished_at = Some(now_rfc3339());
@@ -245,18 +234,11 @@ fn internal_error(state: &AppState, id: &str, created_at: String) -> RunRecord {
 }
 
 fn conclude(state: &AppState, rec: RunRecord, done: oneshot::Sender<RunRecord>) {
-    state
-        .metrics
-        .runs
-        .with_label_values(&[rec.status.as_str(), "python"])
-        .inc();
-    if let Some(run) = &rec.run {
-        state
-            .metrics
-            .run_seconds
-            .with_label_values(&["python"])
-            .observe(run.wall_time_ms / 1000.0);
-    }
+    state.metrics.run_finished(
+        rec.status,
+        &rec.language,
+        rec.run.as_ref().map(|r| r.wall_time_ms / 1000.0),
+    );
     tracing::info!(run = %rec.id, status = rec.status.as_str(), "run finished");
     state.store.finish(rec.clone());
     let _ = done.send(rec);

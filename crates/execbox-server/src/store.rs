@@ -38,7 +38,7 @@ fn record_bytes(r: &RunRecord) -> usize {
     let error = r
         .error
         .as_ref()
-        .map_or(0, |e| e.code.len() + e.message.len());
+        .map_or(0, |e| e.code.as_str().len() + e.message.len());
     step + result + error + 512
 }
 

@@ -1,5 +1,6 @@
 //! Input validation, before any jail starts.
 
+use execbox_proto::ErrorCode;
 use execbox_proto::{validate_file_name, Limits, SourceFile, MAX_FILES};
 
 use crate::api::{FileInput, LimitsInput};
@@ -15,19 +16,19 @@ pub fn source(field: &str, text: &str, max: usize) -> Result<(), ApiError> {
     if text.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "source_too_large",
+            ErrorCode::SourceTooLarge,
             format!("{field} is {} bytes; the maximum is {max}", text.len()),
         ));
     }
     if text.contains('\0') {
         return Err(ApiError::bad_request(
-            "nul_in_source",
+            ErrorCode::NulInSource,
             format!("{field} contains a NUL byte"),
         ));
     }
     if text.trim().is_empty() {
         return Err(ApiError::bad_request(
-            "empty_source",
+            ErrorCode::EmptySource,
             format!("{field} is empty"),
         ));
     }
@@ -38,13 +39,13 @@ pub fn source(field: &str, text: &str, max: usize) -> Result<(), ApiError> {
 pub fn files(input: Vec<FileInput>, max_source: usize) -> Result<Vec<SourceFile>, ApiError> {
     if input.is_empty() {
         return Err(ApiError::bad_request(
-            "no_files",
+            ErrorCode::NoFiles,
             "files must hold at least one file",
         ));
     }
     if input.len() > MAX_FILES {
         return Err(ApiError::bad_request(
-            "too_many_files",
+            ErrorCode::TooManyFiles,
             format!("{} files; the maximum is {MAX_FILES}", input.len()),
         ));
     }
@@ -56,23 +57,23 @@ pub fn files(input: Vec<FileInput>, max_source: usize) -> Result<Vec<SourceFile>
             (None, 0) => "main.py".to_owned(),
             (None, _) => {
                 return Err(ApiError::bad_request(
-                    "invalid_file_name",
+                    ErrorCode::InvalidFileName,
                     format!("files[{i}].name is required"),
                 ))
             }
         };
         validate_file_name(&name).map_err(|m| {
-            ApiError::bad_request("invalid_file_name", format!("files[{i}].name: {m}"))
+            ApiError::bad_request(ErrorCode::InvalidFileName, format!("files[{i}].name: {m}"))
         })?;
         if out.iter().any(|o| o.name == name) {
             return Err(ApiError::bad_request(
-                "duplicate_file_name",
+                ErrorCode::DuplicateFileName,
                 format!("file {name:?} is given twice"),
             ));
         }
         if f.content.contains('\0') {
             return Err(ApiError::bad_request(
-                "nul_in_source",
+                ErrorCode::NulInSource,
                 format!("files[{i}].content contains a NUL byte"),
             ));
         }
@@ -85,7 +86,7 @@ pub fn files(input: Vec<FileInput>, max_source: usize) -> Result<Vec<SourceFile>
     if total > max_source {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "source_too_large",
+            ErrorCode::SourceTooLarge,
             format!("files total {total} bytes; the maximum is {max_source}"),
         ));
     }
@@ -97,7 +98,7 @@ pub fn args(args: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
     let a = args.unwrap_or_default();
     if a.len() > MAX_ARGS {
         return Err(ApiError::bad_request(
-            "too_many_args",
+            ErrorCode::TooManyArgs,
             format!("{} arguments; the maximum is {MAX_ARGS}", a.len()),
         ));
     }
@@ -105,7 +106,7 @@ pub fn args(args: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
         || a.iter().any(|s| s.contains('\0'))
     {
         return Err(ApiError::bad_request(
-            "invalid_args",
+            ErrorCode::InvalidArgs,
             format!("arguments must be at most {MAX_ARGS_BYTES} bytes in all, without NUL"),
         ));
     }
@@ -121,7 +122,7 @@ pub fn limits(
 ) -> Result<Limits, ApiError> {
     defaults
         .overridden(&input.map(|i| i.overrides()).unwrap_or_default(), max)
-        .map_err(|e| ApiError::bad_request("invalid_limit", e.to_string()))
+        .map_err(|e| ApiError::bad_request(ErrorCode::InvalidLimit, e.to_string()))
 }
 
 /// Standard input: bounded by the run's limit.
@@ -130,7 +131,7 @@ pub fn stdin(s: Option<String>, limits: &Limits) -> Result<String, ApiError> {
     if s.len() as u64 > limits.stdin_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "stdin_too_large",
+            ErrorCode::StdinTooLarge,
             format!(
                 "stdin is {} bytes; the maximum is {}",
                 s.len(),

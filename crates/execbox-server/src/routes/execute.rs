@@ -65,7 +65,7 @@ pub async fn execute(
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
     let error = rec.error.unwrap_or_else(|| {
-        execbox_proto::ErrorBody::new(rec.status.as_str(), "the script did not complete")
+        execbox_proto::ErrorBody::new(rec.status.error_code(), "the script did not complete")
     });
     Err(ApiError {
         status,

@@ -5,6 +5,7 @@ use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use execbox_proto::ErrorCode;
 use execbox_proto::RunRecord;
 use execbox_proto::{Mode, SourceFile};
 
@@ -75,7 +76,7 @@ fn program(
 fn query(
     q: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<bool, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(ErrorCode::InvalidQuery, e.body_text()))?;
     Ok(q.wait.unwrap_or(true))
 }
 
@@ -131,7 +132,7 @@ pub async fn run_file(
     let wait = query(q)?;
     let mut mp = multipart.map_err(|e| {
         ApiError::bad_request(
-            "invalid_multipart",
+            ErrorCode::InvalidMultipart,
             format!("expected multipart/form-data: {}", e.body_text()),
         )
     })?;
@@ -144,29 +145,30 @@ pub async fn run_file(
         };
         let Some(file_name) = field.file_name().map(str::to_owned) else {
             return Err(ApiError::bad_request(
-                "invalid_multipart",
+                ErrorCode::InvalidMultipart,
                 "every part must be a file upload (with a filename)",
             ));
         };
         if code.is_some() {
             return Err(ApiError::bad_request(
-                "too_many_files",
+                ErrorCode::TooManyFiles,
                 "upload exactly one .py file",
             ));
         }
         if !file_name.ends_with(".py") {
             return Err(ApiError::bad_request(
-                "not_python",
+                ErrorCode::NotPython,
                 format!("{file_name:?} is not a .py file"),
             ));
         }
         let bytes = field.bytes().await.map_err(multipart_error)?;
-        let text = String::from_utf8(bytes.to_vec())
-            .map_err(|_| ApiError::bad_request("invalid_utf8", "the file is not valid UTF-8"))?;
+        let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+            ApiError::bad_request(ErrorCode::InvalidUtf8, "the file is not valid UTF-8")
+        })?;
         code = Some(text);
     }
-    let code =
-        code.ok_or_else(|| ApiError::bad_request("no_files", "upload exactly one .py file"))?;
+    let code = code
+        .ok_or_else(|| ApiError::bad_request(ErrorCode::NoFiles, "upload exactly one .py file"))?;
     let run = program(&state, code, None, None)?;
     start(&state, caller, (run, room), wait, "/status/").await
 }
@@ -175,11 +177,11 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             "the upload is too large",
         )
     } else {
-        ApiError::bad_request("invalid_multipart", e.body_text())
+        ApiError::bad_request(ErrorCode::InvalidMultipart, e.body_text())
     }
 }
 
@@ -252,7 +254,7 @@ pub fn submit_run(
 fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest, ApiError> {
     if req.language != "python" {
         return Err(ApiError::bad_request(
-            "unknown_language",
+            ErrorCode::UnknownLanguage,
             format!(
                 "language {:?} is not available; see GET /v1/runtimes",
                 req.language
@@ -287,7 +289,7 @@ fn check_version(selector: &str, have: &str) -> Result<(), ApiError> {
     }
     let req = semver::VersionReq::parse(sel).map_err(|e| {
         ApiError::bad_request(
-            "invalid_version",
+            ErrorCode::InvalidVersion,
             format!("version {sel:?} is not a semver selector: {e}"),
         )
     })?;
@@ -297,7 +299,7 @@ fn check_version(selector: &str, have: &str) -> Result<(), ApiError> {
         Ok(())
     } else {
         Err(ApiError::bad_request(
-            "no_matching_version",
+            ErrorCode::NoMatchingVersion,
             format!("no python runtime matches {sel:?}; available: {have}"),
         ))
     }

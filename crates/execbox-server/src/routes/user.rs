@@ -20,7 +20,7 @@ pub async fn user(Extension(caller): Extension<Caller>) -> Result<axum::Json<Cla
     caller.claims.map(axum::Json).ok_or_else(|| {
         ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
-            "auth_disabled",
+            execbox_proto::ErrorCode::AuthDisabled,
             "authentication is disabled on this server (--insecure-no-auth): there is no caller",
         )
     })

@@ -58,6 +58,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use execbox_proto::ErrorCode;
 
 use crate::auth::{bearer, charge_request, unauthorized, Caller};
 use crate::error::{ApiError, ErrorResponse};
@@ -67,11 +68,7 @@ use crate::state::AppState;
 const PROTOCOL: &str = "execbox.v1";
 
 fn reject(state: &AppState, e: ApiError) -> Response {
-    state
-        .metrics
-        .rejected
-        .with_label_values(&[e.body.error.code.as_str()])
-        .inc();
+    state.metrics.reject(e.body.error.code);
     e.into_response()
 }
 
@@ -116,7 +113,7 @@ pub async fn ws(
     let upgrade = match upgrade {
         Ok(u) => u,
         Err(rej) => {
-            let e = ApiError::new(rej.status(), "not_a_websocket", rej.body_text());
+            let e = ApiError::new(rej.status(), ErrorCode::NotAWebsocket, rej.body_text());
             return e.into_response();
         }
     };
@@ -128,7 +125,7 @@ pub async fn ws(
     ) {
         let e = ApiError::new(
             StatusCode::FORBIDDEN,
-            "origin_not_allowed",
+            ErrorCode::OriginNotAllowed,
             "this Origin may not open a WebSocket here (see --allowed-origins)",
         );
         return reject(&state, e);
@@ -140,7 +137,7 @@ pub async fn ws(
         }),
         (Some(auth), Some(token)) => match auth.verify(&token) {
             Ok(c) => Some(c),
-            Err(why) => return unauthorized("invalid_token", why),
+            Err(why) => return unauthorized(ErrorCode::InvalidToken, why),
         },
         (Some(_), None) => None, // must authenticate with its first message
     };

@@ -1,5 +1,6 @@
 //! The messages of `/v1/ws` (JSON text messages tagged by `type`) and its close codes.
 
+use execbox_proto::ErrorCode;
 use execbox_proto::{ErrorBody, RunRecord};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -111,7 +112,7 @@ struct RunBody {
 
 fn invalid_message() -> ApiError {
     ApiError::bad_request(
-        "invalid_message",
+        ErrorCode::InvalidMessage,
         "expected {\"type\": \"run\", \"request\": {…}} or {\"type\": \"cancel\"}",
     )
 }
@@ -125,7 +126,7 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ApiError> {
     };
     if err.is_syntax() || err.is_eof() {
         return Err(ApiError::bad_request(
-            "invalid_json",
+            ErrorCode::InvalidJson,
             format!("message is not JSON: {err}"),
         ));
     }
@@ -137,12 +138,16 @@ pub fn parse_client(text: &str) -> Result<ClientMessage, ApiError> {
                 Ok(body) => Ok(ClientMessage::Run {
                     request: body.request,
                 }),
-                Err(e) => Err(ApiError::bad_request("invalid_field", e.to_string())),
+                Err(e) => Err(ApiError::bad_request(
+                    ErrorCode::InvalidField,
+                    e.to_string(),
+                )),
             }
         }
-        Some(kind) if kind == "auth" || kind == "cancel" => {
-            Err(ApiError::bad_request("invalid_field", err.to_string()))
-        }
+        Some(kind) if kind == "auth" || kind == "cancel" => Err(ApiError::bad_request(
+            ErrorCode::InvalidField,
+            err.to_string(),
+        )),
         _ => Err(invalid_message()),
     }
 }
@@ -154,7 +159,7 @@ pub fn parse_pre_auth(text: &str) -> Result<String, ApiError> {
         Ok(PreAuthMessage::Auth { token }) => Ok(token),
         _ => Err(ApiError::new(
             axum::http::StatusCode::UNAUTHORIZED,
-            "missing_token",
+            ErrorCode::MissingToken,
             "authenticate first: {\"type\": \"auth\", \"token\": \"<jwt>\"}",
         )),
     }
@@ -164,7 +169,7 @@ pub fn parse_pre_auth(text: &str) -> Result<String, ApiError> {
 mod tests {
     use super::*;
 
-    fn code(r: Result<ClientMessage, ApiError>) -> String {
+    fn code(r: Result<ClientMessage, ApiError>) -> ErrorCode {
         r.unwrap_err().body.error.code
     }
 
@@ -232,7 +237,7 @@ mod tests {
 
     #[test]
     fn server_messages_are_tagged() {
-        let e = ApiError::too_many("rate_quota", "slow down", 2);
+        let e = ApiError::too_many(ErrorCode::RateQuota, "slow down", 2);
         let v = serde_json::to_value(ServerMessage::from(&e)).unwrap();
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["code"], "rate_quota");

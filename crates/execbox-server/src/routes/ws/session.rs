@@ -4,6 +4,7 @@
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use axum::http::StatusCode;
+use execbox_proto::ErrorCode;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -53,7 +54,7 @@ async fn close_with(socket: &mut WebSocket, code: u16, e: &ApiError) {
     if send(socket, &ServerMessage::from(e)).await.is_ok() {
         let frame = CloseFrame {
             code,
-            reason: e.body.error.code.clone().into(),
+            reason: e.body.error.code.as_str().into(),
         };
         let _ = socket.send(Message::Close(Some(frame))).await;
     }
@@ -62,7 +63,7 @@ async fn close_with(socket: &mut WebSocket, code: u16, e: &ApiError) {
 fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        "message_too_large",
+        ErrorCode::MessageTooLarge,
         format!("messages may be at most {limit} bytes here"),
     )
 }
@@ -114,7 +115,7 @@ async fn authenticate(
             Err(_) => {
                 let e = ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "auth_timeout",
+                    ErrorCode::AuthTimeout,
                     "no {\"type\": \"auth\"} message in time",
                 );
                 close_with(socket, CLOSE_POLICY, &e).await;
@@ -147,7 +148,7 @@ async fn authenticate(
     };
     let checked = parse_pre_auth(text.as_str()).and_then(|token| {
         auth.verify(&token)
-            .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", why))
+            .map_err(|why| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::InvalidToken, why))
     });
     let caller = match checked {
         Ok(c) => c,
@@ -159,11 +160,7 @@ async fn authenticate(
     // The auth message is this session's "request": the rate quota, then the user's cap.
     let bound = charge_request(state, &caller).and_then(|()| match &caller.user {
         Some(u) => slot.bind_user(u).map_err(|e| {
-            state
-                .metrics
-                .rejected
-                .with_label_values(&["too_many_websockets"])
-                .inc();
+            state.metrics.reject(ErrorCode::TooManyWebsockets);
             ApiError::from(e)
         }),
         None => Ok(()),
@@ -206,7 +203,7 @@ async fn serve(state: &AppState, socket: &mut WebSocket, caller: &Caller) -> Res
             Event::ShuttingDown => {
                 let e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting_down",
+                    ErrorCode::ShuttingDown,
                     "the server is shutting down; reconnect to another instance",
                 );
                 close_with(socket, CLOSE_GOING_AWAY, &e).await;
@@ -215,7 +212,7 @@ async fn serve(state: &AppState, socket: &mut WebSocket, caller: &Caller) -> Res
             Event::Idle => {
                 let e = ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
-                    "idle_timeout",
+                    ErrorCode::IdleTimeout,
                     format!("no message and no run for {} s", idle.as_secs()),
                 );
                 close_with(socket, CLOSE_IDLE, &e).await;
@@ -257,14 +254,14 @@ async fn serve(state: &AppState, socket: &mut WebSocket, caller: &Caller) -> Res
         let parsed = match &msg {
             Message::Text(t) => parse_client(t.as_str()),
             _ => Err(ApiError::bad_request(
-                "invalid_message",
+                ErrorCode::InvalidMessage,
                 "send text messages holding JSON",
             )),
         };
         let reply = match parsed {
             Err(e) => Some(e),
             Ok(ClientMessage::Auth { .. }) => Some(ApiError::bad_request(
-                "already_authenticated",
+                ErrorCode::AlreadyAuthenticated,
                 "this session is already authenticated",
             )),
             Ok(ClientMessage::Cancel) => match &active {
@@ -272,7 +269,10 @@ async fn serve(state: &AppState, socket: &mut WebSocket, caller: &Caller) -> Res
                     run.cancel.cancel();
                     None
                 }
-                None => Some(ApiError::bad_request("no_run", "no run is in progress")),
+                None => Some(ApiError::bad_request(
+                    ErrorCode::NoRun,
+                    "no run is in progress",
+                )),
             },
             Ok(ClientMessage::Run { request }) => {
                 if let Some(auth) = &state.auth {
@@ -283,7 +283,7 @@ async fn serve(state: &AppState, socket: &mut WebSocket, caller: &Caller) -> Res
                 }
                 if active.is_some() {
                     Some(ApiError::bad_request(
-                        "busy",
+                        ErrorCode::Busy,
                         "one run at a time; send {\"type\": \"cancel\"} to stop it",
                     ))
                 } else {

@@ -3,6 +3,7 @@
 //! session ends. A socket that authenticates with its first message takes a total place at the
 //! upgrade and its user's place once the token is checked.
 
+use execbox_proto::ErrorCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -32,7 +33,7 @@ impl From<WsCapError> for ApiError {
         };
         ApiError {
             retry_after: Some(1),
-            ..ApiError::new(status, "too_many_websockets", e.to_string())
+            ..ApiError::new(status, ErrorCode::TooManyWebsockets, e.to_string())
         }
     }
 }
