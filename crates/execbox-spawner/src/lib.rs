@@ -9,6 +9,8 @@
 #![deny(missing_docs)]
 
 pub mod event_loop;
+mod framing;
+mod inflight;
 pub mod protocol;
 
 pub use event_loop::{Spawner, SpawnerConfig, SpawnerError};
