@@ -3,40 +3,11 @@
 
 mod support;
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use execbox_server::auth::{mint, Claims};
-use reqwest::{Client, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::{privileged, status_of, Server};
-
-/// Seed 000's sample token, signed with `sekret`.
-const SEED_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJuYmYiOjE1NTQ3NTU1NTUsImV4cCI6MjU1NDc1NTUwMCwiaWF0IjoxNTU0NzU1NTAwLCJqdGkiOiI5ZmRmMGE2Ni00YzllLTRlOTktODc4MC05YjdlOTNlMjFlMjciLCJ1c2VyX2lkIjoiMTA1YjM1MTgtNjQ2ZC00NjNlLWFkZGEtZDJiOTM5YzJkMDZkIiwidXNlcl9mdWxsX25hbWUiOiJCZXJ0cmFtIEdpbGZveWxlIiwidXNlcl9lbWFpbCI6Im51bGxAcGllZHBpcGVyLmNvbSJ9.-A8Gx18iTikKpedcxDlgcc7D8GMWFix0709Vfpbo1SI";
-const SECRET: &str = "sekret";
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn claims(user: &str) -> Claims {
-    Claims {
-        user_id: Some(user.into()),
-        sub: None,
-        user_full_name: None,
-        user_email: None,
-        jti: None,
-        iat: Some(now()),
-        nbf: Some(now()),
-        exp: now() + 600,
-    }
-}
-
-fn token(user: &str) -> String {
-    mint(SECRET.as_bytes(), &claims(user)).unwrap()
-}
+use support::tokens::{claims, now, token, SECRET, SEED_TOKEN};
+use support::{privileged, status_of, Api, Server};
 
 fn b64url(data: &[u8]) -> String {
     // RFC 4648 base64url without padding (written out: a token with `alg: none` cannot be made
@@ -52,43 +23,6 @@ fn b64url(data: &[u8]) -> String {
         }
     }
     out
-}
-
-fn server(args: &[&str]) -> Server {
-    let mut s = Server::start(args, &[("APP_JWT_SECRET", SECRET)]);
-    s.wait_ready();
-    s
-}
-
-async fn get(
-    c: &Client,
-    url: &str,
-    token: Option<&str>,
-) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-    let mut rb = c.get(url);
-    if let Some(t) = token {
-        rb = rb.bearer_auth(t);
-    }
-    let r = rb.send().await.unwrap();
-    let (st, h) = (r.status(), r.headers().clone());
-    (st, h, r.json().await.unwrap_or(Value::Null))
-}
-
-async fn post(
-    c: &Client,
-    url: &str,
-    token: &str,
-    body: Value,
-) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-    let r = c
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let (st, h) = (r.status(), r.headers().clone());
-    (st, h, r.json().await.unwrap_or(Value::Null))
 }
 
 #[test]
@@ -117,15 +51,14 @@ async fn tokens_users_and_private_endpoints() {
     if !privileged() {
         return;
     }
-    let s = server(&[]);
-    let c = support::client().build().unwrap();
-    let user_url = s.url("/v1/user");
+    let s = Server::start(&[]);
+    let anon = Api::new(&s);
 
     // Seed 000: the sample token against secret `sekret` gives the seed's claims.
-    let (st, _, body) = get(&c, &user_url, Some(SEED_TOKEN)).await;
-    assert_eq!(st, StatusCode::OK, "{body}");
+    let r = anon.with_token(SEED_TOKEN).get("/v1/user").await;
+    assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
-        body,
+        r.json,
         json!({"user_id": "105b3518-646d-463e-adda-d2b939c2d06d",
                "user_full_name": "Bertram Gilfoyle", "user_email": "null@piedpiper.com",
                "jti": "9fdf0a66-4c9e-4e99-8780-9b7e93e21e27",
@@ -190,107 +123,68 @@ async fn tokens_users_and_private_endpoints() {
         ("no user", &no_user),
         ("garbage", "a.b.c"),
     ] {
-        let (st, h, body) = get(&c, &user_url, Some(tok)).await;
-        assert_eq!(
-            st,
-            StatusCode::UNAUTHORIZED,
-            "{what} token accepted: {body}"
-        );
-        assert_eq!(body["error"]["code"], "invalid_token", "{what}: {body}");
-        let challenge = h
-            .get("www-authenticate")
-            .expect("WWW-Authenticate")
-            .to_str()
-            .unwrap();
+        let r = anon.with_token(tok).get("/v1/user").await;
+        assert_eq!(r.status, 401, "{what} token accepted: {}", r.text);
+        assert_eq!(r.code(), "invalid_token", "{what}: {}", r.text);
+        let challenge = r.header("www-authenticate").expect("WWW-Authenticate");
         assert!(challenge.starts_with("Bearer"), "{challenge}");
     }
-    let (st, h, body) = get(&c, &user_url, None).await;
-    assert_eq!(
-        (st, body["error"]["code"].as_str()),
-        (StatusCode::UNAUTHORIZED, Some("missing_token"))
-    );
-    assert!(h.contains_key("www-authenticate"));
+    let r = anon.get("/v1/user").await;
+    assert_eq!((r.status, r.code()), (401, "missing_token"));
+    assert!(r.header("www-authenticate").is_some());
     // Every run endpoint is behind the token.
-    let r = c
-        .post(s.url("/execute"))
-        .json(&json!({"script": "def main(): return 1"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = anon
+        .post("/execute", json!({"script": "def main(): return 1"}))
+        .await;
+    assert_eq!(r.status, 401);
     for path in ["/v1/runtimes", "/status/x", "/v1/runs/x"] {
-        assert_eq!(
-            get(&c, &s.url(path), None).await.0,
-            StatusCode::UNAUTHORIZED,
-            "{path}"
-        );
+        assert_eq!(anon.get(path).await.status, 401, "{path}");
     }
 
     // A valid token runs code.
-    let (st, _, body) = post(
-        &c,
-        &s.url("/execute"),
-        &good,
-        json!({"script": "def main():\n    return {'ok': 1}\n"}),
-    )
-    .await;
+    let alice = anon.with_token(&good);
+    let r = alice.execute("def main():\n    return {'ok': 1}\n").await;
     assert_eq!(
-        (st, &body),
-        (StatusCode::OK, &json!({"result": {"ok": 1}, "stdout": ""}))
+        (r.status, &r.json),
+        (200, &json!({"result": {"ok": 1}, "stdout": ""}))
     );
 
     // A run belongs to its user: bob can neither see nor cancel alice's run.
-    let bob = token("bob");
-    let (st, _, acc) = post(&c, &s.url("/v1/runs"), &good,
-        json!({"language": "python", "wait": false, "files": [{"content": "import time\ntime.sleep(2)\n"}]})).await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{acc}");
-    let id = acc["id"].as_str().unwrap().to_owned();
+    let bob = anon.with_token(&token("bob"));
+    let acc = alice.post("/v1/runs", sleeper(2)).await;
+    assert_eq!(acc.status, 202, "{}", acc.text);
+    let id = acc.json["id"].as_str().unwrap().to_owned();
     for path in [format!("/v1/runs/{id}"), format!("/status/{id}")] {
-        let (st, _, body) = get(&c, &s.url(&path), Some(&bob)).await;
-        assert_eq!(
-            (st, body["error"]["code"].as_str()),
-            (StatusCode::NOT_FOUND, Some("run_not_found")),
-            "{path}"
-        );
-        assert_eq!(
-            get(&c, &s.url(&path), Some(&good)).await.0,
-            StatusCode::OK,
-            "{path}"
-        );
+        let r = bob.get(&path).await;
+        assert_eq!((r.status, r.code()), (404, "run_not_found"), "{path}");
+        assert_eq!(alice.get(&path).await.status, 200, "{path}");
     }
-    let r = c
-        .delete(s.url(&format!("/v1/runs/{id}")))
-        .bearer_auth(&bob)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    let (_, _, rec) = get(&c, &s.url(&format!("/v1/runs/{id}")), Some(&good)).await;
+    let path = format!("/v1/runs/{id}");
+    assert_eq!(bob.delete(&path).await.status, 404);
+    let rec = alice.get(&path).await.json;
     assert_ne!(
         rec["status"], "cancelled",
         "bob's DELETE must not cancel alice's run"
     );
-    let r = c
-        .delete(s.url(&format!("/v1/runs/{id}")))
-        .bearer_auth(&good)
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    let r = alice.delete(&path).await;
+    assert!(StatusCode::from_u16(r.status).unwrap().is_success());
 
     // Private endpoints live on the private listener only.
     for path in ["/healthz", "/readyz", "/metrics"] {
-        let public = get(&c, &s.url(path), Some(&good)).await.0;
-        assert_eq!(public, StatusCode::NOT_FOUND, "{path} is served publicly");
+        let public = support::send(alice.public(Method::GET, path)).await;
+        assert_eq!(public.status, 404, "{path} is served publicly");
     }
     assert_eq!(status_of(s.private, "/healthz"), Some(204));
     assert_eq!(status_of(s.private, "/readyz"), Some(200));
     assert_eq!(status_of(s.private, "/metrics"), Some(200));
     // The API description needs no token.
-    assert_eq!(
-        get(&c, &s.url("/openapi.json"), None).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(anon.get("/openapi.json").await.status, 200);
+}
+
+/// A `/v1/runs` body for a run that sleeps `secs` and is not waited for.
+fn sleeper(secs: u32) -> Value {
+    json!({"language": "python", "wait": false,
+           "files": [{"content": format!("import time\ntime.sleep({secs})\n")}]})
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,7 +192,7 @@ async fn quotas_answer_429_with_retry_after_and_ratelimit_headers() {
     if !privileged() {
         return;
     }
-    let s = server(&[
+    let s = Server::start(&[
         "--quota-rps",
         "1",
         "--quota-burst",
@@ -306,48 +200,40 @@ async fn quotas_answer_429_with_retry_after_and_ratelimit_headers() {
         "--quota-concurrent",
         "1",
     ]);
-    let c = support::client().build().unwrap();
-    let carol = token("carol");
+    let api = Api::new(&s);
+    let carol = api.with_token(&token("carol"));
     // Request rate: the burst passes, the next is refused.
     let mut statuses = Vec::new();
     let mut last = None;
     for _ in 0..6 {
-        let (st, h, body) = get(&c, &s.url("/v1/runtimes"), Some(&carol)).await;
-        statuses.push(st.as_u16());
-        if st == StatusCode::TOO_MANY_REQUESTS {
-            last = Some((h, body));
+        let r = carol.get("/v1/runtimes").await;
+        statuses.push(r.status);
+        if r.status == 429 {
+            last = Some(r);
         }
     }
     assert!(statuses[..3].iter().all(|&s| s == 200), "{statuses:?}");
-    let (h, body) = last.unwrap_or_else(|| panic!("no 429 in {statuses:?}"));
-    assert_eq!(body["error"]["code"], "rate_quota");
+    let r = last.unwrap_or_else(|| panic!("no 429 in {statuses:?}"));
+    assert_eq!(r.code(), "rate_quota");
     for name in [
         "retry-after",
         "ratelimit-limit",
         "ratelimit-remaining",
         "ratelimit-reset",
     ] {
-        assert!(h.contains_key(name), "{name} missing: {h:?}");
+        assert!(r.header(name).is_some(), "{name} missing: {:?}", r.headers);
     }
     // Another user is not affected by carol's rate.
-    assert_eq!(
-        get(&c, &s.url("/v1/runtimes"), Some(&token("dave")))
-            .await
-            .0,
-        StatusCode::OK
-    );
+    let dave = api.with_token(&token("dave"));
+    assert_eq!(dave.get("/v1/runtimes").await.status, 200);
 
     // Concurrent runs: one at a time per user.
-    let erin = token("erin");
-    let long = json!({"language": "python", "wait": false, "files": [{"content": "import time\ntime.sleep(3)\n"}]});
-    let (st, _, acc) = post(&c, &s.url("/v1/runs"), &erin, long.clone()).await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{acc}");
-    let (st, h, body) = post(&c, &s.url("/v1/runs"), &erin, long).await;
-    assert_eq!(
-        (st, body["error"]["code"].as_str()),
-        (StatusCode::TOO_MANY_REQUESTS, Some("concurrency_quota"))
-    );
-    assert!(h.contains_key("retry-after") && h.contains_key("ratelimit-reset"));
+    let erin = api.with_token(&token("erin"));
+    let acc = erin.post("/v1/runs", sleeper(3)).await;
+    assert_eq!(acc.status, 202, "{}", acc.text);
+    let r = erin.post("/v1/runs", sleeper(3)).await;
+    assert_eq!((r.status, r.code()), (429, "concurrency_quota"));
+    assert!(r.header("retry-after").is_some() && r.header("ratelimit-reset").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,32 +244,23 @@ async fn a_lone_user_on_default_quotas_gets_everything_the_server_admits() {
     // Default admission: CPU count running, 8 x CPU count queued. One user sends as many
     // concurrent /execute requests as the server has places (at most 32): the per-user
     // defaults must not refuse any of them (they once allowed 4 at once and 20 per second).
-    let s = server(&[]);
+    let s = Server::start(&[]);
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let n = (cpus * 9).min(32);
-    let c = support::client().build().unwrap();
-    let t = token("lone");
+    let lone = Api::new(&s).with_token(&token("lone"));
     let tasks: Vec<_> = (0..n)
         .map(|_| {
-            let (c, url, t) = (c.clone(), s.url("/execute"), t.clone());
-            tokio::spawn(async move {
-                post(
-                    &c,
-                    &url,
-                    &t,
-                    json!({"script": "def main():\n    return {'ok': 1}\n"}),
-                )
-                .await
-            })
+            let lone = lone.clone();
+            tokio::spawn(async move { lone.execute("def main():\n    return {'ok': 1}\n").await })
         })
         .collect();
     let mut statuses = Vec::new();
     for task in tasks {
-        let (st, _, body) = task.await.unwrap();
-        if st != StatusCode::OK {
-            eprintln!("{st}: {body}");
+        let r = task.await.unwrap();
+        if r.status != 200 {
+            eprintln!("{}: {}", r.status, r.text);
         }
-        statuses.push(st.as_u16());
+        statuses.push(r.status);
     }
     assert!(
         statuses.iter().all(|&st| st == 200),
@@ -391,10 +268,7 @@ async fn a_lone_user_on_default_quotas_gets_everything_the_server_admits() {
     );
     // And well beyond the old 20 requests per second.
     for _ in 0..60 {
-        assert_eq!(
-            get(&c, &s.url("/v1/runtimes"), Some(&t)).await.0,
-            StatusCode::OK
-        );
+        assert_eq!(lone.get("/v1/runtimes").await.status, 200);
     }
 }
 
@@ -403,7 +277,7 @@ async fn one_user_flooding_does_not_hold_up_another() {
     if !privileged() {
         return;
     }
-    let s = server(&[
+    let s = Server::start(&[
         "--max-running",
         "2",
         "--quota-concurrent",
@@ -413,17 +287,19 @@ async fn one_user_flooding_does_not_hold_up_another() {
         "--quota-burst",
         "100",
     ]);
-    let c = support::client().build().unwrap();
-    let (flooder, other) = (token("flooder"), token("other"));
-    let sleeper = json!({"language": "python", "wait": false, "files": [{"content": "import time\ntime.sleep(4)\n"}]});
+    let api = Api::new(&s);
+    let (flooder, other) = (
+        api.with_token(&token("flooder")),
+        api.with_token(&token("other")),
+    );
     let mut accepted = Vec::new();
     let mut refused = 0;
     for _ in 0..6 {
-        let (st, _, body) = post(&c, &s.url("/v1/runs"), &flooder, sleeper.clone()).await;
-        match st {
-            StatusCode::ACCEPTED => accepted.push(body["id"].as_str().unwrap().to_owned()),
-            StatusCode::TOO_MANY_REQUESTS => refused += 1,
-            other => panic!("unexpected {other}: {body}"),
+        let r = flooder.post("/v1/runs", sleeper(4)).await;
+        match r.status {
+            202 => accepted.push(r.json["id"].as_str().unwrap().to_owned()),
+            429 => refused += 1,
+            other => panic!("unexpected {other}: {}", r.text),
         }
     }
     assert_eq!(
@@ -433,24 +309,21 @@ async fn one_user_flooding_does_not_hold_up_another() {
     );
     // The other user's run is admitted at once and finishes while the flooder's run still runs:
     // the flood did not take the shared slots or queue.
-    let (st, _, rec) = post(
-        &c,
-        &s.url("/v1/runs"),
-        &other,
-        json!({"language": "python", "files": [{"content": "print('fair')"}]}),
-    )
-    .await;
-    assert_eq!(st, StatusCode::OK, "{rec}");
+    let rec = other
+        .post(
+            "/v1/runs",
+            json!({"language": "python", "files": [{"content": "print('fair')"}]}),
+        )
+        .await;
+    assert_eq!(rec.status, 200, "{}", rec.text);
     assert_eq!(
-        (rec["status"].as_str(), rec["run"]["stdout"].as_str()),
+        (
+            rec.json["status"].as_str(),
+            rec.json["run"]["stdout"].as_str()
+        ),
         (Some("ok"), Some("fair\n"))
     );
-    let (_, _, flood_rec) = get(
-        &c,
-        &s.url(&format!("/v1/runs/{}", accepted[0])),
-        Some(&flooder),
-    )
-    .await;
+    let flood_rec = flooder.get(&format!("/v1/runs/{}", accepted[0])).await.json;
     assert!(
         ["queued", "running"].contains(&flood_rec["status"].as_str().unwrap()),
         "the flooder's 4 s run should still be going: {flood_rec}"
@@ -462,13 +335,12 @@ async fn tls_handshake_and_execute_over_https() {
     if !privileged() {
         return;
     }
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let s = server(&[
+    let s = Server::start(&[
         "--tls-cert",
         cert_path.to_str().unwrap(),
         "--tls-key",
@@ -527,7 +399,7 @@ fn a_client_that_never_finishes_its_headers_is_disconnected() {
         return;
     }
     use std::io::{Read, Write};
-    let s = server(&[]);
+    let s = Server::start(&[]);
     let mut slow = std::net::TcpStream::connect(s.public).unwrap();
     slow.write_all(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n")
         .unwrap();
@@ -556,36 +428,37 @@ async fn the_queue_is_fair_between_users_with_default_quotas() {
     // One execution slot; the flooder keeps it busy and queues more (no per-user cap by default).
     // Its runs last 4 s so that every request below arrives while the first one runs, even on
     // a host loaded by the rest of the suite.
-    let s = server(&["--max-running", "1"]);
-    let c = support::client().build().unwrap();
-    let (flooder, other) = (token("flooder"), token("patient"));
-    let sleeper = json!({"language": "python", "wait": false,
-                         "files": [{"content": "import time\ntime.sleep(4)\n"}]});
+    let s = Server::start(&["--max-running", "1"]);
+    let api = Api::new(&s);
+    let (flooder, other) = (
+        api.with_token(&token("flooder")),
+        api.with_token(&token("patient")),
+    );
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let (st, _, body) = post(&c, &s.url("/v1/runs"), &flooder, sleeper.clone()).await;
-        assert_eq!(st, StatusCode::ACCEPTED, "{body}");
-        ids.push(body["id"].as_str().unwrap().to_owned());
+        let r = flooder.post("/v1/runs", sleeper(4)).await;
+        assert_eq!(r.status, 202, "{}", r.text);
+        ids.push(r.json["id"].as_str().unwrap().to_owned());
     }
     // The other user's run queues behind the running one but ahead of the flooder's queue.
-    let (st, _, rec) = post(
-        &c,
-        &s.url("/v1/runs"),
-        &other,
-        json!({"language": "python", "files": [{"content": "print('my turn')"}]}),
-    )
-    .await;
+    let rec = other
+        .post(
+            "/v1/runs",
+            json!({"language": "python", "files": [{"content": "print('my turn')"}]}),
+        )
+        .await;
     assert_eq!(
-        (st, rec["status"].as_str()),
-        (StatusCode::OK, Some("ok")),
-        "{rec}"
+        (rec.status, rec.json["status"].as_str()),
+        (200, Some("ok")),
+        "{}",
+        rec.text
     );
-    let (_, _, last) = get(&c, &s.url(&format!("/v1/runs/{}", ids[2])), Some(&flooder)).await;
+    let last = flooder.get(&format!("/v1/runs/{}", ids[2])).await.json;
     assert_eq!(
         last["status"], "queued",
         "the flooder's last run must still wait: {last}"
     );
-    let (_, _, second) = get(&c, &s.url(&format!("/v1/runs/{}", ids[1])), Some(&flooder)).await;
+    let second = flooder.get(&format!("/v1/runs/{}", ids[1])).await.json;
     assert_ne!(
         second["status"], "ok",
         "the other user was served before the flooder's 2nd run: {second}"

@@ -334,9 +334,9 @@ fn check_reports_every_layer() {
     }
     // the backend reported is the one the host has, and its parent cgroups exist, so the
     // leftover check below looks where the probe really was
-    assert_eq!(r["cgroup_backend"], support::cgroup_backend(), "{r}");
+    assert_eq!(r["cgroup_backend"], support::host::cgroup_backend(), "{r}");
     // the deep probe leaves no cgroup behind, in any hierarchy of the backend in use
-    let leftovers: Vec<_> = support::execbox_cgroup_parents()
+    let leftovers: Vec<_> = support::host::execbox_cgroup_parents()
         .into_iter()
         .map(|p| p.join("check-probe"))
         .filter(|p| p.exists())

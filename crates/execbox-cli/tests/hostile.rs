@@ -39,6 +39,8 @@ use serde_json::{Map, Value};
 
 mod support;
 
+use support::host::{execbox_cgroup_parents, jail_uid, leftovers};
+
 /// Most jails alive at once.
 const MAX_JAILS: usize = 4;
 /// The CLI's default wall-clock limit, used to compute how long to wait for a run.
@@ -47,9 +49,6 @@ const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 const WAIT_SLACK: Duration = Duration::from_secs(30);
 /// How long the partner of a concurrent pair runs alone before the attacker starts.
 const PARTNER_HEAD_START: Duration = Duration::from_millis(200);
-/// Host uids of jailed processes: `UID_BASE + slot`, `slot < UID_SLOTS`.
-const UID_BASE: u64 = 2_000_000_000;
-const UID_SLOTS: u64 = 4096;
 /// Replaced in a case's `stdin` by a port the test listens on at 127.0.0.1.
 const PORT_PLACEHOLDER: &str = "{loopback_port}";
 /// Replaced in a case's `stdin` by an abstract unix socket name the test listens on.
@@ -598,61 +597,6 @@ fn indent(text: &str) -> String {
 // ------------------------------------------------------------------------------------------
 // the host after the runs
 
-/// Whatever a run left on the host: processes with an execbox uid, run cgroups, jail mounts.
-fn leftovers() -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(status) = fs::read_to_string(entry.path().join("status")) else {
-            continue;
-        };
-        let field = |key: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(|v| v.trim().to_owned())
-                .unwrap_or_default()
-        };
-        let uids = field("Uid:");
-        let jailed = uids
-            .split_whitespace()
-            .filter_map(|u| u.parse::<u64>().ok())
-            .any(|u| (UID_BASE..UID_BASE + UID_SLOTS).contains(&u));
-        if jailed {
-            found.push(format!(
-                "process {pid} ({}) with uids {uids} is still alive",
-                field("Name:")
-            ));
-        }
-    }
-    // the parents of the backend in use (before the first run on a fresh host there are none;
-    // after the canaries the corpus asserts that they exist, so this cannot look vacuously)
-    for parent in support::existing_execbox_cgroup_parents() {
-        for entry in fs::read_dir(&parent).into_iter().flatten().flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                found.push(format!("cgroup {} is still there", entry.path().display()));
-            }
-        }
-    }
-    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    for line in mountinfo.lines() {
-        if line
-            .split(' ')
-            .nth(4)
-            .is_some_and(|mnt| mnt.starts_with("/run/execbox/jailroot"))
-        {
-            found.push(format!("mount still in the host namespace: {line}"));
-        }
-    }
-    found
-}
-
 /// The host's shared memory (tmpfs, SysV shm, memfd), KiB, from /proc/meminfo.
 fn host_shmem_kib() -> Option<u64> {
     let meminfo = fs::read_to_string("/proc/meminfo").ok()?;
@@ -712,12 +656,6 @@ impl Report {
     }
 }
 
-fn effective_uid() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
 /// A file holding the sentinel in the host's temp dir; removed when dropped.
 struct HostSecret(PathBuf);
 
@@ -760,17 +698,8 @@ fn run_parallel<'a>(runner: &Runner, cases: &[&'a Case]) -> Vec<(&'a Case, Outco
 
 #[test]
 fn hostile_corpus() {
-    match effective_uid() {
-        Some(0) => {}
-        uid if support::in_ci() => {
-            panic!("the hostile corpus needs root (euid {uid:?}) and CI is set")
-        }
-        uid => {
-            support::report_skip(&format!(
-                "jails need root (euid {uid:?}); with CI set this fails"
-            ));
-            return;
-        }
+    if !support::privileged() {
+        return;
     }
     let cases = load_corpus();
     let by_file: BTreeMap<&str, &Case> = cases.iter().map(|c| (c.file.as_str(), c)).collect();
@@ -798,7 +727,7 @@ fn hostile_corpus() {
         contained &= report.judge(case, &runner.run(case), &runner.sentinel);
     }
     // the runs created execbox's cgroups where the leftover checks look for them
-    support::execbox_cgroup_parents();
+    execbox_cgroup_parents();
     let allowed = |c: &Case| contained || !c.destructive;
 
     // 2. Independent cases.
@@ -847,10 +776,8 @@ fn hostile_corpus() {
             }
             if key == "host_uid" {
                 for uid in [a, b].into_iter().flatten() {
-                    if !uid
-                        .as_u64()
-                        .is_some_and(|u| (UID_BASE..UID_BASE + UID_SLOTS).contains(&u))
-                    {
+                    let host_uid = uid.as_u64().and_then(|u| u32::try_from(u).ok());
+                    if !host_uid.is_some_and(jail_uid) {
                         problems.push(format!("host uid {uid} is outside the execbox range"));
                     }
                 }

@@ -3,8 +3,8 @@
 //!
 //! Each test starts `execbox serve --listen 127.0.0.1:0` as a child process (the plain API tests
 //! share one through [`shared_server`]), learns its port from the JSON `listening` log line,
-//! waits for `/readyz`, and stops it with SIGTERM when done ([`Server`]'s `Drop`; SIGKILL if it
-//! hangs). Like `cli.rs` they need root: outside CI a non-root run skips with a message; with
+//! waits for `/readyz`, and stops it with SIGTERM when done (`support::Server`'s `Drop`; SIGKILL
+//! if it hangs). Like `cli.rs` they need root: outside CI a non-root run skips with a message; with
 //! `CI=true` it fails.
 //!
 //! Leftover checks are scoped to what a test can attribute to its own server: the processes
@@ -19,305 +19,29 @@
 //! runs meanwhile, and anything another execbox on the host owns is not counted.
 mod support;
 
-use support::{privileged, status_of};
-
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex, PoisonError, Weak};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use reqwest::multipart::{Form, Part};
-use reqwest::{Client, RequestBuilder};
 use serde_json::{json, Value};
-
-/// Host uids of jailed processes: `UID_BASE + slot`, `slot < UID_SLOTS`.
-const UID_BASE: u32 = 2_000_000_000;
-const UID_SLOTS: u32 = 4096;
+use support::host::*;
+use support::{metric, privileged, send, Api, Options, Resp, Server};
 
 /// Readers: tests that tolerate other servers. Writer: the test that checks the whole host.
 /// (A tokio lock: each test has its own runtime and holds its guard across awaits.)
 static HOST: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
-async fn host_shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+type HostShare = tokio::sync::RwLockReadGuard<'static, ()>;
+
+async fn host_shared() -> HostShare {
     HOST.read().await
 }
 
 async fn host_exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
     HOST.write().await
-}
-
-// ------------------------------------------------------------------------------------ /proc
-
-/// A process, by pid and start time (a pid alone may be recycled).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ProcId {
-    pid: u32,
-    start: u64,
-}
-
-/// Fields of `/proc/PID/stat` after the command name: `[0]` is the state, `[1]` the ppid,
-/// `[2]` the process group, `[19]` the start time.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = s.get(s.rfind(')')? + 1..)?;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-fn ppid(pid: u32) -> Option<u32> {
-    stat_fields(pid)?.get(1)?.parse().ok()
-}
-
-fn proc_id(pid: u32) -> Option<ProcId> {
-    let start = stat_fields(pid)?.get(19)?.parse().ok()?;
-    Some(ProcId { pid, start })
-}
-
-fn alive(p: &ProcId) -> bool {
-    proc_id(p.pid) == Some(*p)
-}
-
-fn pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn uids(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Uid:")).map(|l| {
-                l.split_whitespace()
-                    .skip(1)
-                    .filter_map(|u| u.parse().ok())
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
-fn jailed(pid: u32) -> bool {
-    uids(pid)
-        .iter()
-        .any(|u| (UID_BASE..UID_BASE + UID_SLOTS).contains(u))
-}
-
-fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| {
-            b.split(|c| *c == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn describe(pid: u32) -> String {
-    let mut cmd = cmdline(pid).join(" ");
-    cmd.truncate(100);
-    let state = stat_fields(pid)
-        .and_then(|f| f.first().cloned())
-        .unwrap_or_default();
-    format!(
-        "pid {pid} ppid {:?} state {state} uids {:?}: {cmd}",
-        ppid(pid),
-        uids(pid)
-    )
-}
-
-/// Processes of process group `pgid`.
-fn group_members(pgid: u32) -> Vec<u32> {
-    pids()
-        .into_iter()
-        .filter(|&p| {
-            stat_fields(p)
-                .and_then(|f| f.get(2)?.parse::<u32>().ok())
-                .is_some_and(|g| g == pgid)
-        })
-        .collect()
-}
-
-/// Every process below `root` (not `root` itself), at this moment.
-fn descendants(root: u32) -> Vec<ProcId> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
-    for pid in pids() {
-        if let Some(pp) = ppid(pid) {
-            children.entry(pp).or_default().push(pid);
-        }
-    }
-    let mut out = Vec::new();
-    let mut todo = vec![root];
-    while let Some(p) = todo.pop() {
-        for &c in children.get(&p).into_iter().flatten() {
-            if let Some(id) = proc_id(c) {
-                out.push(id);
-            }
-            todo.push(c);
-        }
-    }
-    out
-}
-
-/// A real jail owner: an unjailed `execbox spawner` or `execbox run`. (Prepared jails are
-/// clones of their spawner and share its command line, but they run as execbox uids.)
-fn is_owner(pid: u32) -> bool {
-    let argv = cmdline(pid);
-    argv.first().is_some_and(|a| a.ends_with("execbox"))
-        && argv.get(1).is_some_and(|a| a == "spawner" || a == "run")
-        && !jailed(pid)
-}
-
-/// The spawner of server `server`: its child with `spawner` as argv[1].
-fn spawner_of(server: u32) -> Option<u32> {
-    pids()
-        .into_iter()
-        .find(|&p| ppid(p) == Some(server) && is_owner(p))
-}
-
-/// Processes with `marker` as one of their arguments.
-fn with_arg(marker: &str) -> Vec<u32> {
-    pids()
-        .into_iter()
-        .filter(|&p| cmdline(p).iter().any(|a| a == marker))
-        .collect()
-}
-
-/// Jailed processes that no live owner (spawner or `execbox run`) is an ancestor of.
-fn orphan_jails() -> Vec<String> {
-    pids()
-        .into_iter()
-        .filter(|&p| jailed(p))
-        .filter(|&p| {
-            let mut cur = ppid(p);
-            let mut hops = 0;
-            while let Some(c) = cur.filter(|&c| c > 1 && hops < 64) {
-                if is_owner(c) {
-                    return false;
-                }
-                cur = ppid(c);
-                hops += 1;
-            }
-            true
-        })
-        .map(describe)
-        .collect()
-}
-
-/// Live jail owners (spawners, `execbox run`) on the host.
-fn owners() -> Vec<String> {
-    pids()
-        .into_iter()
-        .filter(|p| is_owner(*p))
-        .map(describe)
-        .collect()
-}
-
-/// Run cgroups (`j<jailer pid>-<n>`) whose jailer is not a live owner.
-fn unowned_run_cgroups() -> Vec<PathBuf> {
-    run_cgroups("j")
-        .into_iter()
-        .filter(|d| !owner_alive(d))
-        .collect()
-}
-
-/// Whether the jailer named by a run cgroup (`j<jailer pid>-<n>`) is a live owner.
-fn owner_alive(dir: &Path) -> bool {
-    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-    let jailer = name
-        .as_deref()
-        .and_then(|n| n.strip_prefix('j')?.split('-').next()?.parse::<u32>().ok());
-    jailer.is_some_and(is_owner)
-}
-
-/// Run cgroup directories whose name starts with `prefix` (`j` for all, `j<spawner pid>-` for
-/// one spawner's), in every hierarchy of the backend in use (v1: `/sys/fs/cgroup/*/execbox`;
-/// v2: `/sys/fs/cgroup/execbox`); asserts that these parents exist, so the answer is never
-/// vacuously empty.
-fn run_cgroups(prefix: &str) -> Vec<PathBuf> {
-    run_cgroups_in(support::execbox_cgroup_parents(), prefix)
-}
-
-fn run_cgroups_in(parents: Vec<PathBuf>, prefix: &str) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for p in parents {
-        for e in std::fs::read_dir(&p).into_iter().flatten().flatten() {
-            let name = e.file_name();
-            if name.to_string_lossy().starts_with(prefix) && e.path().is_dir() {
-                out.push(e.path());
-            }
-        }
-    }
-    out.sort();
-    out.dedup();
-    out
-}
-
-/// The execbox run cgroups of a live process (from `/proc/PID/cgroup`).
-fn cgroups_of(pid: u32) -> Vec<PathBuf> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        if !path.starts_with("/execbox/j") {
-            continue;
-        }
-        let rel = path.trim_start_matches('/');
-        if ctrls.is_empty() {
-            out.push(PathBuf::from("/sys/fs/cgroup").join(rel));
-            continue;
-        }
-        for c in ctrls.split(',') {
-            let c = c.trim_start_matches("name=");
-            let dir = PathBuf::from("/sys/fs/cgroup").join(c).join(rel);
-            if dir.exists() {
-                out.push(dir);
-            }
-        }
-    }
-    out
-}
-
-/// The TCP ports `pid` listens on, from its socket inodes and `/proc/PID/net/tcp`.
-fn listening_ports(pid: u32) -> Vec<u16> {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|l| {
-            l.to_str()?
-                .strip_prefix("socket:[")?
-                .strip_suffix(']')
-                .map(str::to_owned)
-        })
-        .collect();
-    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
-            if *state != "0A" || !inodes.iter().any(|i| i == inode) {
-                return None;
-            }
-            u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
-        })
-        .collect()
 }
 
 /// Poll `check` (a list of problems) until it is empty or `timeout` passes.
@@ -337,235 +61,38 @@ async fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> Ve
     }
 }
 
-fn unique_marker(tag: &str) -> String {
-    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("execbox-http-test-{tag}-{}-{n}", std::process::id())
+/// `execbox serve` with `args`, without authentication: these tests exercise the API
+/// contracts, not authentication.
+fn server(args: &[&str]) -> Server {
+    let opts = Options {
+        no_auth: true,
+        ..Options::default()
+    };
+    Server::start_with(args, opts)
 }
 
-// ----------------------------------------------------------------------------------- server
-
-/// A running `execbox serve`; dropping it sends SIGTERM, then SIGKILL if it does not exit.
-struct Server {
-    child: Child,
-    /// The public listener (the API).
-    addr: SocketAddr,
-    /// Where `/healthz`, `/readyz` and `/metrics` answer: a separate private listener when
-    /// this build has one, the public one otherwise.
-    ops: SocketAddr,
-    /// The `addr` field of the public listener's `listening` log line.
-    logged_addr: Option<String>,
-    logs: Arc<Mutex<Vec<String>>>,
+/// The start of a plain API test: root (or a skip), a share of the host, the shared server and
+/// a client for it.
+async fn shared() -> Option<(HostShare, Arc<Server>, Api)> {
+    if !privileged() {
+        return None;
+    }
+    let host = host_shared().await;
+    let s = shared_server();
+    let api = Api::new(&s);
+    Some((host, s, api))
 }
 
-impl Server {
-    /// Start `execbox serve` on a free loopback port with `extra` flags; wait until ready.
-    fn start(extra: &[&str]) -> Server {
-        Server::launch(extra, false)
+/// The start of a test with a server of its own, started with `args`: root (or a skip), a
+/// share of the host, the server and a client for it.
+async fn own(args: &[&str]) -> Option<(HostShare, Server, Api)> {
+    if !privileged() {
+        return None;
     }
-
-    /// [`Server::start`], optionally as the leader of a new process group (as a service
-    /// manager or a terminal would run it), so the group can be signalled as a whole.
-    fn launch(extra: &[&str], own_group: bool) -> Server {
-        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--log-json"];
-        if !extra.contains(&"--shutdown-grace-secs") {
-            args.extend(["--shutdown-grace-secs", "2"]);
-        }
-        let private = serve_has_flag("--private-listen");
-        if private {
-            args.extend(["--private-listen", "127.0.0.1:0"]);
-        }
-        if serve_has_flag("--insecure-no-auth") {
-            // These tests exercise the API contracts, not authentication.
-            args.push("--insecure-no-auth");
-        }
-        args.extend(extra);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_execbox"));
-        cmd.args(&args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if own_group {
-            cmd.process_group(0);
-        }
-        let mut child = cmd.spawn().expect("start execbox serve");
-        let stderr = child.stderr.take().expect("stderr pipe");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<(bool, String)>();
-        let sink = logs.clone();
-        // Drain stderr for the server's whole life (the spawner writes there too), so a full
-        // pipe never blocks it; remember the lines for failure reports.
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stderr);
-            let mut buf = Vec::new();
-            loop {
-                buf.clear();
-                match r.read_until(b'\n', &mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
-                let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let f = &v["fields"];
-                    if f["message"] == "listening" {
-                        let is_private = f["listener"] == "private";
-                        let addr = f["addr"].as_str().unwrap_or("").to_owned();
-                        let _ = tx.send((is_private, addr));
-                    }
-                }
-                sink.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(line);
-            }
-        });
-        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
-        let mut s = Server {
-            child,
-            addr: unbound,
-            ops: unbound,
-            logged_addr: None,
-            logs,
-        };
-        let (mut public, mut private_addr) = (None, None);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while public.is_none() || (private && private_addr.is_none()) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok((true, a)) => private_addr = Some(a),
-                Ok((false, a)) => public = Some(a),
-                Err(_) => panic!("no `listening` log line:\n{}", s.log_tail(40)),
-            }
-        }
-        let public = public.unwrap_or_default();
-        s.logged_addr = Some(public.clone());
-        let logged_port = |a: &str| a.parse::<SocketAddr>().ok().filter(|a| a.port() != 0);
-        s.addr = match logged_port(&public) {
-            Some(a) => a,
-            // The log line gave no usable port (see `listening_log_names_the_bound_port`): find
-            // the listening socket in /proc instead so the other tests can still run.
-            None if !private => {
-                let deadline = Instant::now() + Duration::from_secs(10);
-                loop {
-                    if let [p] = listening_ports(s.pid())[..] {
-                        break SocketAddr::from(([127, 0, 0, 1], p));
-                    }
-                    assert!(Instant::now() < deadline, "server never listened");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-            None => panic!("the public `listening` log line has no port: {public:?}"),
-        };
-        s.ops = match private_addr {
-            Some(p) => logged_port(&p)
-                .unwrap_or_else(|| panic!("the private `listening` log line has no port: {p:?}")),
-            None => s.addr,
-        };
-        assert!(s.addr.ip().is_loopback() && s.ops.ip().is_loopback());
-        s.wait_ready(Duration::from_secs(60));
-        s
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_tail(&self, n: usize) -> String {
-        let logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
-        logs[logs.len().saturating_sub(n)..].join("\n")
-    }
-
-    /// Poll `GET /readyz` (plain blocking HTTP) until 200.
-    fn wait_ready(&mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if status_of(self.ops, "/readyz") == Some(200) {
-                return;
-            }
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("execbox serve exited ({st}):\n{}", self.log_tail(40));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "not ready after {timeout:?}:\n{}",
-                self.log_tail(40)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Wait for the process to exit by itself.
-    async fn exited_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Every spawner this server reported starting (`spawner up` log lines).
-    fn logged_spawners(&self) -> Vec<u32> {
-        let logs = self.logs.lock().unwrap_or_else(PoisonError::into_inner);
-        logs.iter()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["fields"]["message"] == "spawner up")
-            .filter_map(|v| {
-                v["fields"]["pid"]
-                    .as_u64()
-                    .and_then(|p| u32::try_from(p).ok())
-            })
-            .collect()
-    }
-
-    fn signal(&self, sig: Signal) {
-        kill(Pid::from_raw(self.pid() as i32), sig).expect("signal the server");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "---- server {} log (tail) ----\n{}\n----",
-                self.addr,
-                self.log_tail(60)
-            );
-        }
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!("server {} ignored SIGTERM for 10 s: SIGKILL", self.addr);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Whether this build's `execbox serve --help` offers `flag` (the harness adapts to builds with
-/// a private ops listener or with authentication that can be turned off).
-fn serve_has_flag(flag: &str) -> bool {
-    static HELP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HELP.get_or_init(|| {
-        let out = Command::new(env!("CARGO_BIN_EXE_execbox"))
-            .args(["serve", "--help"])
-            .output()
-            .expect("execbox serve --help");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    })
-    .split(|c: char| c.is_whitespace() || c == ',')
-    .any(|w| w == flag)
+    let host = host_shared().await;
+    let s = server(args);
+    let api = Api::new(&s);
+    Some((host, s, api))
 }
 
 /// The server of the plain API tests: started by the first test that needs it, stopped when
@@ -576,153 +103,12 @@ fn shared_server() -> Arc<Server> {
     if let Some(s) = w.upgrade() {
         return s;
     }
-    let s = Arc::new(Server::start(&[]));
+    let s = Arc::new(server(&[]));
     *w = Arc::downgrade(&s);
     s
 }
 
-// ------------------------------------------------------------------------------------- HTTP
-
-/// One answer: status, headers, body text and the body as JSON (`Null` when not JSON).
-#[derive(Debug)]
-struct Resp {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    text: String,
-    json: Value,
-}
-
-impl Resp {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    fn message(&self) -> &str {
-        self.json["error"]["message"].as_str().unwrap_or_default()
-    }
-}
-
-/// Send, read the whole answer, and check the header every answer must carry.
-async fn send(rb: RequestBuilder) -> Resp {
-    let r = rb.send().await.expect("request failed");
-    let status = r.status().as_u16();
-    let headers = r.headers().clone();
-    let text = r.text().await.expect("read body");
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let resp = Resp {
-        status,
-        headers,
-        text,
-        json,
-    };
-    assert!(
-        resp.header("x-request-id").is_some_and(|v| !v.is_empty()),
-        "no x-request-id on a {status} answer: {resp:?}"
-    );
-    resp
-}
-
-/// A client for one server (never through a proxy: loopback only).
-#[derive(Debug, Clone)]
-struct Api {
-    c: Client,
-    public: SocketAddr,
-    ops: SocketAddr,
-}
-
-impl Api {
-    fn new(s: &Server) -> Api {
-        // The workspace builds reqwest without a bundled TLS crypto provider; a client cannot
-        // be built until one is installed (plain HTTP here, but the builder insists).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let c = Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(90))
-            .build()
-            .expect("http client");
-        Api {
-            c,
-            public: s.addr,
-            ops: s.ops,
-        }
-    }
-
-    /// `path` on the listener that serves it.
-    fn url(&self, path: &str) -> String {
-        let ops = ["/healthz", "/readyz", "/metrics"].contains(&path);
-        let addr = if ops { self.ops } else { self.public };
-        format!("http://{addr}{path}")
-    }
-
-    /// A request to finish by hand (headers, raw bodies, multipart).
-    fn request(&self, method: reqwest::Method, path: &str) -> RequestBuilder {
-        self.c.request(method, self.url(path))
-    }
-
-    /// `POST path` with `body` as `application/json` bytes, whatever they are.
-    fn raw(&self, path: &str, body: &'static [u8]) -> RequestBuilder {
-        self.request(reqwest::Method::POST, path)
-            .header("content-type", "application/json")
-            .body(body)
-    }
-
-    fn multipart(&self, path: &str, form: Form) -> RequestBuilder {
-        self.request(reqwest::Method::POST, path).multipart(form)
-    }
-
-    async fn get(&self, path: &str) -> Resp {
-        send(self.c.get(self.url(path))).await
-    }
-
-    async fn delete(&self, path: &str) -> Resp {
-        send(self.c.delete(self.url(path))).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Resp {
-        send(self.c.post(self.url(path)).json(&body)).await
-    }
-
-    async fn execute(&self, script: &str) -> Resp {
-        self.post("/execute", json!({ "script": script })).await
-    }
-
-    /// Poll a run record until its status is final.
-    async fn wait_final(&self, path: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let r = self.get(path).await;
-            assert_eq!(r.status, 200, "{path}: {}", r.text);
-            let st = r.json["status"].as_str().unwrap_or_default().to_owned();
-            if st != "queued" && st != "running" {
-                return r.json;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "run still {st} after {timeout:?}: {}",
-                r.text
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    /// Poll a run until it is `running` and a process with `marker` in its argv exists.
-    async fn wait_running(&self, path: &str, marker: &str) -> Vec<u32> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let found = with_arg(marker);
-            let rec = self.get(path).await;
-            if rec.json["status"] == "running" && !found.is_empty() {
-                return found;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the run never showed as running with a live process: {} ({found:?})",
-                rec.text
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
+// ------------------------------------------------------------------------------- answers
 
 /// An error answer: `status`, JSON `{"error": {"code": code, "message": <non-empty>}}`.
 #[track_caller]
@@ -777,38 +163,81 @@ fn assert_accepted(r: &Resp, prefix: &str) -> String {
     id
 }
 
-/// Value of an unlabelled metric, or the sum of a labelled one's series matching `labels`.
-fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
-    let mut found = None;
-    for l in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = l.rsplit_once(' ') else {
-            continue;
-        };
-        let (n, lbl) = series.split_once('{').unwrap_or((series, ""));
-        if n == name && lbl.contains(labels) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().ok()?;
-        }
-    }
-    found
-}
-
 fn py_file(name: &str, bytes: &[u8]) -> Part {
     Part::bytes(bytes.to_vec()).file_name(name.to_owned())
 }
 
-fn cgroup_names(dirs: &[PathBuf]) -> Vec<String> {
-    dirs.iter()
-        .filter(|d| d.exists())
-        .map(|d| format!("cgroup {}", d.display()))
-        .collect()
+/// Start a 30 s run, not waited for, with a fresh marker made from `tag` as its argument;
+/// returns the path of its record and the marker.
+async fn start_marked_sleeper(api: &Api, tag: &str) -> (String, String) {
+    let marker = unique_marker(tag);
+    let r = api
+        .post(
+            "/v1/runs",
+            json!({
+                "language": "python",
+                "files": [{"content": "import time\ntime.sleep(30)\n"}],
+                "args": [marker],
+                "limits": {"timeout_ms": 40000},
+                "wait": false,
+            }),
+        )
+        .await;
+    let path = format!("/v1/runs/{}", assert_accepted(&r, "/v1/runs/"));
+    (path, marker)
 }
 
-fn still_alive(procs: &[ProcId]) -> Vec<String> {
-    procs
-        .iter()
-        .filter(|p| alive(p))
-        .map(|p| describe(p.pid))
-        .collect()
+/// Start a 2 s run that prints `drained`, waited for by a request on its own task, with a fresh
+/// marker made from `tag` as its argument; wait until its process exists. Returns the task, the
+/// marker and the run's pid.
+async fn start_blocking_run(api: &Api, tag: &str) -> (tokio::task::JoinHandle<Resp>, String, u32) {
+    let marker = unique_marker(tag);
+    let body = json!({
+        "language": "python",
+        "files": [{"content": "import time\ntime.sleep(2)\nprint('drained')\n"}],
+        "args": [marker],
+    });
+    let blocking = tokio::spawn({
+        let api = api.clone();
+        async move { api.post("/v1/runs", body).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(&p) = with_arg(&marker).first() {
+            return (blocking, marker, p);
+        }
+        assert!(Instant::now() < deadline, "the run never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What is left once spawner `spawner` is gone: processes of `tree` still alive, processes with
+/// `marker` as an argument, the spawner's run cgroups (named after its pid), the `cgroups` its
+/// run was in, and jailed processes anywhere without a live owner.
+fn gone_spawner_leftovers(
+    spawner: u32,
+    tree: &[ProcId],
+    marker: &str,
+    cgroups: &[PathBuf],
+) -> Vec<String> {
+    let mut left = still_alive(tree);
+    left.extend(with_arg(marker).into_iter().map(describe));
+    left.extend(cgroup_names(&run_cgroups(&format!("j{spawner}-"))));
+    left.extend(cgroup_names(cgroups));
+    left.extend(orphan_jails().into_iter().map(|o| format!("orphan {o}")));
+    left
+}
+
+/// A `202 Accepted` answer `r` for a run under `prefix` (see [`assert_accepted`]) that then
+/// ends `ok`, its record under its id, having printed `stdout`.
+async fn accepted_then_ok(api: &Api, r: &Resp, prefix: &str, stdout: &str) {
+    let id = assert_accepted(r, prefix);
+    let rec = api
+        .wait_final(&format!("{prefix}{id}"), Duration::from_secs(30))
+        .await;
+    assert_eq!(rec["status"], "ok", "{rec}");
+    assert_eq!(rec["id"], id.as_str());
+    assert_eq!(rec["run"]["stdout"], stdout);
 }
 
 const HELLO: &str = "def main():\n    print('hi')\n    return {'ok': 1}\n";
@@ -817,12 +246,9 @@ const HELLO: &str = "def main():\n    print('hi')\n    return {'ok': 1}\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execute_returns_main_result_apart_from_stdout() {
-    if !privileged() {
+    let Some((_host, _s, api)) = shared().await else {
         return;
-    }
-    let _host = host_shared().await;
-    let s = shared_server();
-    let api = Api::new(&s);
+    };
 
     let r = api.execute(HELLO).await;
     assert_eq!(r.status, 200, "{}", r.text);
@@ -857,12 +283,9 @@ async fn execute_returns_main_result_apart_from_stdout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execute_script_failures_are_distinct_422s_with_output() {
-    if !privileged() {
+    let Some((_host, _s, api)) = shared().await else {
         return;
-    }
-    let _host = host_shared().await;
-    let s = shared_server();
-    let api = Api::new(&s);
+    };
 
     let r = api.execute("x = 1\nprint('no main here')\n").await;
     assert_script_failure(&r, "no_main");
@@ -916,12 +339,9 @@ async fn execute_script_failures_are_distinct_422s_with_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn execute_rejects_malformed_input() {
-    if !privileged() {
+    let Some((_host, _s, api)) = shared().await else {
         return;
-    }
-    let _host = host_shared().await;
-    let s = shared_server();
-    let api = Api::new(&s);
+    };
 
     let r = send(api.raw("/execute", b"{not json")).await;
     assert_error(&r, 400, "invalid_json");
@@ -995,12 +415,9 @@ async fn execute_rejects_malformed_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_json_and_run_file_block_or_answer_202() {
-    if !privileged() {
+    let Some((_host, _s, api)) = shared().await else {
         return;
-    }
-    let _host = host_shared().await;
-    let s = shared_server();
-    let api = Api::new(&s);
+    };
 
     // Blocking: the whole record.
     let r = api
@@ -1042,13 +459,7 @@ async fn run_json_and_run_file_block_or_answer_202() {
             json!({"code": "import time\ntime.sleep(0.2)\nprint('later')\n"}),
         )
         .await;
-    let id = assert_accepted(&r, "/status/");
-    let rec = api
-        .wait_final(&format!("/status/{id}"), Duration::from_secs(30))
-        .await;
-    assert_eq!(rec["status"], "ok", "{rec}");
-    assert_eq!(rec["id"], id.as_str());
-    assert_eq!(rec["run"]["stdout"], "later\n");
+    accepted_then_ok(&api, &r, "/status/", "later\n").await;
 
     let r = api.get("/status/no-such-run").await;
     assert_error(&r, 404, "run_not_found");
@@ -1077,12 +488,7 @@ async fn run_json_and_run_file_block_or_answer_202() {
         one("job.py", b"print('async file')\n"),
     ))
     .await;
-    let id = assert_accepted(&r, "/status/");
-    let rec = api
-        .wait_final(&format!("/status/{id}"), Duration::from_secs(30))
-        .await;
-    assert_eq!(rec["status"], "ok", "{rec}");
-    assert_eq!(rec["run"]["stdout"], "async file\n");
+    accepted_then_ok(&api, &r, "/status/", "async file\n").await;
 
     let r = send(api.multipart("/run-file/", one("job.txt", b"print(1)\n"))).await;
     assert_error(&r, 400, "not_python");
@@ -1118,12 +524,9 @@ async fn run_json_and_run_file_block_or_answer_202() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_runs_files_stdin_args_modes_limits_and_versions() {
-    if !privileged() {
+    let Some((_host, _s, api)) = shared().await else {
         return;
-    }
-    let _host = host_shared().await;
-    let s = shared_server();
-    let api = Api::new(&s);
+    };
 
     let rt = api.get("/v1/runtimes").await;
     assert_eq!(rt.status, 200, "{}", rt.text);
@@ -1216,12 +619,7 @@ async fn v1_runs_files_stdin_args_modes_limits_and_versions() {
             json!({"language": "python", "files": [{"content": "print('bg')"}], "wait": false}),
         )
         .await;
-    let id = assert_accepted(&r, "/v1/runs/");
-    let rec = api
-        .wait_final(&format!("/v1/runs/{id}"), Duration::from_secs(30))
-        .await;
-    assert_eq!(rec["status"], "ok", "{rec}");
-    assert_eq!(rec["run"]["stdout"], "bg\n");
+    accepted_then_ok(&api, &r, "/v1/runs/", "bg\n").await;
 
     // Refusals before any jail starts.
     let r = limited("print(1)", json!({"memory_mb": 4096})).await;
@@ -1300,30 +698,14 @@ async fn v1_runs_files_stdin_args_modes_limits_and_versions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v1_delete_cancels_a_running_run_and_kills_its_processes() {
-    if !privileged() {
+    let Some((_host, s, api)) = shared().await else {
         return;
-    }
-    let _host = host_shared().await;
-    let s = shared_server();
-    let api = Api::new(&s);
+    };
 
     // The marker argument makes the run's python process findable in /proc/*/cmdline; other
     // jails (this server's pool, other tests' servers) run as execbox uids too, so the uid
     // range alone cannot tell this run's processes apart.
-    let marker = unique_marker("cancel");
-    let r = api
-        .post(
-            "/v1/runs",
-            json!({
-                "language": "python",
-                "files": [{"content": "import time\ntime.sleep(30)\n"}],
-                "args": [marker],
-                "limits": {"timeout_ms": 40000},
-                "wait": false,
-            }),
-        )
-        .await;
-    let path = format!("/v1/runs/{}", assert_accepted(&r, "/v1/runs/"));
+    let (path, marker) = start_marked_sleeper(&api, "cancel").await;
     let procs = api.wait_running(&path, &marker).await;
     let spawner = spawner_of(s.pid()).expect("the server's spawner");
     let mut tree = Vec::new();
@@ -1372,12 +754,9 @@ async fn v1_delete_cancels_a_running_run_and_kills_its_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_openapi_and_request_ids() {
-    if !privileged() {
+    let Some((_host, _s, api)) = shared().await else {
         return;
-    }
-    let _host = host_shared().await;
-    let s = shared_server();
-    let api = Api::new(&s);
+    };
 
     let r = api.get("/healthz").await;
     assert_eq!(r.status, 204);
@@ -1431,19 +810,18 @@ async fn health_readiness_openapi_and_request_ids() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listening_log_names_the_bound_port() {
-    if !privileged() {
+    let Some((_host, s, _api)) = own(&["--pool", "1"]).await else {
         return;
-    }
-    let _host = host_shared().await;
-    let s = Server::start(&["--pool", "1"]);
+    };
     // With --listen 127.0.0.1:0 the log is how a supervisor learns the port: it must name the
-    // port the kernel bound, not the one asked for.
-    let logged: Option<SocketAddr> = s.logged_addr.as_deref().and_then(|a| a.parse().ok());
+    // port the kernel bound, not the one asked for. (`Server` takes its addresses from the
+    // log and refuses port 0 or a non-loopback address.)
     let bound = listening_ports(s.pid());
     assert!(
-        logged.is_some_and(|a| a.ip().is_loopback() && a.port() != 0 && bound.contains(&a.port())),
-        "the `listening` log line says {:?}; the server listens on ports {bound:?}",
-        s.logged_addr
+        bound.contains(&s.public.port()) && bound.contains(&s.private.port()),
+        "the `listening` log lines say {} and {}; the server listens on ports {bound:?}",
+        s.public,
+        s.private
     );
 }
 
@@ -1451,11 +829,7 @@ async fn listening_log_names_the_bound_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn burst_gets_429_timeout_and_body_limit() {
-    if !privileged() {
-        return;
-    }
-    let _host = host_shared().await;
-    let s = Server::start(&[
+    let Some((_host, _s, api)) = own(&[
         "--max-running",
         "1",
         "--max-queued",
@@ -1464,8 +838,11 @@ async fn burst_gets_429_timeout_and_body_limit() {
         "1500ms",
         "--max-body-bytes",
         "4096",
-    ]);
-    let api = Api::new(&s);
+    ])
+    .await
+    else {
+        return;
+    };
 
     // 8 concurrent half-second runs against room for 1 running + 1 queued.
     let script = "import time\ndef main():\n    time.sleep(0.5)\n    return {'slept': True}\n";
@@ -1606,22 +983,26 @@ async fn a_full_server_refuses_before_the_body_or_holds_the_request_for_a_freed_
         json!({"language": "python", "wait": false,
                "files": [{"content": format!("import time\ntime.sleep({secs})\n")}]})
     };
+    // One place in all (one running, none queued), and `wait` for a place to free.
+    let one_place = |wait| {
+        server(&[
+            "--max-running",
+            "1",
+            "--max-queued",
+            "0",
+            "--queue-wait",
+            wait,
+        ])
+    };
 
-    // One place in all, and refusals at once (--queue-wait 0).
-    let s = Server::start(&[
-        "--max-running",
-        "1",
-        "--max-queued",
-        "0",
-        "--queue-wait",
-        "0",
-    ]);
+    // Refusals at once (--queue-wait 0).
+    let s = one_place("0");
     let api = Api::new(&s);
     let r = api.post("/v1/runs", sleeper(30)).await;
     assert_eq!(r.status, 202, "{}", r.text);
     // A request that announces a body and never sends it is refused from its headers alone:
     // nothing is read or parsed for a request that cannot run.
-    let mut raw = std::net::TcpStream::connect(s.addr).unwrap();
+    let mut raw = std::net::TcpStream::connect(s.public).unwrap();
     std::io::Write::write_all(
         &mut raw,
         b"POST /execute HTTP/1.1\r\nHost: execbox\r\nContent-Type: application/json\r\n\
@@ -1641,14 +1022,7 @@ async fn a_full_server_refuses_before_the_body_or_holds_the_request_for_a_freed_
 
     // With a wait, a request that finds the server full waits for the place instead of being
     // answered 429 at once.
-    let s = Server::start(&[
-        "--max-running",
-        "1",
-        "--max-queued",
-        "0",
-        "--queue-wait",
-        "30s",
-    ]);
+    let s = one_place("30s");
     let api = Api::new(&s);
     let r = api.post("/v1/runs", sleeper(1)).await;
     assert_eq!(r.status, 202, "{}", r.text);
@@ -1675,28 +1049,12 @@ async fn a_full_server_refuses_before_the_body_or_holds_the_request_for_a_freed_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spawner_crash_fails_in_flight_runs_and_recovers() {
-    if !privileged() {
+    let Some((_host, s, api)) = own(&[]).await else {
         return;
-    }
-    let _host = host_shared().await;
-    let s = Server::start(&[]);
-    let api = Api::new(&s);
+    };
     let old = spawner_of(s.pid()).expect("the server's spawner");
 
-    let marker = unique_marker("crash");
-    let r = api
-        .post(
-            "/v1/runs",
-            json!({
-                "language": "python",
-                "files": [{"content": "import time\ntime.sleep(30)\n"}],
-                "args": [marker],
-                "limits": {"timeout_ms": 40000},
-                "wait": false,
-            }),
-        )
-        .await;
-    let path = format!("/v1/runs/{}", assert_accepted(&r, "/v1/runs/"));
+    let (path, marker) = start_marked_sleeper(&api, "crash").await;
     let payload = api.wait_running(&path, &marker).await[0];
     assert_eq!(ppid(payload), Some(old), "{}", describe(payload));
     let run_cgroups_before = cgroups_of(payload);
@@ -1743,18 +1101,10 @@ async fn spawner_crash_fails_in_flight_runs_and_recovers() {
     // process with the marker, none of its run cgroups (named after its pid), and no jailed
     // process anywhere without a live spawner (or `execbox run`) above it. The new spawner's
     // prepared jails are in the execbox uid range too, but they have it as parent.
-    let prefix = format!("j{old}-");
     eventually(
         "leftovers of the killed spawner",
         Duration::from_secs(10),
-        || {
-            let mut left = still_alive(&tree);
-            left.extend(with_arg(&marker).into_iter().map(describe));
-            left.extend(cgroup_names(&run_cgroups(&prefix)));
-            left.extend(cgroup_names(&run_cgroups_before));
-            left.extend(orphan_jails().into_iter().map(|o| format!("orphan {o}")));
-            left
-        },
+        || gone_spawner_leftovers(old, &tree, &marker, &run_cgroups_before),
     )
     .await;
 
@@ -1784,37 +1134,19 @@ async fn sigterm_drains_in_flight_runs_and_leaves_nothing() {
     // Leftovers that predate this test (of some other jailer on the host) are not this
     // server's; they are reported, not counted.
     // (before the server's first run the parent cgroups may not exist yet on a fresh host)
-    let stale_cgroups: Vec<PathBuf> =
-        run_cgroups_in(support::existing_execbox_cgroup_parents(), "j")
-            .into_iter()
-            .filter(|d| !owner_alive(d))
-            .collect();
+    let stale_cgroups: Vec<PathBuf> = run_cgroups_in(existing_execbox_cgroup_parents(), "j")
+        .into_iter()
+        .filter(|d| !owner_alive(d))
+        .collect();
     let stale_orphans = orphan_jails();
     if !stale_cgroups.is_empty() || !stale_orphans.is_empty() {
         eprintln!("note: leftovers before the test: {stale_cgroups:?} {stale_orphans:?}");
     }
-    let mut s = Server::start(&["--shutdown-grace-secs", "10"]);
+    let mut s = server(&["--shutdown-grace-secs", "10"]);
     let api = Api::new(&s);
     let spawner = spawner_of(s.pid()).expect("the server's spawner");
 
-    let marker = unique_marker("drain");
-    let body = json!({
-        "language": "python",
-        "files": [{"content": "import time\ntime.sleep(2)\nprint('drained')\n"}],
-        "args": [marker],
-    });
-    let blocking = tokio::spawn({
-        let api = api.clone();
-        async move { api.post("/v1/runs", body).await }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let payload = loop {
-        if let Some(&p) = with_arg(&marker).first() {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "the run never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let (blocking, marker, payload) = start_blocking_run(&api, "drain").await;
     let mut tree = descendants(spawner);
     tree.push(proc_id(spawner).expect("spawner alive"));
     let cgroups = cgroups_of(payload);
@@ -1833,14 +1165,8 @@ async fn sigterm_drains_in_flight_runs_and_leaves_nothing() {
     let status = status.unwrap_or_else(|| panic!("still running {took:?} after SIGTERM"));
     assert!(status.success(), "exit status {status} after SIGTERM");
 
-    let prefix = format!("j{spawner}-");
     eventually("leftovers after shutdown", Duration::from_secs(5), || {
-        let mut left = still_alive(&tree);
-        left.extend(with_arg(&marker).into_iter().map(describe));
-        left.extend(cgroup_names(&run_cgroups(&prefix)));
-        left.extend(cgroup_names(&cgroups));
-        left.extend(orphan_jails().into_iter().map(|o| format!("orphan {o}")));
-        left
+        gone_spawner_leftovers(spawner, &tree, &marker, &cgroups)
     })
     .await;
     // Host-wide: every jailed process and every run cgroup must belong to a live jail owner
@@ -1883,25 +1209,17 @@ async fn sigterm_to_the_whole_process_group_still_drains() {
         return;
     }
     let _host = host_shared().await;
-    let mut s = Server::launch(&["--shutdown-grace-secs", "10"], true);
+    let mut s = Server::start_with(
+        &["--shutdown-grace-secs", "10"],
+        Options {
+            no_auth: true,
+            own_group: true,
+        },
+    );
     let api = Api::new(&s);
     let spawner = spawner_of(s.pid()).expect("the server's spawner");
 
-    let marker = unique_marker("group");
-    let body = json!({
-        "language": "python",
-        "files": [{"content": "import time\ntime.sleep(2)\nprint('drained')\n"}],
-        "args": [marker],
-    });
-    let blocking = tokio::spawn({
-        let api = api.clone();
-        async move { api.post("/v1/runs", body).await }
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while with_arg(&marker).is_empty() {
-        assert!(Instant::now() < deadline, "the run never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (blocking, marker, _) = start_blocking_run(&api, "group").await;
     kill(Pid::from_raw(-(s.pid() as i32)), Signal::SIGTERM).expect("signal the group");
     kill(Pid::from_raw(spawner as i32), Signal::SIGTERM).expect("signal the spawner");
 

@@ -6,50 +6,20 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use execbox_server::auth::{mint, Claims};
 use futures_util::{SinkExt, StreamExt};
+use nix::sys::signal::Signal;
 use serde_json::{json, Value};
+use support::http::raw_get;
+use support::tokens::{claims, now, token, SECRET, SEED_TOKEN};
 use support::{privileged, status_of, Server};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-const SECRET: &str = "sekret";
-/// Seed 000's sample token, signed with `sekret`.
-const SEED_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJuYmYiOjE1NTQ3NTU1NTUsImV4cCI6MjU1NDc1NTUwMCwiaWF0IjoxNTU0NzU1NTAwLCJqdGkiOiI5ZmRmMGE2Ni00YzllLTRlOTktODc4MC05YjdlOTNlMjFlMjciLCJ1c2VyX2lkIjoiMTA1YjM1MTgtNjQ2ZC00NjNlLWFkZGEtZDJiOTM5YzJkMDZkIiwidXNlcl9mdWxsX25hbWUiOiJCZXJ0cmFtIEdpbGZveWxlIiwidXNlcl9lbWFpbCI6Im51bGxAcGllZHBpcGVyLmNvbSJ9.-A8Gx18iTikKpedcxDlgcc7D8GMWFix0709Vfpbo1SI";
 /// Longest any single expected event may take (generous: a loaded 2-core host).
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn claims(user: &str, exp: i64) -> Claims {
-    Claims {
-        user_id: Some(user.into()),
-        sub: None,
-        user_full_name: None,
-        user_email: None,
-        jti: None,
-        iat: Some(now()),
-        nbf: None,
-        exp,
-    }
-}
-
-fn token(user: &str) -> String {
-    mint(SECRET.as_bytes(), &claims(user, now() + 600)).unwrap()
-}
-
-fn server(args: &[&str]) -> Server {
-    let mut s = Server::start(args, &[("APP_JWT_SECRET", SECRET)]);
-    s.wait_ready();
-    s
-}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -155,18 +125,9 @@ fn sleeper(secs: f64) -> Value {
 }
 
 /// A metric's value from the private listener's `/metrics` (0 when absent).
-fn metric(s: &Server, name_and_labels: &str) -> f64 {
-    let mut c = TcpStream::connect(s.private).unwrap();
-    write!(
-        c,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    c.read_to_string(&mut text).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
-        .unwrap_or(0.0)
+fn metric(s: &Server, name: &str, labels: &str) -> f64 {
+    let text = raw_get(s.private, "/metrics").expect("GET /metrics");
+    support::metric(&text, name, labels).unwrap_or(0.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -174,7 +135,7 @@ async fn websocket_takes_the_token_in_the_subprotocol_or_the_first_message() {
     if !privileged() {
         return;
     }
-    let s = server(&[]);
+    let s = Server::start(&[]);
     // 1. Token in Sec-WebSocket-Protocol.
     let mut ws = connect_as(&s, &token("wsuser")).await.unwrap();
     let ready = next_json(&mut ws).await;
@@ -241,7 +202,7 @@ async fn websocket_takes_the_token_in_the_subprotocol_or_the_first_message() {
     )
     .await;
     expect_closed_with(&mut ws, "invalid_token", 1008).await;
-    let bad = mint(b"wrong", &claims("x", now() + 600)).unwrap();
+    let bad = mint(b"wrong", &claims("x")).unwrap();
     let refused = connect_as(&s, &bad).await.unwrap_err();
     assert_eq!(refused.status, 401);
 }
@@ -251,7 +212,7 @@ async fn a_large_or_late_first_message_is_refused_and_the_socket_closed() {
     if !privileged() {
         return;
     }
-    let s = server(&["--ws-auth-timeout-secs", "1", "--max-body-bytes", "65536"]);
+    let s = Server::start(&["--ws-auth-timeout-secs", "1", "--max-body-bytes", "65536"]);
     // Over 4 KiB before authentication: refused by its length, not parsed.
     let mut ws = connect_with(&s, &[]).await.unwrap();
     let padded = json!({"type": "auth", "token": "x".repeat(5000)});
@@ -292,7 +253,7 @@ async fn open_websockets_are_capped_in_total_and_per_user() {
     if !privileged() {
         return;
     }
-    let s = server(&["--max-websockets", "3", "--max-websockets-per-user", "2"]);
+    let s = Server::start(&["--max-websockets", "3", "--max-websockets-per-user", "2"]);
     let alice = token("alice");
     let mut a1 = connect_as(&s, &alice).await.unwrap();
     let mut a2 = connect_as(&s, &alice).await.unwrap();
@@ -315,11 +276,12 @@ async fn open_websockets_are_capped_in_total_and_per_user() {
     );
     // A socket without a token counts against the total too.
     assert_eq!(connect_with(&s, &[]).await.unwrap_err().status, 503);
-    assert_eq!(metric(&s, "execbox_websockets_open"), 3.0);
+    assert_eq!(metric(&s, "execbox_websockets_open", ""), 3.0);
     assert!(
         metric(
             &s,
-            "execbox_rejected_requests_total{reason=\"too_many_websockets\"}"
+            "execbox_rejected_requests_total",
+            "reason=\"too_many_websockets\""
         ) >= 3.0
     );
 
@@ -345,7 +307,7 @@ async fn origin_is_checked_against_the_allow_list() {
     if !privileged() {
         return;
     }
-    let s = server(&[
+    let s = Server::start(&[
         "--allowed-origins",
         "https://app.example,http://localhost:3000",
     ]);
@@ -388,7 +350,7 @@ async fn an_idle_session_is_closed_but_not_while_a_run_is_active() {
     if !privileged() {
         return;
     }
-    let s = server(&["--ws-idle-secs", "2"]);
+    let s = Server::start(&["--ws-idle-secs", "2"]);
     let t = token("idler");
     // Default Origin rule: the server's own origin only.
     let own = format!("http://{}", s.public);
@@ -425,9 +387,14 @@ async fn an_expired_token_is_refused_on_the_next_run() {
         return;
     }
     // No leeway, so the moment of expiry is exact.
-    let s = server(&["--jwt-leeway-secs", "0"]);
+    let s = Server::start(&["--jwt-leeway-secs", "0"]);
     let exp = now() + 3;
-    let short = mint(SECRET.as_bytes(), &claims("brief", exp)).unwrap();
+    let short = Claims {
+        exp,
+        nbf: None,
+        ..claims("brief")
+    };
+    let short = mint(SECRET.as_bytes(), &short).unwrap();
     let mut ws = connect_as(&s, &short).await.unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "ready");
     // Wait (on the wall clock the server also reads) until the token has expired.
@@ -443,8 +410,12 @@ async fn messages_during_a_run_count_against_the_rate_quota() {
     if !privileged() {
         return;
     }
-    let s = server(&["--quota-rps", "1", "--quota-burst", "3"]);
-    let before = metric(&s, "execbox_rejected_requests_total{reason=\"rate_quota\"}");
+    let s = Server::start(&["--quota-rps", "1", "--quota-burst", "3"]);
+    let before = metric(
+        &s,
+        "execbox_rejected_requests_total",
+        "reason=\"rate_quota\"",
+    );
     // The upgrade is request 1, the run request 2.
     let mut ws = connect_as(&s, &token("chatty")).await.unwrap();
     assert_eq!(next_json(&mut ws).await["type"], "ready");
@@ -464,7 +435,13 @@ async fn messages_during_a_run_count_against_the_rate_quota() {
         codes.iter().filter(|c| *c == "rate_quota").count() >= 2,
         "{codes:?}"
     );
-    assert!(metric(&s, "execbox_rejected_requests_total{reason=\"rate_quota\"}") >= before + 2.0);
+    assert!(
+        metric(
+            &s,
+            "execbox_rejected_requests_total",
+            "reason=\"rate_quota\""
+        ) >= before + 2.0
+    );
     // The run itself carries on.
     let fin = next_json(&mut ws).await;
     assert_eq!(fin["record"]["status"], "ok", "{fin}");
@@ -475,16 +452,9 @@ async fn sessions_close_with_1001_on_shutdown_once_their_run_is_done() {
     if !privileged() {
         return;
     }
-    let mut s = server(&[]);
+    let mut s = Server::start(&[]);
     // Not a WebSocket handshake: a JSON error like every other answer.
-    let mut c = TcpStream::connect(s.public).unwrap();
-    write!(
-        c,
-        "GET /v1/ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    c.read_to_string(&mut answer).unwrap();
+    let answer = raw_get(s.public, "/v1/ws").expect("GET /v1/ws");
     assert!(
         answer.starts_with("HTTP/1.1 4") && answer.contains("\"not_a_websocket\""),
         "{answer}"
@@ -496,12 +466,15 @@ async fn sessions_close_with_1001_on_shutdown_once_their_run_is_done() {
     assert_eq!(next_json(&mut busy).await["type"], "ready");
     send(&mut busy, sleeper(1.0)).await;
     assert_eq!(next_json(&mut busy).await["type"], "accepted");
-    s.sigterm();
+    s.signal(Signal::SIGTERM);
     expect_closed_with(&mut idle, "shutting_down", 1001).await;
     // The run ends (within the shutdown grace, or cancelled after it) and is reported first.
     assert_eq!(next_json(&mut busy).await["type"], "finished");
     expect_closed_with(&mut busy, "shutting_down", 1001).await;
-    assert!(s.wait_exit(PATIENCE).is_some(), "the server did not exit");
+    assert!(
+        s.exited_within(PATIENCE).await.is_some(),
+        "the server did not exit"
+    );
 }
 
 /// Send a keep-alive request on `c` and read its answer's status.
@@ -539,7 +512,7 @@ fn the_connection_cap_holds_on_the_public_listener() {
     if !privileged() {
         return;
     }
-    let s = server(&["--max-connections", "2"]);
+    let s = Server::start(&["--max-connections", "2"]);
     let mut open: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(s.public).unwrap())
         .collect();
@@ -558,7 +531,7 @@ fn the_connection_cap_holds_on_the_public_listener() {
         matches!(&unanswered, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
         "the third connection was served: {unanswered:?}"
     );
-    assert_eq!(metric(&s, "execbox_connections_open"), 2.0);
+    assert_eq!(metric(&s, "execbox_connections_open", ""), 2.0);
     // The private listener is not capped.
     assert_eq!(status_of(s.private, "/healthz"), Some(204));
     // Closing one lets the waiting one in: its request is answered.

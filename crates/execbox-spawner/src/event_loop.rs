@@ -14,6 +14,9 @@ use execbox_runtime::{build_record, PythonRuntime, RunMeta};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::framing::{parse_order, Line, LineBuffer};
+use crate::inflight::{log, InFlight, Jails, Report};
+
 /// Errors that end the spawner.
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnerError {
@@ -31,17 +34,6 @@ pub enum SpawnerError {
     Runtime(execbox_runtime::RuntimeError),
 }
 
-struct Prep {
-    preparing: Preparing,
-    /// The run waiting for this jail, or `None` for a pool jail.
-    order: Option<(RunOrder, Payload)>,
-}
-
-struct Active {
-    order: RunOrder,
-    sup: Supervisor,
-}
-
 #[derive(Clone, Copy)]
 enum Tag {
     Control,
@@ -50,28 +42,56 @@ enum Tag {
     Run(usize, Role),
 }
 
+impl Jails for Jailer {
+    type Spec = JailSpec;
+    type Payload = Payload;
+    type Preparing = Preparing;
+    type Prepared = Prepared;
+    type Running = Supervisor;
+    type Error = JailError;
+
+    fn start_prepare(&self, spec: &JailSpec) -> Result<Preparing, JailError> {
+        Jailer::start_prepare(self, spec)
+    }
+
+    fn finish_prepare(&self, p: Preparing) -> Result<Prepared, JailError> {
+        p.finish()
+    }
+
+    fn launch(&self, p: Prepared, payload: &Payload) -> Result<Supervisor, JailError> {
+        p.launch(payload)
+    }
+
+    fn cancel(&self, r: &mut Supervisor) {
+        r.cancel();
+    }
+
+    fn is_done(&self, r: &Supervisor) -> bool {
+        r.is_done()
+    }
+
+    fn finish_run(&self, r: Supervisor) -> Result<Outcome, JailError> {
+        r.finish()
+    }
+}
+
 /// The spawner state.
 pub struct Spawner {
-    jailer: Jailer,
     runtime: PythonRuntime,
-    cfg: SpawnerConfig,
-    default_spec: JailSpec,
-    pool: VecDeque<Prepared>,
-    preparing: Vec<Prep>,
-    running: Vec<Active>,
-    inbuf: Vec<u8>,
+    inflight: InFlight<Jailer>,
+    orders: LineBuffer,
     out: OwnedFd,
     /// Events not yet written: the loop never blocks on a slow reader.
     outbuf: VecDeque<u8>,
-    refill_after: Instant,
 }
 
 impl std::fmt::Debug for Spawner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (pool, preparing, running) = self.inflight.counts();
         f.debug_struct("Spawner")
-            .field("pool", &self.pool.len())
-            .field("preparing", &self.preparing.len())
-            .field("running", &self.running.len())
+            .field("pool", &pool)
+            .field("preparing", &preparing)
+            .field("running", &running)
             .finish()
     }
 }
@@ -79,26 +99,16 @@ impl std::fmt::Debug for Spawner {
 /// The language of the one runtime there is.
 const LANGUAGE: &str = "python";
 
-fn log(msg: &str) {
-    eprintln!("execbox-spawner: {msg}");
-}
-
 impl Spawner {
     /// A spawner that writes events to `out` (made non-blocking).
     pub fn new(jailer: Jailer, runtime: PythonRuntime, cfg: SpawnerConfig, out: OwnedFd) -> Self {
         let default_spec = runtime.jail_spec(cfg.default_limits);
         Self {
-            jailer,
+            inflight: InFlight::new(jailer, default_spec, cfg.pool),
             runtime,
-            cfg,
-            default_spec,
-            pool: VecDeque::new(),
-            preparing: Vec::new(),
-            running: Vec::new(),
-            inbuf: Vec::new(),
+            orders: LineBuffer::new(MAX_LINE),
             out,
             outbuf: VecDeque::new(),
-            refill_after: Instant::now(),
         }
     }
 
@@ -106,6 +116,19 @@ impl Spawner {
     fn emit(&mut self, ev: &Event) -> io::Result<()> {
         self.outbuf.extend(ev.to_line());
         self.flush_some()
+    }
+
+    /// Tell the server what the bookkeeping reported, in order.
+    fn report(&mut self, reports: Vec<Report>) -> io::Result<()> {
+        for r in reports {
+            let ev = match r {
+                Report::Started(id) => Event::Started { id },
+                Report::Ended(end) => self.finished(end.0, end.1),
+                Report::Failed(id, message) => Event::Failed { id, message },
+            };
+            self.emit(&ev)?;
+        }
+        Ok(())
     }
 
     /// Write queued events until the pipe is full (EAGAIN) or the queue empty.
@@ -145,39 +168,26 @@ impl Spawner {
         let hello = Event::Hello {
             language: LANGUAGE.into(),
             version: self.runtime.version.clone(),
-            missing_layers: self.jailer.missing_layers().to_vec(),
+            missing_layers: self.inflight.jails().missing_layers().to_vec(),
         };
         self.emit(&hello)?;
         let mut eof = false;
         loop {
             if eof {
-                for a in &mut self.running {
-                    a.sup.cancel();
-                }
                 // Runs still waiting for their jail end as cancelled, like running ones.
-                let waiting: Vec<RunOrder> = self
-                    .preparing
-                    .iter_mut()
-                    .filter_map(|p| p.order.take().map(|(o, _)| o))
-                    .collect();
-                self.preparing.clear();
-                for order in waiting {
-                    let outcome = Outcome {
-                        cancelled: true,
-                        ..Outcome::default()
-                    };
-                    self.finished(order, outcome)?;
-                }
-                if self.running.is_empty() {
+                let mut reports = Vec::new();
+                self.inflight.shut_down(&mut reports);
+                self.report(reports)?;
+                if !self.inflight.has_running() {
                     break;
                 }
             } else {
-                self.refill();
+                self.inflight.refill(Instant::now());
             }
             let events = self.wait(input.as_fd(), eof)?;
-            // The indices in `events` refer to `preparing` and `running` as they are now, so
-            // everything that uses them runs before anything that reorders those lists
-            // (orders: a cancel removes from `preparing`; finish_runs removes from `running`).
+            // The indices in `events` refer to the preparing and running jails as they are
+            // now, so everything that uses them runs before anything that reorders those lists
+            // (orders: a cancel removes a preparing jail; reaping removes running ones).
             let mut ready_preps = Vec::new();
             let mut control = false;
             for (tag, ev) in events {
@@ -186,17 +196,23 @@ impl Spawner {
                     Tag::Out => self.flush_some()?,
                     Tag::Prep(i) => ready_preps.push(i),
                     Tag::Run(i, role) => {
-                        if let Err(e) = self.running[i].sup.handle(role, ev) {
-                            log(&format!("run {}: {e}", self.running[i].order.id));
+                        let a = &mut self.inflight.running_mut()[i];
+                        if let Err(e) = a.run.handle(role, ev) {
+                            log(&format!("run {}: {e}", a.order.id));
                         }
                     }
                 }
             }
-            self.finish_preps(ready_preps)?;
+            let mut reports = Vec::new();
+            self.inflight
+                .prepared(ready_preps, Instant::now(), &mut reports);
+            self.report(reports)?;
             if control {
                 eof |= self.read_orders(input.as_fd())?;
             }
-            self.finish_runs()?;
+            let mut reports = Vec::new();
+            self.inflight.reap(&mut reports);
+            self.report(reports)?;
         }
         self.flush_all()?;
         Ok(())
@@ -210,11 +226,11 @@ impl Spawner {
     ) -> Result<Vec<(Tag, PollFlags)>, SpawnerError> {
         let now = Instant::now();
         let mut wake = now + Duration::from_secs(1);
-        for a in &mut self.running {
-            if now >= a.sup.next_wakeup() {
-                let _ = a.sup.tick();
+        for a in self.inflight.running_mut() {
+            if now >= a.run.next_wakeup() {
+                let _ = a.run.tick();
             }
-            wake = wake.min(a.sup.next_wakeup());
+            wake = wake.min(a.run.next_wakeup());
         }
         let mut fds = Vec::new();
         let mut tags = Vec::new();
@@ -226,12 +242,12 @@ impl Spawner {
             fds.push(PollFd::new(self.out.as_fd(), PollFlags::POLLOUT));
             tags.push(Tag::Out);
         }
-        for (i, p) in self.preparing.iter().enumerate() {
-            fds.push(PollFd::new(p.preparing.ready_fd(), PollFlags::POLLIN));
+        for (i, p) in self.inflight.preparing().enumerate() {
+            fds.push(PollFd::new(p.ready_fd(), PollFlags::POLLIN));
             tags.push(Tag::Prep(i));
         }
-        for (i, a) in self.running.iter().enumerate() {
-            for (fd, ev, role) in a.sup.interest() {
+        for (i, a) in self.inflight.running().enumerate() {
+            for (fd, ev, role) in a.run.interest() {
                 fds.push(PollFd::new(fd, ev));
                 tags.push(Tag::Run(i, role));
             }
@@ -251,59 +267,42 @@ impl Spawner {
             .collect())
     }
 
-    /// Keep `cfg.pool` default jails prepared (or being prepared).
-    fn refill(&mut self) {
-        if Instant::now() < self.refill_after {
-            return;
-        }
-        let in_flight = self.preparing.iter().filter(|p| p.order.is_none()).count();
-        for _ in self.pool.len() + in_flight..self.cfg.pool {
-            match self.jailer.start_prepare(&self.default_spec) {
-                Ok(p) => self.preparing.push(Prep {
-                    preparing: p,
-                    order: None,
-                }),
-                Err(e) => {
-                    log(&format!("cannot prepare a pool jail: {e}"));
-                    self.refill_after = Instant::now() + Duration::from_secs(1);
-                    return;
-                }
-            }
-        }
-    }
-
     /// Read what the server sent; handle complete lines. Returns true at EOF.
     fn read_orders(&mut self, fd: BorrowedFd<'_>) -> Result<bool, SpawnerError> {
         let mut chunk = [0u8; 64 * 1024];
-        let mut eof = false;
         loop {
             match nix::unistd::read(fd, &mut chunk) {
-                Ok(0) => {
-                    eof = true;
-                    break;
+                Ok(0) => return Ok(true),
+                Ok(n) => {
+                    self.orders.push(&chunk[..n]);
+                    self.handle_orders()?;
                 }
-                Ok(n) => self.inbuf.extend_from_slice(&chunk[..n]),
-                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(false),
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(SpawnerError::Io(io::Error::from(e))),
             }
         }
-        while let Some(pos) = self.inbuf.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.inbuf.drain(..=pos).collect();
-            match serde_json::from_slice::<Order>(&line) {
-                Ok(Order::Run(o)) => self.start_run(o)?,
-                Ok(Order::Cancel { id }) => self.cancel(&id)?,
-                Err(e) => log(&format!("bad order line: {e}")),
-            }
-        }
-        if self.inbuf.len() > MAX_LINE {
-            log("order line too long; dropped");
-            self.inbuf.clear();
-        }
-        Ok(eof)
     }
 
-    fn start_run(&mut self, order: RunOrder) -> io::Result<()> {
+    /// Carry out the complete order lines received so far.
+    fn handle_orders(&mut self) -> io::Result<()> {
+        while let Some(line) = self.orders.next_line() {
+            let mut reports = Vec::new();
+            match line {
+                Line::TooLong => log("order line too long; dropped"),
+                Line::Complete(line) => match parse_order(&line) {
+                    Ok(Order::Run(o)) => self.start_run(o, &mut reports),
+                    Ok(Order::Cancel { id }) => self.inflight.cancel(&id, &mut reports),
+                    Err(e) => log(&format!("bad order line: {e}")),
+                },
+            }
+            self.report(reports)?;
+        }
+        Ok(())
+    }
+
+    /// Build the run's payload and jail spec, and hand it to the bookkeeping.
+    fn start_run(&mut self, order: RunOrder, out: &mut Vec<Report>) {
         let files = order
             .files
             .iter()
@@ -319,110 +318,14 @@ impl Spawner {
             &order.args,
         );
         if let Err(e) = payload.validate(&order.limits) {
-            return self.emit(&Event::Failed {
-                id: order.id,
-                message: e.to_string(),
-            });
+            return out.push(Report::Failed(order.id, e.to_string()));
         }
         let spec = self.runtime.jail_spec(order.limits);
-        if spec == self.default_spec {
-            while let Some(p) = self.pool.pop_front() {
-                match p.launch(&payload) {
-                    Ok(sup) => return self.started(order, sup),
-                    // A pooled jail that died while idle: try the next one.
-                    Err(e) => log(&format!("pooled jail unusable: {e}")),
-                }
-            }
-        }
-        match self.jailer.start_prepare(&spec) {
-            Ok(p) => {
-                self.preparing.push(Prep {
-                    preparing: p,
-                    order: Some((order, payload)),
-                });
-                Ok(())
-            }
-            Err(e) => self.emit(&Event::Failed {
-                id: order.id,
-                message: format!("prepare: {e}"),
-            }),
-        }
+        self.inflight.start(order, &spec, payload, out);
     }
 
-    fn started(&mut self, order: RunOrder, sup: Supervisor) -> io::Result<()> {
-        let id = order.id.clone();
-        self.running.push(Active { order, sup });
-        self.emit(&Event::Started { id })
-    }
-
-    fn cancel(&mut self, id: &str) -> io::Result<()> {
-        if let Some(a) = self.running.iter_mut().find(|a| a.order.id == id) {
-            a.sup.cancel();
-            return Ok(());
-        }
-        if let Some(i) = self
-            .preparing
-            .iter()
-            .position(|p| p.order.as_ref().is_some_and(|(o, _)| o.id == id))
-        {
-            let prep = self.preparing.swap_remove(i);
-            if let Some((order, _)) = prep.order {
-                let outcome = Outcome {
-                    cancelled: true,
-                    ..Outcome::default()
-                };
-                return self.finished(order, outcome);
-            }
-        }
-        Ok(())
-    }
-
-    fn finish_preps(&mut self, mut ready: Vec<usize>) -> io::Result<()> {
-        ready.sort_unstable_by(|a, b| b.cmp(a)); // swap_remove from the back first
-        for i in ready {
-            let prep = self.preparing.swap_remove(i);
-            match (prep.preparing.finish(), prep.order) {
-                (Ok(p), None) => self.pool.push_back(p),
-                (Ok(p), Some((order, payload))) => match p.launch(&payload) {
-                    Ok(sup) => self.started(order, sup)?,
-                    Err(e) => self.emit(&Event::Failed {
-                        id: order.id,
-                        message: format!("launch: {e}"),
-                    })?,
-                },
-                (Err(e), None) => {
-                    log(&format!("pool jail failed to prepare: {e}"));
-                    self.refill_after = Instant::now() + Duration::from_secs(1);
-                }
-                (Err(e), Some((order, _))) => self.emit(&Event::Failed {
-                    id: order.id,
-                    message: format!("prepare: {e}"),
-                })?,
-            }
-        }
-        Ok(())
-    }
-
-    fn finish_runs(&mut self) -> io::Result<()> {
-        let mut i = 0;
-        while i < self.running.len() {
-            if !self.running[i].sup.is_done() {
-                i += 1;
-                continue;
-            }
-            let Active { order, sup } = self.running.swap_remove(i);
-            match sup.finish() {
-                Ok(outcome) => self.finished(order, outcome)?,
-                Err(e) => self.emit(&Event::Failed {
-                    id: order.id,
-                    message: format!("teardown: {e}"),
-                })?,
-            }
-        }
-        Ok(())
-    }
-
-    fn finished(&mut self, order: RunOrder, outcome: Outcome) -> io::Result<()> {
+    /// The `finished` event of a run: its record.
+    fn finished(&self, order: RunOrder, outcome: Outcome) -> Event {
         let meta = RunMeta {
             id: order.id.clone(),
             language: LANGUAGE.into(),
@@ -430,9 +333,9 @@ impl Spawner {
             created_at: order.created_at.clone(),
         };
         let record = build_record(meta, order.mode, &order.limits, outcome);
-        self.emit(&Event::Finished {
+        Event::Finished {
             id: order.id,
             record: Box::new(record),
-        })
+        }
     }
 }

@@ -13,6 +13,8 @@
 #![deny(missing_docs)]
 
 pub mod event_loop;
+mod framing;
+mod inflight;
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
