@@ -42,7 +42,7 @@ pub struct Submitted {
 /// A record the server writes itself (queued, cancelled before it started, internal error),
 /// naming the runtime as the spawner last reported it.
 fn record(state: &AppState, id: &str, created_at: String, status: RunStatus) -> RunRecord {
-    let sp = state.spawner.status();
+    let sp = state.sandbox.status();
     let (language, version) = sp.runtime().unwrap_or(("python", ""));
     RunRecord {
         id: id.to_owned(),
@@ -132,8 +132,7 @@ pub fn submit_in(
 
 /// 503 unless the spawner is up and passed its canary.
 pub fn ready(state: &AppState) -> Result<(), ApiError> {
-    let sp = state.spawner.status();
-    if sp.up && sp.canary_ok {
+    if state.sandbox.status().ready() {
         return Ok(());
     }
     state.metrics.reject(ErrorCode::NotReady);
@@ -188,18 +187,21 @@ async fn drive(
     // its slot forever.
     let backstop = std::time::Duration::from_millis(order.limits.wall_time_ms)
         + std::time::Duration::from_secs(60);
-    let mut rx = state.spawner.run(order).await;
+    let store = state.store.clone();
+    let started_id = id.clone();
+    let on_started = Box::new(move || store.set_running(&started_id));
+    let mut rx = state.sandbox.run(order, on_started);
     let result = tokio::select! {
         r = &mut rx => r,
         _ = cancel.cancelled() => {
-            state.spawner.cancel(&id).await;
+            state.sandbox.cancel(&id);
             match tokio::time::timeout(backstop, rx).await {
                 Ok(r) => r,
                 Err(_) => Ok(Err("no record after cancel".into())),
             }
         }
         _ = tokio::time::sleep(backstop) => {
-            state.spawner.cancel(&id).await;
+            state.sandbox.cancel(&id);
             Ok(Err("no record from the spawner within the backstop".into()))
         }
     };

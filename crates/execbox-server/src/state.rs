@@ -10,7 +10,7 @@ use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
 use crate::routes::ws::slots::WsSlots;
-use crate::spawner_client::SpawnerClient;
+use crate::sandbox::Sandbox;
 use crate::store::RunStore;
 
 /// Everything a handler needs; cheap to clone.
@@ -26,8 +26,8 @@ pub struct Inner {
     pub store: Arc<RunStore>,
     /// The admission gate.
     pub admission: Admission,
-    /// The spawner.
-    pub spawner: SpawnerClient,
+    /// The sandbox: the spawner client, or a fake in tests.
+    pub sandbox: Arc<dyn Sandbox>,
     /// Metrics.
     pub metrics: Metrics,
     /// Token checking; `None` only with `--insecure-no-auth`.
@@ -39,6 +39,31 @@ pub struct Inner {
     /// Cancelled when the server starts shutting down (listeners stop accepting; WebSocket
     /// sessions close once their run, if any, has finished).
     pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// The state of a server with `cfg` whose runs go to `sandbox`.
+    pub fn new(cfg: ServerConfig, sandbox: Arc<dyn Sandbox>) -> Result<Self, prometheus::Error> {
+        let metrics = Metrics::new()?;
+        Ok(Self(Arc::new(Inner {
+            auth: cfg
+                .jwt_secret
+                .as_deref()
+                .map(|secret| Authenticator::with_leeway(secret, cfg.jwt_leeway)),
+            websockets: WsSlots::new(
+                cfg.max_websockets,
+                cfg.max_websockets_per_user,
+                metrics.websockets_open.clone(),
+            ),
+            quotas: Quotas::new(cfg.quotas.clone()),
+            admission: Admission::new(cfg.max_running, cfg.max_queued),
+            store: Arc::new(RunStore::with_max_bytes(cfg.max_stored_bytes)),
+            shutdown: CancellationToken::new(),
+            metrics,
+            sandbox,
+            cfg,
+        })))
+    }
 }
 
 impl std::ops::Deref for AppState {

@@ -263,7 +263,7 @@ fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest, Ap
     }
     if let Some(sel) = &req.version {
         // The version is the spawner's (its hello); before the first one nothing runs anyway.
-        match state.spawner.status().runtime() {
+        match state.sandbox.status().runtime() {
             Some((_, have)) => check_version(sel, have)?,
             None => runner::ready(state)?,
         }
@@ -362,7 +362,7 @@ pub async fn cancel_run(
     tag = "v1"
 )]
 pub async fn runtimes(State(state): State<AppState>) -> axum::Json<Vec<RuntimeInfo>> {
-    let sp = state.spawner.status();
+    let sp = state.sandbox.status();
     axum::Json(
         sp.runtime()
             .map(|(language, version)| RuntimeInfo {
