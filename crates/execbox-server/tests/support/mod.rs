@@ -215,3 +215,106 @@ pub fn claims(user: &str) -> Claims {
 pub fn token(user: &str) -> String {
     mint(SECRET, &claims(user)).expect("mint")
 }
+
+impl TestApp {
+    /// Serve the public router on a loopback port (for what needs a real connection: a
+    /// WebSocket handshake).
+    pub async fn serve(&self) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        let router = self.public.clone();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        addr
+    }
+
+    /// `GET path` as `user` until `done` holds of the JSON body (at most 5 s).
+    pub async fn poll(&self, path: &str, user: &str, done: impl Fn(&Value) -> bool) -> Resp {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = self.get(path, user).await;
+            if done(&r.json) || tokio::time::Instant::now() > deadline {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// A WebSocket handshake to `/v1/ws` on `addr` with `headers` added: the answer's status,
+/// its head and body, and the connection (open when the status is 101).
+pub async fn ws_handshake(
+    addr: std::net::SocketAddr,
+    headers: &[(&str, &str)],
+) -> (u16, String, tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    );
+    for (k, v) in headers {
+        head += &format!("{k}: {v}\r\n");
+    }
+    head += "\r\n";
+    s.write_all(head.as_bytes()).await.expect("send handshake");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let (status, text) = loop {
+        let n = s.read(&mut buf).await.expect("read answer");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            assert!(n > 0, "connection closed mid-answer: {text}");
+            continue;
+        };
+        let length = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        if body.len() >= length || n == 0 {
+            let status = head
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            break (status, text.clone());
+        }
+    };
+    (status, text, s)
+}
+
+/// A multipart/form-data body of `parts` (`name`, file name, bytes): its content type and bytes.
+pub fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    const BOUNDARY: &str = "execbox-test-boundary";
+    let mut body = Vec::new();
+    for (name, file, bytes) in parts {
+        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
+        let file = file.map_or(String::new(), |f| format!("; filename=\"{f}\""));
+        body.extend_from_slice(
+            format!("Content-Disposition: form-data; name=\"{name}\"{file}\r\n\r\n").as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={BOUNDARY}"), body)
+}
+
+/// RFC 4648 base64url without padding (to write a token no library will sign: `alg: none`).
+pub fn b64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, &b| n << 8 | u32::from(b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+        }
+    }
+    out
+}
