@@ -13,24 +13,24 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod admission;
-pub mod api;
+mod admission;
+mod api;
 pub mod auth;
 pub mod config;
-pub mod error;
-pub mod extract;
-pub mod listener;
-pub mod metrics;
+mod error;
+mod extract;
+mod listener;
+mod metrics;
 pub mod openapi;
 pub mod origin;
 pub mod quota;
-pub mod routes;
-pub mod runner;
+mod routes;
+mod runner;
 pub mod sandbox;
-pub mod spawner_client;
-pub mod state;
-pub mod store;
-pub mod validate;
+mod spawner_client;
+mod state;
+mod store;
+mod validate;
 
 use std::future::Future;
 use std::sync::Arc;

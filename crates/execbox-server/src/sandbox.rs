@@ -1,6 +1,6 @@
 //! What the routes and the runner need of the sandbox: send a run order and get its final
 //! record, cancel a run, and read the status (up, canary, the runtime's language and version,
-//! missing layers). [`crate::spawner_client::SpawnerClient`] is the real one, speaking to an
+//! missing layers). `SpawnerClient` (`spawner_client.rs`) is the real one, speaking to an
 //! `execbox spawner` process; tests put a fake behind the same trait (`tests/support/fake.rs`),
 //! so the whole router runs in-process without a jail.
 

@@ -15,30 +15,30 @@ use crate::store::RunStore;
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct AppState(pub Arc<Inner>);
+pub struct AppState(pub(crate) Arc<Inner>);
 
-/// The shared parts.
+/// The shared parts (only the crate sees into them).
 #[derive(Debug)]
 pub struct Inner {
     /// Settings.
-    pub cfg: ServerConfig,
+    pub(crate) cfg: ServerConfig,
     /// Runs.
-    pub store: Arc<RunStore>,
+    pub(crate) store: Arc<RunStore>,
     /// The admission gate.
-    pub admission: Admission,
+    pub(crate) admission: Admission,
     /// The sandbox: the spawner client, or a fake in tests.
-    pub sandbox: Arc<dyn Sandbox>,
+    pub(crate) sandbox: Arc<dyn Sandbox>,
     /// Metrics.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// Token checking; `None` only with `--insecure-no-auth`.
-    pub auth: Option<Authenticator>,
+    pub(crate) auth: Option<Authenticator>,
     /// Per-user quotas.
-    pub quotas: Quotas,
+    pub(crate) quotas: Quotas,
     /// Open WebSockets, in total and per user.
-    pub websockets: WsSlots,
+    pub(crate) websockets: WsSlots,
     /// Cancelled when the server starts shutting down (listeners stop accepting; WebSocket
     /// sessions close once their run, if any, has finished).
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
 }
 
 impl AppState {

@@ -261,7 +261,7 @@ async fn execute_answers_main_result_apart_from_stdout() {
     );
     let order = &app.fake.orders()[0];
     assert_eq!(order.mode, execbox_proto::Mode::Main);
-    assert_eq!(order.limits, app.state.cfg.spawner.default_limits);
+    assert_eq!(order.limits, app.cfg.spawner.default_limits);
     let none = app
         .post("/execute", "u", json!({"script": Script::ok().source()}))
         .await;
@@ -531,7 +531,7 @@ async fn run_json_checks_stdin_and_args() {
         (order.stdin.as_str(), order.args.clone()),
         ("in", vec!["-v".to_owned(), "x".to_owned()])
     );
-    let max = app.state.cfg.spawner.default_limits.stdin_bytes as usize;
+    let max = app.cfg.spawner.default_limits.stdin_bytes as usize;
     let r = app
         .post(
             "/run-json/",
@@ -687,7 +687,7 @@ async fn v1_runs_file_rules() {
 #[tokio::test]
 async fn v1_runs_limits_above_the_maxima_name_the_maximum() {
     let app = TestApp::new();
-    let max = app.state.cfg.max_limits;
+    let max = app.cfg.max_limits;
     for (limits, maximum) in [
         (json!({"memory_mb": 1 << 20}), max.memory_bytes),
         (

@@ -33,8 +33,8 @@ pub fn config() -> ServerConfig {
 
 /// A router over a fake sandbox.
 pub struct TestApp {
-    /// Its state.
-    pub state: AppState,
+    /// Its configuration.
+    pub cfg: ServerConfig,
     /// Its sandbox.
     pub fake: Arc<FakeSandbox>,
     public: Router,
@@ -52,11 +52,11 @@ impl TestApp {
         let mut cfg = config();
         edit(&mut cfg);
         let fake = Arc::new(FakeSandbox::default());
-        let state = AppState::new(cfg, fake.clone()).expect("metrics registry");
+        let state = AppState::new(cfg.clone(), fake.clone()).expect("metrics registry");
         Self {
             public: public_app(state.clone()),
-            private: private_app(state.clone()),
-            state,
+            private: private_app(state),
+            cfg,
             fake,
         }
     }
