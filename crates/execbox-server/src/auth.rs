@@ -1,4 +1,6 @@
 //! Identity at the edge: HS256 JWT bearer tokens signed with `APP_JWT_SECRET` (seed 000).
+//! This module verifies tokens and nothing else; what an identified caller may spend is
+//! [`crate::quota`]'s.
 //!
 //! Validation is `jsonwebtoken`'s: the signature, `alg` pinned to HS256 (so `none` and every
 //! other algorithm are refused), `exp` required, `nbf` checked when present, with a small
@@ -49,16 +51,26 @@ pub struct Claims {
 
 /// Who is calling; put in the request's extensions by [`require_auth`].
 #[derive(Debug, Clone)]
-pub struct Caller {
+pub(crate) struct Caller {
     /// The user id, `None` when authentication is disabled (`--insecure-no-auth`).
-    pub user: Option<String>,
+    pub(crate) user: Option<String>,
     /// The token's claims.
-    pub claims: Option<Claims>,
+    pub(crate) claims: Option<Claims>,
+}
+
+impl Caller {
+    /// Everyone, when authentication is disabled (`--insecure-no-auth`).
+    pub(crate) fn anonymous() -> Self {
+        Self {
+            user: None,
+            claims: None,
+        }
+    }
 }
 
 /// The secret and rules tokens are checked with.
 #[derive(Clone)]
-pub struct Authenticator {
+pub(crate) struct Authenticator {
     key: DecodingKey,
     validation: Validation,
 }
@@ -70,13 +82,8 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    /// Check tokens against `secret`, with the default leeway.
-    pub fn new(secret: &[u8]) -> Self {
-        Self::with_leeway(secret, std::time::Duration::from_secs(LEEWAY_SECS))
-    }
-
     /// Check tokens against `secret`, tolerating `leeway` of clock skew (whole seconds).
-    pub fn with_leeway(secret: &[u8], leeway: std::time::Duration) -> Self {
+    pub(crate) fn with_leeway(secret: &[u8], leeway: std::time::Duration) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = leeway.as_secs();
         validation.validate_exp = true;
@@ -89,7 +96,7 @@ impl Authenticator {
     }
 
     /// Validate `token` and return the caller.
-    pub fn verify(&self, token: &str) -> Result<Caller, String> {
+    pub(crate) fn verify(&self, token: &str) -> Result<Caller, String> {
         let data = decode::<Claims>(token, &self.key, &self.validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             match e.kind() {
@@ -116,7 +123,7 @@ impl Authenticator {
 
     /// Whether `caller`'s token is still within its `exp` (plus the leeway) now: a long-lived
     /// session (the WebSocket) checks this again before each run it starts.
-    pub fn check_expiry(&self, caller: &Caller) -> Result<(), ApiError> {
+    pub(crate) fn check_expiry(&self, caller: &Caller) -> Result<(), ApiError> {
         let Some(claims) = &caller.claims else {
             return Ok(());
         };
@@ -134,18 +141,6 @@ impl Authenticator {
         }
         Ok(())
     }
-}
-
-/// One request by `caller` against its request-rate quota, counted in the metrics when
-/// refused. Every HTTP request (in [`require_auth`]) and every WebSocket message goes through
-/// here.
-pub fn charge_request(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    let Some(user) = &caller.user else {
-        return Ok(());
-    };
-    state.quotas.check_rate(user).inspect_err(|_| {
-        state.metrics.reject(ErrorCode::RateQuota);
-    })
 }
 
 /// Mint an HS256 token (for `execbox token` and tests).
@@ -172,18 +167,20 @@ pub(crate) fn unauthorized(code: ErrorCode, message: impl Into<String>) -> Respo
 }
 
 /// Bearer token from an `Authorization` header value.
-pub fn bearer(value: &str) -> Option<&str> {
+pub(crate) fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Middleware: authenticate, then apply the caller's request-rate quota.
-pub async fn require_auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+/// Middleware: authenticate, and put the [`Caller`] in the request's extensions (the quota
+/// layer, [`crate::quota::rate_limit`], and the handlers read it there).
+pub(crate) async fn require_auth(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let caller = match &state.auth {
-        None => Caller {
-            user: None,
-            claims: None,
-        },
+        None => Caller::anonymous(),
         Some(auth) => {
             let Some(value) = req.headers().get(header::AUTHORIZATION) else {
                 return unauthorized(ErrorCode::MissingToken, "send Authorization: Bearer <jwt>");
@@ -200,9 +197,6 @@ pub async fn require_auth(State(state): State<AppState>, mut req: Request, next:
             }
         }
     };
-    if let Err(e) = charge_request(&state, &caller) {
-        return e.into_response();
-    }
     req.extensions_mut().insert(caller);
     next.run(req).await
 }
@@ -211,12 +205,16 @@ pub async fn require_auth(State(state): State<AppState>, mut req: Request, next:
 mod tests {
     use super::*;
 
+    const LEEWAY: std::time::Duration = std::time::Duration::from_secs(LEEWAY_SECS);
+
     /// The sample token and secret of seed 000.
     const SEED_TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJuYmYiOjE1NTQ3NTU1NTUsImV4cCI6MjU1NDc1NTUwMCwiaWF0IjoxNTU0NzU1NTAwLCJqdGkiOiI5ZmRmMGE2Ni00YzllLTRlOTktODc4MC05YjdlOTNlMjFlMjciLCJ1c2VyX2lkIjoiMTA1YjM1MTgtNjQ2ZC00NjNlLWFkZGEtZDJiOTM5YzJkMDZkIiwidXNlcl9mdWxsX25hbWUiOiJCZXJ0cmFtIEdpbGZveWxlIiwidXNlcl9lbWFpbCI6Im51bGxAcGllZHBpcGVyLmNvbSJ9.-A8Gx18iTikKpedcxDlgcc7D8GMWFix0709Vfpbo1SI";
 
     #[test]
     fn the_seed_token_carries_the_seed_claims() {
-        let c = Authenticator::new(b"sekret").verify(SEED_TOKEN).unwrap();
+        let c = Authenticator::with_leeway(b"sekret", LEEWAY)
+            .verify(SEED_TOKEN)
+            .unwrap();
         assert_eq!(
             c.user.as_deref(),
             Some("105b3518-646d-463e-adda-d2b939c2d06d")
@@ -225,7 +223,9 @@ mod tests {
         assert_eq!(claims.user_full_name.as_deref(), Some("Bertram Gilfoyle"));
         assert_eq!(claims.user_email.as_deref(), Some("null@piedpiper.com"));
         assert_eq!(claims.exp, 2_554_755_500);
-        assert!(Authenticator::new(b"wrong").verify(SEED_TOKEN).is_err());
+        assert!(Authenticator::with_leeway(b"wrong", LEEWAY)
+            .verify(SEED_TOKEN)
+            .is_err());
     }
 
     #[test]
@@ -255,11 +255,7 @@ mod tests {
         );
         let e = auth.check_expiry(&caller(now - 60)).unwrap_err();
         assert_eq!(e.body.error.code, "token_expired");
-        let anonymous = Caller {
-            user: None,
-            claims: None,
-        };
-        assert!(auth.check_expiry(&anonymous).is_ok());
+        assert!(auth.check_expiry(&Caller::anonymous()).is_ok());
     }
 
     #[test]

@@ -11,12 +11,13 @@ use crate::admission::Room;
 use crate::error::ApiError;
 use crate::runner;
 use crate::state::AppState;
+use crate::validate;
 
 /// Taken before a run request's body is read (put it before the body extractor): the sandbox
 /// is ready (else 503 `not_ready`), and running + queued have a free place, waited for up to
 /// `queue_wait` (else 429 `queue_full`). So a refusal under overload costs neither reading nor
 /// parsing a body, and a client retrying at once is held instead of answered thousands of times
-/// a second. The place itself is taken once the body is valid ([`runner::submit_in`]).
+/// a second. The place itself is taken once the body is valid ([`runner::submit`]).
 #[derive(Debug)]
 pub struct RunRoom(pub Room);
 
@@ -61,16 +62,7 @@ where
         // serde_path_to_error names the field that failed (`script: invalid type: …`).
         serde_path_to_error::deserialize(value)
             .map(Json)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let msg = e.into_inner().to_string();
-                let text = if path == "." {
-                    msg
-                } else {
-                    format!("{path}: {msg}")
-                };
-                ApiError::bad_request(ErrorCode::InvalidField, text)
-            })
+            .map_err(validate::invalid_field)
     }
 }
 

@@ -13,23 +13,24 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod admission;
-pub mod api;
+mod admission;
+mod api;
 pub mod auth;
 pub mod config;
-pub mod error;
-pub mod extract;
-pub mod listener;
-pub mod metrics;
+mod error;
+mod extract;
+mod listener;
+mod metrics;
 pub mod openapi;
 pub mod origin;
 pub mod quota;
-pub mod routes;
-pub mod runner;
-pub mod spawner_client;
-pub mod state;
-pub mod store;
-pub mod validate;
+mod routes;
+mod runner;
+pub mod sandbox;
+mod spawner_client;
+mod state;
+mod store;
+mod validate;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -38,11 +39,8 @@ pub use config::ServerConfig;
 pub use routes::{private_app, public_app};
 pub use state::AppState;
 
-use crate::admission::Admission;
-use crate::metrics::Metrics;
+use crate::sandbox::SandboxStatus;
 use crate::spawner_client::{SpawnerClient, SpawnerCommand};
-use crate::state::Inner;
-use crate::store::RunStore;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -123,38 +121,23 @@ async fn listen(
 }
 
 /// Build the state and start the spawner (which reports the runtime's version when it is up).
+/// The receiver follows the spawner's status (a `fatal` one stops the server).
 pub fn build_state(
     cfg: ServerConfig,
-) -> Result<(AppState, tokio::task::JoinHandle<()>), ServerError> {
-    let store = Arc::new(RunStore::with_max_bytes(cfg.max_stored_bytes));
-    let for_started = store.clone();
-    let (spawner, task) = SpawnerClient::start(
-        SpawnerCommand {
-            exe: cfg.spawner_exe.clone(),
-            config: cfg.spawner.clone(),
-        },
-        Arc::new(move |id: &str| for_started.set_running(id)),
-    );
-    let metrics = Metrics::new()?;
-    let state = AppState(Arc::new(Inner {
-        auth: cfg
-            .jwt_secret
-            .as_deref()
-            .map(|secret| auth::Authenticator::with_leeway(secret, cfg.jwt_leeway)),
-        websockets: routes::ws::slots::WsSlots::new(
-            cfg.max_websockets,
-            cfg.max_websockets_per_user,
-            metrics.websockets_open.clone(),
-        ),
-        quotas: quota::Quotas::new(cfg.quotas.clone()),
-        admission: Admission::new(cfg.max_running, cfg.max_queued),
-        metrics,
-        shutdown: tokio_util::sync::CancellationToken::new(),
-        store,
-        spawner,
-        cfg,
-    }));
-    Ok((state, task))
+) -> Result<
+    (
+        AppState,
+        tokio::sync::watch::Receiver<SandboxStatus>,
+        tokio::task::JoinHandle<()>,
+    ),
+    ServerError,
+> {
+    let (spawner, task) = SpawnerClient::start(SpawnerCommand {
+        exe: cfg.spawner_exe.clone(),
+        config: cfg.spawner.clone(),
+    });
+    let status = spawner.watch();
+    Ok((AppState::new(cfg, Arc::new(spawner))?, status, task))
 }
 
 /// Serve until `shutdown` completes, then drain: stop accepting, let in-flight runs finish
@@ -211,7 +194,7 @@ pub async fn serve_on(
     let retention = cfg.retention;
     let max_runs = cfg.max_stored_runs;
     let max_connections = cfg.max_connections;
-    let (state, spawner_task) = build_state(cfg)?;
+    let (state, mut spawner_status, spawner_task) = build_state(cfg)?;
 
     // Background tasks hold the store, not the state: the last AppState clone must go away
     // at shutdown so the spawner's order channel closes.
@@ -244,7 +227,6 @@ pub async fn serve_on(
 
     // A spawner that cannot start at all (no runtime, a required layer missing) stops the
     // server: it would never become ready.
-    let mut spawner_status = state.spawner.watch();
     let fatal_stop = stop.clone();
     let fatal_watch = tokio::spawn(async move {
         loop {
@@ -275,7 +257,7 @@ pub async fn serve_on(
     gc.abort();
     let _ = gc.await;
     fatal_watch.abort();
-    let fatal = state.spawner.status().fatal;
+    let fatal = state.sandbox.status().fatal;
     state.store.cancel_all();
     // Dropping the last client handle closes the order channel: the spawner cancels what
     // runs, tears every jail down and exits.

@@ -56,7 +56,7 @@ fn normalize(origin: &str) -> String {
 }
 
 /// Whether a request with these `Origin` and `Host` headers may open a WebSocket.
-pub fn allowed(allow_list: &[String], origin: Option<&str>, host: Option<&str>) -> bool {
+pub(crate) fn allowed(allow_list: &[String], origin: Option<&str>, host: Option<&str>) -> bool {
     let Some(origin) = origin else {
         return true;
     };

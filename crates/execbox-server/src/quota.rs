@@ -4,6 +4,10 @@
 //! Every quota is a hard cap the operator sets; none is on by default. Without them one user may
 //! use everything the server admits (`max_running` + `max_queued`), and the admission queue's
 //! fair dispatch shares the slots between users when several compete.
+//!
+//! `Quotas` keeps the books; the layer below spends them: `rate_limit` (middleware, after
+//! authentication) and `charge_request` (each WebSocket message) charge the request rate; the
+//! runner takes a `RunQuota` for each run it admits and settles it when the run ends.
 
 use execbox_proto::ErrorCode;
 use std::collections::HashMap;
@@ -11,10 +15,16 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use execbox_proto::RunRecord;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Quota settings; `None` turns a quota off.
 #[derive(Debug, Clone)]
@@ -52,7 +62,7 @@ impl Default for QuotaConfig {
 
 /// The quota book-keeping.
 #[derive(Debug)]
-pub struct Quotas {
+pub(crate) struct Quotas {
     cfg: QuotaConfig,
     rate: Option<DefaultKeyedRateLimiter<String>>,
     running: Arc<Mutex<HashMap<String, usize>>>,
@@ -61,7 +71,7 @@ pub struct Quotas {
 
 /// A user's concurrent-run place (counted only when the quota is on); released on drop.
 #[derive(Debug)]
-pub struct RunSlot {
+pub(crate) struct RunSlot {
     user: String,
     running: Option<Arc<Mutex<HashMap<String, usize>>>>,
 }
@@ -90,7 +100,7 @@ fn over(code: ErrorCode, message: String, limit: u64, reset: Duration) -> ApiErr
 
 impl Quotas {
     /// Quotas with `cfg`.
-    pub fn new(cfg: QuotaConfig) -> Self {
+    pub(crate) fn new(cfg: QuotaConfig) -> Self {
         let rate = cfg.rate.map(|r| {
             let rps = NonZeroU32::new(r.per_second).unwrap_or(NonZeroU32::MIN);
             let burst = NonZeroU32::new(r.burst).unwrap_or(NonZeroU32::MIN);
@@ -105,7 +115,7 @@ impl Quotas {
     }
 
     /// One request by `user`.
-    pub fn check_rate(&self, user: &str) -> Result<(), ApiError> {
+    pub(crate) fn check_rate(&self, user: &str) -> Result<(), ApiError> {
         let (Some(limiter), Some(q)) = (&self.rate, self.cfg.rate) else {
             return Ok(());
         };
@@ -127,7 +137,7 @@ impl Quotas {
     }
 
     /// Take one of `user`'s concurrent-run places, if the CPU window allows a run at all.
-    pub fn start_run(&self, user: &str) -> Result<RunSlot, ApiError> {
+    pub(crate) fn start_run(&self, user: &str) -> Result<RunSlot, ApiError> {
         if let Some(limit) = self.cfg.cpu_seconds {
             let mut cpu = self.cpu.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((start, used)) = cpu.get(user).copied() {
@@ -171,7 +181,7 @@ impl Quotas {
     }
 
     /// Charge a finished run's CPU time to `user`.
-    pub fn charge_cpu(&self, user: &str, cpu_ms: f64) {
+    pub(crate) fn charge_cpu(&self, user: &str, cpu_ms: f64) {
         if self.cfg.cpu_seconds.is_none() {
             return;
         }
@@ -184,7 +194,7 @@ impl Quotas {
     }
 
     /// Drop state of users not seen for a while (bounded memory).
-    pub fn gc(&self) {
+    pub(crate) fn gc(&self) {
         if let Some(r) = &self.rate {
             r.retain_recent();
         }
@@ -193,6 +203,63 @@ impl Quotas {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, (start, _)| start.elapsed() < window);
+    }
+}
+
+// ---- the layer
+
+/// One request by `caller` against its request-rate quota, counted in the metrics when
+/// refused. Every HTTP request ([`rate_limit`]) and every WebSocket message goes through here.
+pub(crate) fn charge_request(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    let Some(user) = &caller.user else {
+        return Ok(());
+    };
+    state.quotas.check_rate(user).inspect_err(|_| {
+        state.metrics.reject(ErrorCode::RateQuota);
+    })
+}
+
+/// Middleware, inside [`crate::auth::require_auth`]: the caller's request-rate quota.
+pub(crate) async fn rate_limit(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if let Some(caller) = req.extensions().get::<Caller>() {
+        if let Err(e) = charge_request(&state, caller) {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// A run's hold on its user's quotas: a concurrent-run place for the run's life, and whom to
+/// charge its CPU time to when it ends.
+#[derive(Debug)]
+pub(crate) struct RunQuota {
+    owner: Option<String>,
+    _slot: Option<RunSlot>,
+}
+
+/// Take a place in `owner`'s concurrent-run quota, if its CPU window allows a run at all
+/// (refusals are counted in the metrics). Anonymous runs have no quota.
+pub(crate) fn reserve_run(state: &AppState, owner: Option<&str>) -> Result<RunQuota, ApiError> {
+    let slot = owner
+        .map(|u| state.quotas.start_run(u))
+        .transpose()
+        .inspect_err(|e| state.metrics.reject(e.body.error.code))?;
+    Ok(RunQuota {
+        owner: owner.map(str::to_owned),
+        _slot: slot,
+    })
+}
+
+impl RunQuota {
+    /// The run ended as `rec`: charge its CPU time, and give its place back.
+    pub(crate) fn settle(self, quotas: &Quotas, rec: &RunRecord) {
+        if let (Some(user), Some(run)) = (&self.owner, &rec.run) {
+            quotas.charge_cpu(user, run.cpu_time_ms);
+        }
     }
 }
 

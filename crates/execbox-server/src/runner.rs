@@ -5,12 +5,14 @@ use execbox_proto::ErrorCode;
 use execbox_proto::{
     new_run_id, now_rfc3339, ErrorBody, Limits, Mode, RunRecord, RunStatus, SourceFile,
 };
+use std::time::Duration;
+
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::{Room, Ticket};
+use crate::admission::{Permit, Room, Ticket};
 use crate::error::ApiError;
-use crate::quota::RunSlot;
+use crate::quota::{self, RunQuota};
 use crate::state::AppState;
 
 /// A validated run request.
@@ -40,9 +42,9 @@ pub struct Submitted {
 }
 
 /// A record the server writes itself (queued, cancelled before it started, internal error),
-/// naming the runtime as the spawner last reported it.
+/// naming the runtime as the sandbox last reported it.
 fn record(state: &AppState, id: &str, created_at: String, status: RunStatus) -> RunRecord {
-    let sp = state.spawner.status();
+    let sp = state.sandbox.status();
     let (language, version) = sp.runtime().unwrap_or(("python", ""));
     RunRecord {
         id: id.to_owned(),
@@ -61,64 +63,37 @@ fn record(state: &AppState, id: &str, created_at: String, status: RunStatus) -> 
     }
 }
 
-/// Admit the run (or 429), store it as queued and start driving it.
-pub fn submit(
+/// A final record the server writes itself: `status` with `code` and `message`.
+fn final_record(
     state: &AppState,
-    req: RunRequest,
-    owner: Option<String>,
-) -> Result<Submitted, ApiError> {
-    submit_in(state, req, owner, None)
+    (id, created_at): (&str, &str),
+    status: RunStatus,
+    code: ErrorCode,
+    message: &str,
+) -> RunRecord {
+    let mut r = record(state, id, created_at.to_owned(), status);
+    r.error = Some(ErrorBody::new(code, message));
+    r.finished_at = Some(now_rfc3339());
+    r
 }
 
-/// [`submit`] for a request that already waited for `room` before its body was read
-/// ([`crate::extract::RunRoom`]).
-pub fn submit_in(
+/// Submit a validated run for `owner`: its user's quotas (or 429), readiness (or 503), a
+/// place in admission (or 429), then it is stored as queued and driven to its end in a task
+/// of its own. An HTTP request brings the `room` it waited for before its body was read
+/// ([`crate::extract::RunRoom`]); a WebSocket message has none and is admitted or refused at
+/// once.
+pub fn submit(
     state: &AppState,
     req: RunRequest,
     owner: Option<String>,
     room: Option<Room>,
 ) -> Result<Submitted, ApiError> {
-    let user_slot = match &owner {
-        Some(u) => match state.quotas.start_run(u) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                state.metrics.reject(e.body.error.code);
-                return Err(e);
-            }
-        },
-        None => None,
-    };
+    let quota = quota::reserve_run(state, owner.as_deref())?;
     ready(state)?;
-    let user = owner.as_deref().unwrap_or("");
-    let ticket = match room {
-        Some(room) => state.admission.try_enter_with(user, room),
-        None => state.admission.try_enter(user),
-    };
-    let Some(ticket) = ticket else {
-        return Err(queue_full(state));
-    };
-    let id = new_run_id();
-    let created_at = now_rfc3339();
-    let cancel = CancellationToken::new();
-    state.store.insert(
-        record(state, &id, created_at.clone(), RunStatus::Queued),
-        owner.clone(),
-        cancel.clone(),
-    );
-    let order = RunOrder {
-        id: id.clone(),
-        created_at,
-        mode: req.mode,
-        files: req.files,
-        stdin: req.stdin,
-        args: req.args,
-        limits: req.limits,
-    };
+    let ticket = admit(state, owner.as_deref().unwrap_or(""), room)?;
+    let (order, cancel) = enqueue(state, req, owner);
+    let id = order.id.clone();
     let (tx, done) = oneshot::channel();
-    let quota = QuotaHold {
-        owner,
-        _slot: user_slot,
-    };
     tokio::spawn(drive(
         state.clone(),
         ticket,
@@ -130,10 +105,9 @@ pub fn submit_in(
     Ok(Submitted { id, done, cancel })
 }
 
-/// 503 unless the spawner is up and passed its canary.
+/// 503 unless the sandbox is up and passed its canary.
 pub fn ready(state: &AppState) -> Result<(), ApiError> {
-    let sp = state.spawner.status();
-    if sp.up && sp.canary_ok {
+    if state.sandbox.status().ready() {
         return Ok(());
     }
     state.metrics.reject(ErrorCode::NotReady);
@@ -157,82 +131,120 @@ pub fn queue_full(state: &AppState) -> ApiError {
     )
 }
 
-/// The user's concurrent-run place, held for the run's life, and whom to charge its CPU to.
-struct QuotaHold {
-    owner: Option<String>,
-    _slot: Option<RunSlot>,
+/// A place among the running and queued runs (in the `room` waited for, if any), or 429.
+fn admit(state: &AppState, user: &str, room: Option<Room>) -> Result<Ticket, ApiError> {
+    let ticket = match room {
+        Some(room) => state.admission.try_enter_with(user, room),
+        None => state.admission.try_enter(user),
+    };
+    ticket.ok_or_else(|| queue_full(state))
 }
 
+/// Give the run an id, store it as queued with its cancellation token, and make its order.
+fn enqueue(
+    state: &AppState,
+    req: RunRequest,
+    owner: Option<String>,
+) -> (RunOrder, CancellationToken) {
+    let id = new_run_id();
+    let created_at = now_rfc3339();
+    let cancel = CancellationToken::new();
+    state.store.insert(
+        record(state, &id, created_at.clone(), RunStatus::Queued),
+        owner,
+        cancel.clone(),
+    );
+    let order = RunOrder {
+        id,
+        created_at,
+        mode: req.mode,
+        files: req.files,
+        stdin: req.stdin,
+        args: req.args,
+        limits: req.limits,
+    };
+    (order, cancel)
+}
+
+/// A run's life after admission: wait for a slot, execute in the sandbox, settle the quotas,
+/// conclude. The ticket and the permit are given back before the record is published, so
+/// the next run may start as this one's caller reads its result.
 async fn drive(
     state: AppState,
     ticket: Ticket,
-    quota: QuotaHold,
+    quota: RunQuota,
     order: RunOrder,
     cancel: CancellationToken,
     done: oneshot::Sender<RunRecord>,
 ) {
-    let id = order.id.clone();
-    let created_at = order.created_at.clone();
-    let permit = tokio::select! {
-        p = ticket.acquire() => p,
-        _ = cancel.cancelled() => {
-            let mut r = record(&state, &id, created_at, RunStatus::Cancelled);
-            r.error = Some(ErrorBody::new(ErrorCode::Cancelled, "the run was cancelled before it started"));
-            r.finished_at = Some(now_rfc3339());
-            conclude(&state, r, done);
-            return;
+    let rec = match acquire_slot(&ticket, &cancel).await {
+        Some(permit) => {
+            let rec = execute(&state, order, &cancel).await;
+            drop(permit);
+            rec
         }
+        None => final_record(
+            &state,
+            (&order.id, &order.created_at),
+            RunStatus::Cancelled,
+            ErrorCode::Cancelled,
+            "the run was cancelled before it started",
+        ),
     };
-    // Backstop: a run always ends within its wall-clock limit plus teardown; if no record
-    // comes well after that, something inside execbox failed. Conclude it rather than hold
-    // its slot forever.
-    let backstop = std::time::Duration::from_millis(order.limits.wall_time_ms)
-        + std::time::Duration::from_secs(60);
-    let mut rx = state.spawner.run(order).await;
+    drop(ticket);
+    quota.settle(&state.quotas, &rec);
+    conclude(&state, rec, done);
+}
+
+/// Wait for an execution slot; `None` when the run is cancelled first.
+async fn acquire_slot(ticket: &Ticket, cancel: &CancellationToken) -> Option<Permit> {
+    tokio::select! {
+        p = ticket.acquire() => Some(p),
+        _ = cancel.cancelled() => None,
+    }
+}
+
+/// Send the order to the sandbox and wait for its record. A cancel is passed on (the sandbox
+/// still answers with the record). Backstop: a run always ends within its wall-clock limit
+/// plus teardown; if no record comes well after that, something inside execbox failed:
+/// conclude it as an internal error rather than hold its slot forever.
+async fn execute(state: &AppState, order: RunOrder, cancel: &CancellationToken) -> RunRecord {
+    let backstop = Duration::from_millis(order.limits.wall_time_ms) + Duration::from_secs(60);
+    let (id, created_at) = (order.id.clone(), order.created_at.clone());
+    let store = state.store.clone();
+    let started = id.clone();
+    let on_started = Box::new(move || store.set_running(&started));
+    let mut rx = state.sandbox.run(order, on_started);
     let result = tokio::select! {
         r = &mut rx => r,
         _ = cancel.cancelled() => {
-            state.spawner.cancel(&id).await;
+            state.sandbox.cancel(&id);
             match tokio::time::timeout(backstop, rx).await {
                 Ok(r) => r,
                 Err(_) => Ok(Err("no record after cancel".into())),
             }
         }
         _ = tokio::time::sleep(backstop) => {
-            state.spawner.cancel(&id).await;
+            state.sandbox.cancel(&id);
             Ok(Err("no record from the spawner within the backstop".into()))
         }
     };
-    let rec = match result {
-        Ok(Ok(r)) => r,
-        Ok(Err(detail)) => {
-            tracing::error!(run = %id, %detail, "run failed inside execbox");
-            internal_error(&state, &id, created_at)
-        }
-        Err(_) => {
-            tracing::error!(run = %id, "spawner dropped the run");
-            internal_error(&state, &id, created_at)
-        }
+    let detail = match result {
+        Ok(Ok(r)) => return r,
+        Ok(Err(detail)) => detail,
+        Err(_) => "the sandbox dropped the run".to_owned(),
     };
-    drop(permit);
-    drop(ticket);
-    if let (Some(user), Some(run)) = (&quota.owner, &rec.run) {
-        state.quotas.charge_cpu(user, run.cpu_time_ms);
-    }
-    drop(quota);
-    conclude(&state, rec, done);
-}
-
-fn internal_error(state: &AppState, id: &str, created_at: String) -> RunRecord {
-    let mut r = record(state, id, created_at, RunStatus::InternalError);
-    r.error = Some(ErrorBody::new(
+    tracing::error!(run = %id, %detail, "run failed inside execbox");
+    final_record(
+        state,
+        (&id, &created_at),
+        RunStatus::InternalError,
         ErrorCode::InternalError,
         "execbox failed to run this; the cause is in the server log",
-    ));
-    r.finished_at = Some(now_rfc3339());
-    r
+    )
 }
 
+/// Publish the final record: metrics, log, store, and the waiting caller.
 fn conclude(state: &AppState, rec: RunRecord, done: oneshot::Sender<RunRecord>) {
     state.metrics.run_finished(
         rec.status,

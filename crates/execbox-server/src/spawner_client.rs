@@ -5,50 +5,19 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use execbox_proto::spawner::{Event, Order, RunOrder, SpawnerConfig};
-use execbox_proto::{Limits, Mode, RunRecord, RunStatus, SourceFile};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use execbox_proto::{Limits, Mode, RunStatus, SourceFile};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-/// What the server knows of its spawner.
-#[derive(Debug, Clone, Default)]
-pub struct SpawnerStatus {
-    /// A spawner process is running and said hello.
-    pub up: bool,
-    /// The start-up canary run succeeded in this spawner.
-    pub canary_ok: bool,
-    /// Language of the runtime it reported (empty until the first hello).
-    pub language: String,
-    /// Runtime version it reported (empty until the first hello; kept across restarts).
-    pub version: String,
-    /// Isolation layers it lacks (degraded mode).
-    pub missing_layers: Vec<String>,
-    /// Its pid.
-    pub pid: Option<u32>,
-    /// How many times it was restarted.
-    pub restarts: u64,
-    /// Why the first spawner could not start (no runtime, host refused): it is not restarted
-    /// and the server stops.
-    pub fatal: Option<String>,
-}
-
-impl SpawnerStatus {
-    /// The runtime's language and version, once a spawner has said hello.
-    pub fn runtime(&self) -> Option<(&str, &str)> {
-        (!self.version.is_empty()).then_some((self.language.as_str(), self.version.as_str()))
-    }
-}
-
-/// The outcome of one order: the final record, or an internal error for the log.
-pub type RunResult = Result<RunRecord, String>;
+use crate::sandbox::{OnStarted, RunResult, Sandbox, SandboxStatus};
 
 enum Cmd {
-    Run(Box<RunOrder>, oneshot::Sender<RunResult>),
+    Run(Box<RunOrder>, OnStarted, oneshot::Sender<RunResult>),
     Cancel(String),
 }
 
@@ -65,46 +34,44 @@ pub struct SpawnerCommand {
 /// Handle to the spawner task.
 #[derive(Debug, Clone)]
 pub struct SpawnerClient {
-    tx: mpsc::Sender<Cmd>,
-    status: watch::Receiver<SpawnerStatus>,
+    /// Unbounded: admission bounds what is queued (one order per admitted run, at most one
+    /// cancel per run), so sending never waits.
+    tx: mpsc::UnboundedSender<Cmd>,
+    status: watch::Receiver<SandboxStatus>,
 }
-
-/// Called with a run id when its payload has started.
-pub type OnStarted = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl SpawnerClient {
     /// Start the spawner task; it keeps a spawner process alive until the client is dropped.
-    pub fn start(cmd: SpawnerCommand, on_started: OnStarted) -> (Self, JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(1024);
-        let (status_tx, status) = watch::channel(SpawnerStatus::default());
-        let task = tokio::spawn(supervise(cmd, rx, status_tx, on_started));
+    pub fn start(cmd: SpawnerCommand) -> (Self, JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (status_tx, status) = watch::channel(SandboxStatus::default());
+        let task = tokio::spawn(supervise(cmd, rx, status_tx));
         (Self { tx, status }, task)
     }
 
-    /// Send a run; the receiver yields its final record.
-    pub async fn run(&self, order: RunOrder) -> oneshot::Receiver<RunResult> {
+    /// A receiver that changes with the status.
+    pub fn watch(&self) -> watch::Receiver<SandboxStatus> {
+        self.status.clone()
+    }
+}
+
+impl Sandbox for SpawnerClient {
+    fn run(&self, order: RunOrder, on_started: OnStarted) -> oneshot::Receiver<RunResult> {
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Cmd::Run(_, tx))) =
-            self.tx.send(Cmd::Run(Box::new(order), tx)).await
+        if let Err(mpsc::error::SendError(Cmd::Run(_, _, tx))) =
+            self.tx.send(Cmd::Run(Box::new(order), on_started, tx))
         {
             let _ = tx.send(Err("the spawner task is gone".into()));
         }
         rx
     }
 
-    /// Ask the spawner to kill a run.
-    pub async fn cancel(&self, id: &str) {
-        let _ = self.tx.send(Cmd::Cancel(id.to_owned())).await;
+    fn cancel(&self, id: &str) {
+        let _ = self.tx.send(Cmd::Cancel(id.to_owned()));
     }
 
-    /// Current status.
-    pub fn status(&self) -> SpawnerStatus {
+    fn status(&self) -> SandboxStatus {
         self.status.borrow().clone()
-    }
-
-    /// A receiver that changes with the status.
-    pub fn watch(&self) -> watch::Receiver<SpawnerStatus> {
-        self.status.clone()
     }
 }
 
@@ -119,13 +86,12 @@ enum Exit {
 
 async fn supervise(
     cmd: SpawnerCommand,
-    mut rx: mpsc::Receiver<Cmd>,
-    status: watch::Sender<SpawnerStatus>,
-    on_started: OnStarted,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    status: watch::Sender<SandboxStatus>,
 ) {
     let mut restarts = 0u64;
     loop {
-        match run_one(&cmd, &mut rx, &status, &on_started).await {
+        match run_one(&cmd, &mut rx, &status).await {
             Exit::Closed => return,
             // The first spawner cannot start: a configuration error, which a restart will not
             // mend. One that ran before (the host changed under it) is restarted as below.
@@ -170,13 +136,46 @@ fn canary_order(limits: Limits) -> RunOrder {
     }
 }
 
+/// One spawner process, from start to exit, in four steps: start it and send its
+/// configuration, wait for its hello, send the canary, then carry orders and events until it
+/// exits (or the client is dropped). Runs still in flight when it ends fail as internal errors.
 async fn run_one(
     cmd: &SpawnerCommand,
-    rx: &mut mpsc::Receiver<Cmd>,
-    status: &watch::Sender<SpawnerStatus>,
-    on_started: &OnStarted,
+    rx: &mut mpsc::UnboundedReceiver<Cmd>,
+    status: &watch::Sender<SandboxStatus>,
 ) -> Exit {
-    let mut child: Child = match Command::new(&cmd.exe)
+    let (mut child, mut stdin, mut events) = match start_process(cmd).await {
+        Ok(started) => started,
+        Err(exit) => return exit,
+    };
+    if let Err(exit) = await_hello(&mut child, &mut events, status).await {
+        return exit;
+    }
+    let canary = canary_order(cmd.config.default_limits);
+    let canary_id = canary.id.clone();
+    if let Err(e) = stdin.write_all(&Order::Run(canary).to_line()).await {
+        return Exit::Died(format!("write canary: {e}"));
+    }
+    let (orders, writer) = spawn_writer(stdin);
+    let mut session = Session {
+        orders: Some(orders),
+        pending: HashMap::new(),
+        canary_id,
+        status,
+    };
+    let exit = session.relay(rx, &mut events).await;
+    session.fail_in_flight();
+    writer.abort();
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    exit
+}
+
+type Events = Lines<BufReader<ChildStdout>>;
+
+/// Start `execbox spawner` and send it its configuration line.
+async fn start_process(cmd: &SpawnerCommand) -> Result<(Child, ChildStdin, Events), Exit> {
+    let mut child: Child = Command::new(&cmd.exe)
         .arg("spawner")
         // Nothing of the server's environment (APP_JWT_SECRET above all) reaches the jailer;
         // every jail is a copy of it until execve.
@@ -190,20 +189,27 @@ async fn run_one(
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return Exit::Died(format!("cannot start {}: {e}", cmd.exe.display())),
-    };
+        .map_err(|e| Exit::Died(format!("cannot start {}: {e}", cmd.exe.display())))?;
     let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        return Exit::Died("spawner pipes missing".into());
+        return Err(Exit::Died("spawner pipes missing".into()));
     };
-    let mut lines = BufReader::new(stdout).lines();
     if let Err(e) = stdin.write_all(&cmd.config.to_line()).await {
         let _ = child.kill().await;
-        return Exit::Died(format!("write the spawner's configuration: {e}"));
+        return Err(Exit::Died(format!(
+            "write the spawner's configuration: {e}"
+        )));
     }
+    Ok((child, stdin, BufReader::new(stdout).lines()))
+}
 
-    let hello = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+/// The spawner's first event: `hello` (the runtime it offers: now the status says up) or
+/// `fatal` (it cannot start on this host).
+async fn await_hello(
+    child: &mut Child,
+    events: &mut Events,
+    status: &watch::Sender<SandboxStatus>,
+) -> Result<(), Exit> {
+    let hello = tokio::time::timeout(Duration::from_secs(30), events.next_line()).await;
     match hello
         .ok()
         .and_then(|l| l.ok().flatten())
@@ -222,119 +228,159 @@ async fn run_one(
                 s.missing_layers = missing_layers;
                 s.pid = child.id();
             });
+            Ok(())
         }
         Some(Ok(Event::Fatal { message })) => {
             let _ = child.wait().await;
-            return Exit::Fatal(message);
+            Err(Exit::Fatal(message))
         }
         other => {
             let _ = child.kill().await;
-            return Exit::Died(format!("no hello from the spawner: {other:?}"));
+            Err(Exit::Died(format!("no hello from the spawner: {other:?}")))
         }
     }
+}
 
-    let canary = canary_order(cmd.config.default_limits);
-    let canary_id = canary.id.clone();
-    if let Err(e) = stdin.write_all(&Order::Run(canary).to_line()).await {
-        return Exit::Died(format!("write canary: {e}"));
-    }
-
-    // Orders are written by a task of their own, so reading events never waits on a write:
-    // a large order and a large event in flight at once would otherwise block both processes
-    // on full pipes. (The queue is bounded by admission: one order per admitted run, plus
-    // cancels.)
+/// Orders are written by a task of their own, so reading events never waits on a write: a
+/// large order and a large event in flight at once would otherwise block both processes on
+/// full pipes. (The queue is bounded by admission: one order per admitted run, plus cancels.)
+/// Dropping the sender ends the task and closes stdin: EOF for the spawner.
+fn spawn_writer(
+    mut stdin: ChildStdin,
+) -> (
+    mpsc::UnboundedSender<Vec<u8>>,
+    JoinHandle<std::io::Result<()>>,
+) {
     let (order_tx, mut order_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
         while let Some(line) = order_rx.recv().await {
             stdin.write_all(&line).await?;
             stdin.flush().await?;
         }
-        Ok::<(), std::io::Error>(()) // dropping stdin: EOF for the spawner
+        Ok(())
     });
-    let mut order_tx = Some(order_tx);
-    let mut pending: HashMap<String, oneshot::Sender<RunResult>> = HashMap::new();
-    let exit = loop {
-        tokio::select! {
-            c = rx.recv(), if order_tx.is_some() => match c {
-                None => {
-                    // Shutting down: EOF tells the spawner to cancel what runs and exit; keep
-                    // reading so the final records still reach their runs.
-                    order_tx = None;
-                }
-                Some(Cmd::Run(order, tx)) => {
-                    let id = order.id.clone();
-                    let sent = order_tx.as_ref().map(|w| w.send(Order::Run(*order).to_line()));
-                    if let Some(Ok(())) = sent {
-                        pending.insert(id, tx);
-                    } else {
-                        let _ = tx.send(Err("the spawner's order pipe is closed".into()));
-                        break Exit::Died("order pipe closed".into());
+    (order_tx, writer)
+}
+
+/// A run sent to the spawner and not yet answered.
+struct Pending {
+    on_started: Option<OnStarted>,
+    done: oneshot::Sender<RunResult>,
+}
+
+/// A live spawner's traffic: orders from the server's handlers, events from the spawner.
+struct Session<'a> {
+    /// The writer's queue; `None` once the client was dropped (shutting down).
+    orders: Option<mpsc::UnboundedSender<Vec<u8>>>,
+    pending: HashMap<String, Pending>,
+    canary_id: String,
+    status: &'a watch::Sender<SandboxStatus>,
+}
+
+impl Session<'_> {
+    /// Carry commands and events until the spawner exits.
+    async fn relay(&mut self, rx: &mut mpsc::UnboundedReceiver<Cmd>, events: &mut Events) -> Exit {
+        loop {
+            tokio::select! {
+                c = rx.recv(), if self.orders.is_some() => {
+                    if let Err(exit) = self.command(c) {
+                        return exit;
                     }
                 }
-                Some(Cmd::Cancel(id)) => {
-                    if let Some(w) = &order_tx {
-                        if w.send(Order::Cancel { id }.to_line()).is_err() {
-                            break Exit::Died("order pipe closed".into());
-                        }
-                    }
-                }
-            },
-            line = lines.next_line() => match line {
-                Ok(Some(l)) => match serde_json::from_str::<Event>(&l) {
-                    Ok(Event::Started { id }) => on_started(&id),
-                    Ok(Event::Finished { id, record }) if id == canary_id => {
-                        let ok = record.status == RunStatus::Ok
-                            && record.result == Some(serde_json::json!({"canary": 1}));
-                        if ok {
-                            tracing::info!("canary run ok");
+                line = events.next_line() => match line {
+                    Ok(Some(l)) => self.event(&l),
+                    Ok(None) | Err(_) => {
+                        return if self.orders.is_none() {
+                            Exit::Closed
                         } else {
-                            tracing::error!(?record, "canary run failed");
-                        }
-                        status.send_modify(|s| s.canary_ok = ok);
-                    }
-                    Ok(Event::Finished { id, record }) => {
-                        if let Some(tx) = pending.remove(&id) {
-                            let _ = tx.send(Ok(*record));
-                        }
-                    }
-                    Ok(Event::Failed { id, message }) => {
-                        if id == canary_id {
-                            tracing::error!(%message, "canary run failed");
-                        } else if let Some(tx) = pending.remove(&id) {
-                            let _ = tx.send(Err(message));
-                        }
-                    }
-                    Ok(Event::Hello { .. } | Event::Fatal { .. }) => {}
-                    Err(e) => {
-                        // Fail the run it was about rather than leave it waiting forever.
-                        #[derive(serde::Deserialize)]
-                        struct IdOnly {
-                            id: Option<String>,
-                        }
-                        let id = serde_json::from_str::<IdOnly>(&l).ok().and_then(|i| i.id);
-                        tracing::error!(%e, run = ?id, "unreadable spawner event");
-                        if let Some(tx) = id.and_then(|id| pending.remove(&id)) {
-                            let _ = tx.send(Err(format!("unreadable event: {e}")));
-                        }
+                            Exit::Died("spawner exited".into())
+                        };
                     }
                 },
-                Ok(None) | Err(_) => {
-                    break if order_tx.is_none() {
-                        Exit::Closed
-                    } else {
-                        Exit::Died("spawner exited".into())
-                    };
-                }
-            },
+            }
         }
-    };
-    for (_, tx) in pending.drain() {
-        let _ = tx.send(Err(
-            "the sandbox spawner died while the run was in flight".into()
-        ));
     }
-    writer.abort();
-    let _ = child.start_kill();
-    let _ = child.wait().await;
-    exit
+
+    /// A command from the server (`None`: the client was dropped).
+    fn command(&mut self, cmd: Option<Cmd>) -> Result<(), Exit> {
+        let Some(orders) = &self.orders else {
+            return Ok(());
+        };
+        match cmd {
+            None => {
+                // Shutting down: EOF tells the spawner to cancel what runs and exit; keep
+                // reading so the final records still reach their runs.
+                self.orders = None;
+            }
+            Some(Cmd::Run(order, on_started, done)) => {
+                let id = order.id.clone();
+                if orders.send(Order::Run(*order).to_line()).is_err() {
+                    let _ = done.send(Err("the spawner's order pipe is closed".into()));
+                    return Err(Exit::Died("order pipe closed".into()));
+                }
+                let on_started = Some(on_started);
+                self.pending.insert(id, Pending { on_started, done });
+            }
+            Some(Cmd::Cancel(id)) => {
+                if orders.send(Order::Cancel { id }.to_line()).is_err() {
+                    return Err(Exit::Died("order pipe closed".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One event line from the spawner.
+    fn event(&mut self, line: &str) {
+        match serde_json::from_str::<Event>(line) {
+            Ok(Event::Started { id }) => {
+                if let Some(started) = self.pending.get_mut(&id).and_then(|p| p.on_started.take()) {
+                    started();
+                }
+            }
+            Ok(Event::Finished { id, record }) if id == self.canary_id => {
+                let ok = record.status == RunStatus::Ok
+                    && record.result == Some(serde_json::json!({"canary": 1}));
+                if ok {
+                    tracing::info!("canary run ok");
+                } else {
+                    tracing::error!(?record, "canary run failed");
+                }
+                self.status.send_modify(|s| s.canary_ok = ok);
+            }
+            Ok(Event::Finished { id, record }) => self.answer(&id, Ok(*record)),
+            Ok(Event::Failed { id, message }) if id == self.canary_id => {
+                tracing::error!(%message, "canary run failed");
+            }
+            Ok(Event::Failed { id, message }) => self.answer(&id, Err(message)),
+            Ok(Event::Hello { .. } | Event::Fatal { .. }) => {}
+            Err(e) => {
+                // Fail the run it was about rather than leave it waiting forever.
+                #[derive(serde::Deserialize)]
+                struct IdOnly {
+                    id: Option<String>,
+                }
+                let id = serde_json::from_str::<IdOnly>(line).ok().and_then(|i| i.id);
+                tracing::error!(%e, run = ?id, "unreadable spawner event");
+                if let Some(id) = id {
+                    self.answer(&id, Err(format!("unreadable event: {e}")));
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, id: &str, result: RunResult) {
+        if let Some(p) = self.pending.remove(id) {
+            let _ = p.done.send(result);
+        }
+    }
+
+    /// The spawner is gone: every run it had ends as an internal error.
+    fn fail_in_flight(&mut self) {
+        for (_, p) in self.pending.drain() {
+            let _ = p.done.send(Err(
+                "the sandbox spawner died while the run was in flight".into()
+            ));
+        }
+    }
 }

@@ -10,35 +10,60 @@ use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
 use crate::routes::ws::slots::WsSlots;
-use crate::spawner_client::SpawnerClient;
+use crate::sandbox::Sandbox;
 use crate::store::RunStore;
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct AppState(pub Arc<Inner>);
+pub struct AppState(pub(crate) Arc<Inner>);
 
-/// The shared parts.
+/// The shared parts (only the crate sees into them).
 #[derive(Debug)]
 pub struct Inner {
     /// Settings.
-    pub cfg: ServerConfig,
+    pub(crate) cfg: ServerConfig,
     /// Runs.
-    pub store: Arc<RunStore>,
+    pub(crate) store: Arc<RunStore>,
     /// The admission gate.
-    pub admission: Admission,
-    /// The spawner.
-    pub spawner: SpawnerClient,
+    pub(crate) admission: Admission,
+    /// The sandbox: the spawner client, or a fake in tests.
+    pub(crate) sandbox: Arc<dyn Sandbox>,
     /// Metrics.
-    pub metrics: Metrics,
+    pub(crate) metrics: Metrics,
     /// Token checking; `None` only with `--insecure-no-auth`.
-    pub auth: Option<Authenticator>,
+    pub(crate) auth: Option<Authenticator>,
     /// Per-user quotas.
-    pub quotas: Quotas,
+    pub(crate) quotas: Quotas,
     /// Open WebSockets, in total and per user.
-    pub websockets: WsSlots,
+    pub(crate) websockets: WsSlots,
     /// Cancelled when the server starts shutting down (listeners stop accepting; WebSocket
     /// sessions close once their run, if any, has finished).
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// The state of a server with `cfg` whose runs go to `sandbox`.
+    pub fn new(cfg: ServerConfig, sandbox: Arc<dyn Sandbox>) -> Result<Self, prometheus::Error> {
+        let metrics = Metrics::new()?;
+        Ok(Self(Arc::new(Inner {
+            auth: cfg
+                .jwt_secret
+                .as_deref()
+                .map(|secret| Authenticator::with_leeway(secret, cfg.jwt_leeway)),
+            websockets: WsSlots::new(
+                cfg.max_websockets,
+                cfg.max_websockets_per_user,
+                metrics.websockets_open.clone(),
+            ),
+            quotas: Quotas::new(cfg.quotas.clone()),
+            admission: Admission::new(cfg.max_running, cfg.max_queued),
+            store: Arc::new(RunStore::with_max_bytes(cfg.max_stored_bytes)),
+            shutdown: CancellationToken::new(),
+            metrics,
+            sandbox,
+            cfg,
+        })))
+    }
 }
 
 impl std::ops::Deref for AppState {

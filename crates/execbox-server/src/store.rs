@@ -165,16 +165,6 @@ impl RunStore {
         Self::evict_oldest(&mut runs, |r| r.len() > max, |_| {});
         before - runs.len()
     }
-
-    /// Number of runs held.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// True when no run is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -220,7 +210,7 @@ mod tests {
         s.finish(done);
         assert_eq!(s.gc(Duration::from_secs(60), 100), 0);
         assert_eq!(s.gc(Duration::ZERO, 100), 1);
-        assert!(s.is_empty());
+        assert!(s.lock().is_empty());
     }
 
     #[test]

@@ -1,18 +1,121 @@
-//! Input validation, before any jail starts.
+//! Input validation, before any jail starts: from a request body (HTTP) or a `run` message
+//! (WebSocket) to a [`RunRequest`], or the error that names what is wrong. The routes and the
+//! WebSocket session call the same functions here, then [`crate::runner::submit`].
 
 use execbox_proto::ErrorCode;
-use execbox_proto::{validate_file_name, Limits, SourceFile, MAX_FILES};
+use execbox_proto::{validate_file_name, Limits, Mode, SourceFile, MAX_FILES};
 
-use crate::api::{FileInput, LimitsInput};
+use crate::api::{CreateRunRequest, FileInput, LimitsInput};
 use crate::error::ApiError;
+use crate::runner::{self, RunRequest};
+use crate::state::AppState;
 use axum::http::StatusCode;
+
+/// `POST /execute`'s script: `main()` run with the default limits.
+pub fn script(state: &AppState, script: String) -> Result<RunRequest, ApiError> {
+    single_file(state, "script", script, Mode::Main, None, None)
+}
+
+/// A program of `/run-json/` or `/run-file/`: one file, the default limits.
+pub fn program(
+    state: &AppState,
+    code: String,
+    stdin: Option<String>,
+    args: Option<Vec<String>>,
+) -> Result<RunRequest, ApiError> {
+    single_file(state, "code", code, Mode::Program, stdin, args)
+}
+
+fn single_file(
+    state: &AppState,
+    field: &str,
+    content: String,
+    mode: Mode,
+    stdin_text: Option<String>,
+    arguments: Option<Vec<String>>,
+) -> Result<RunRequest, ApiError> {
+    source(field, &content, state.cfg.max_source_bytes)?;
+    let limits = state.cfg.spawner.default_limits;
+    Ok(RunRequest {
+        mode,
+        files: vec![SourceFile {
+            name: "main.py".into(),
+            content,
+        }],
+        stdin: stdin(stdin_text, &limits)?,
+        args: args(arguments)?,
+        limits,
+    })
+}
+
+/// A `POST /v1/runs` body or a WebSocket `run` message.
+pub fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest, ApiError> {
+    if req.language != "python" {
+        return Err(ApiError::bad_request(
+            ErrorCode::UnknownLanguage,
+            format!(
+                "language {:?} is not available; see GET /v1/runtimes",
+                req.language
+            ),
+        ));
+    }
+    if let Some(sel) = &req.version {
+        // The version is the sandbox's (its hello); before the first one nothing runs anyway.
+        match state.sandbox.status().runtime() {
+            Some((_, have)) => version(sel, have)?,
+            None => runner::ready(state)?,
+        }
+    }
+    let limits = limits(
+        req.limits,
+        state.cfg.spawner.default_limits,
+        &state.cfg.max_limits,
+    )?;
+    Ok(RunRequest {
+        mode: req.mode.unwrap_or(Mode::Program),
+        files: files(req.files, state.cfg.max_source_bytes)?,
+        stdin: stdin(req.stdin, &limits)?,
+        args: args(req.args)?,
+        limits,
+    })
+}
+
+/// A version selector (`3`, `3.11`, `>=3.10`, `*`, `latest`) against the runtime's version.
+fn version(selector: &str, have: &str) -> Result<(), ApiError> {
+    let sel = selector.trim();
+    if sel.is_empty() || sel == "*" || sel == "latest" {
+        return Ok(());
+    }
+    let req = semver::VersionReq::parse(sel).map_err(|e| {
+        ApiError::bad_request(
+            ErrorCode::InvalidVersion,
+            format!("version {sel:?} is not a semver selector: {e}"),
+        )
+    })?;
+    let v = semver::Version::parse(have)
+        .map_err(|e| ApiError::internal(format!("runtime version {have:?}: {e}")))?;
+    if req.matches(&v) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(
+            ErrorCode::NoMatchingVersion,
+            format!("no python runtime matches {sel:?}; available: {have}"),
+        ))
+    }
+}
+
+/// A JSON document that does not fit its type (an HTTP body, a WebSocket message): 400
+/// `invalid_field`, naming the field (`files[0].content: invalid type: …`).
+pub fn invalid_field(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    ApiError::bad_request(ErrorCode::InvalidField, e.to_string())
+}
 
 /// Most arguments a run may get.
 pub const MAX_ARGS: usize = 256;
 const MAX_ARGS_BYTES: usize = 64 * 1024;
 
 /// A source text: bounded, no NUL.
-pub fn source(field: &str, text: &str, max: usize) -> Result<(), ApiError> {
+fn source(field: &str, text: &str, max: usize) -> Result<(), ApiError> {
     if text.len() > max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -36,7 +139,7 @@ pub fn source(field: &str, text: &str, max: usize) -> Result<(), ApiError> {
 }
 
 /// Files of a `/v1/runs` request: 1..=64, plain unique names, each bounded.
-pub fn files(input: Vec<FileInput>, max_source: usize) -> Result<Vec<SourceFile>, ApiError> {
+fn files(input: Vec<FileInput>, max_source: usize) -> Result<Vec<SourceFile>, ApiError> {
     if input.is_empty() {
         return Err(ApiError::bad_request(
             ErrorCode::NoFiles,
@@ -94,7 +197,7 @@ pub fn files(input: Vec<FileInput>, max_source: usize) -> Result<Vec<SourceFile>
 }
 
 /// Program arguments: bounded count and size, no NUL.
-pub fn args(args: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
+fn args(args: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
     let a = args.unwrap_or_default();
     if a.len() > MAX_ARGS {
         return Err(ApiError::bad_request(
@@ -115,18 +218,14 @@ pub fn args(args: Option<Vec<String>>) -> Result<Vec<String>, ApiError> {
 
 /// Defaults overridden by `input`, checked against `max` (the rules and messages of the
 /// CLI's flags: [`Limits::overridden`]).
-pub fn limits(
-    input: Option<LimitsInput>,
-    defaults: Limits,
-    max: &Limits,
-) -> Result<Limits, ApiError> {
+fn limits(input: Option<LimitsInput>, defaults: Limits, max: &Limits) -> Result<Limits, ApiError> {
     defaults
         .overridden(&input.map(|i| i.overrides()).unwrap_or_default(), max)
         .map_err(|e| ApiError::bad_request(ErrorCode::InvalidLimit, e.to_string()))
 }
 
 /// Standard input: bounded by the run's limit.
-pub fn stdin(s: Option<String>, limits: &Limits) -> Result<String, ApiError> {
+fn stdin(s: Option<String>, limits: &Limits) -> Result<String, ApiError> {
     let s = s.unwrap_or_default();
     if s.len() as u64 > limits.stdin_bytes {
         return Err(ApiError::new(
@@ -190,6 +289,20 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.body.error.code, "invalid_limit");
         assert!(e.body.error.message.contains(&max.memory_bytes.to_string()));
+    }
+
+    #[test]
+    fn version_selectors() {
+        for ok in ["3", "3.11", "3.11.2", ">=3.10", "*", "latest", "^3"] {
+            assert!(version(ok, "3.11.2").is_ok(), "{ok}");
+        }
+        for (sel, code) in [
+            ("3.12", ErrorCode::NoMatchingVersion),
+            ("2", ErrorCode::NoMatchingVersion),
+            ("not a version", ErrorCode::InvalidVersion),
+        ] {
+            assert_eq!(version(sel, "3.11.2").unwrap_err().body.error.code, code);
+        }
     }
 
     #[test]

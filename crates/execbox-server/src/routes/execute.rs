@@ -8,12 +8,11 @@ use crate::auth::Caller;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use execbox_proto::RunStatus;
-use execbox_proto::{Mode, SourceFile};
 
 use crate::api::{ExecuteRequest, ExecuteResponse};
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::{Json, RunRoom};
-use crate::runner::{self, RunRequest};
+use crate::runner;
 use crate::state::AppState;
 use crate::validate;
 
@@ -38,18 +37,8 @@ pub async fn execute(
     RunRoom(room): RunRoom,
     Json(req): Json<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
-    validate::source("script", &req.script, state.cfg.max_source_bytes)?;
-    let run = RunRequest {
-        mode: Mode::Main,
-        files: vec![SourceFile {
-            name: "main.py".into(),
-            content: req.script,
-        }],
-        stdin: String::new(),
-        args: vec![],
-        limits: state.cfg.spawner.default_limits,
-    };
-    let submitted = runner::submit_in(&state, run, caller.user, Some(room))?;
+    let run = validate::script(&state, req.script)?;
+    let submitted = runner::submit(&state, run, caller.user, Some(room))?;
     let rec = runner::wait(submitted).await?;
     let step = rec.run.clone().unwrap_or_default();
     if rec.status == RunStatus::Ok {

@@ -26,8 +26,8 @@ pub async fn healthz() -> StatusCode {
     tag = "ops"
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let s = state.spawner.status();
-    let ready = s.up && s.canary_ok;
+    let s = state.sandbox.status();
+    let ready = s.ready();
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" }.into(),
         spawner_up: s.up,
@@ -54,7 +54,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     m.queue_depth.set(state.admission.queued() as i64);
     m.in_flight.set(state.admission.running() as i64);
     m.spawner_restarts
-        .set(state.spawner.status().restarts as i64);
+        .set(state.sandbox.status().restarts as i64);
     (
         [(
             header::CONTENT_TYPE,

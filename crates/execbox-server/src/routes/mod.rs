@@ -19,6 +19,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::require_auth;
 use crate::error::ApiError;
+use crate::quota::rate_limit;
 use crate::state::AppState;
 
 /// The public endpoints: every run endpoint behind authentication and per-user quotas, and
@@ -35,6 +36,8 @@ pub fn public_app(state: AppState) -> Router {
         .route("/v1/runs/{id}", get(runs::get_run).delete(runs::cancel_run))
         .route("/v1/runtimes", get(runs::runtimes))
         .route("/v1/user", get(user::user))
+        // Layers run outside in: authentication, then the rate quota.
+        .route_layer(middleware::from_fn_with_state(state.clone(), rate_limit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_auth));
     // The WebSocket authenticates itself (browsers cannot set its headers).
     let open = Router::new()

@@ -6,8 +6,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use execbox_proto::ErrorCode;
+use execbox_proto::Mode;
 use execbox_proto::RunRecord;
-use execbox_proto::{Mode, SourceFile};
 
 use crate::admission::Room;
 use crate::api::{Accepted, CreateRunRequest, RunCodeRequest, RuntimeInfo, WaitQuery};
@@ -25,7 +25,7 @@ async fn start(
     wait: bool,
     status_prefix: &str,
 ) -> Result<Response, ApiError> {
-    let submitted = runner::submit_in(state, req, caller.user, Some(room))?;
+    let submitted = runner::submit(state, req, caller.user, Some(room))?;
     respond(submitted, wait, status_prefix).await
 }
 
@@ -51,26 +51,6 @@ async fn respond(
         axum::Json(body),
     )
         .into_response())
-}
-
-fn program(
-    state: &AppState,
-    code: String,
-    stdin: Option<String>,
-    args: Option<Vec<String>>,
-) -> Result<RunRequest, ApiError> {
-    validate::source("code", &code, state.cfg.max_source_bytes)?;
-    let limits = state.cfg.spawner.default_limits;
-    Ok(RunRequest {
-        mode: Mode::Program,
-        files: vec![SourceFile {
-            name: "main.py".into(),
-            content: code,
-        }],
-        stdin: validate::stdin(stdin, &limits)?,
-        args: validate::args(args)?,
-        limits,
-    })
 }
 
 fn query(
@@ -103,7 +83,7 @@ pub async fn run_json(
     Json(req): Json<RunCodeRequest>,
 ) -> Result<Response, ApiError> {
     let wait = query(q)?;
-    let run = program(&state, req.code, req.stdin, req.args)?;
+    let run = validate::program(&state, req.code, req.stdin, req.args)?;
     start(&state, caller, (run, room), wait, "/status/").await
 }
 
@@ -169,7 +149,7 @@ pub async fn run_file(
     }
     let code = code
         .ok_or_else(|| ApiError::bad_request(ErrorCode::NoFiles, "upload exactly one .py file"))?;
-    let run = program(&state, code, None, None)?;
+    let run = validate::program(&state, code, None, None)?;
     start(&state, caller, (run, room), wait, "/status/").await
 }
 
@@ -229,80 +209,8 @@ pub async fn create_run(
     Json(req): Json<CreateRunRequest>,
 ) -> Result<Response, ApiError> {
     let wait = req.wait.unwrap_or(true);
-    let submitted = submit_run(&state, &caller, req, Some(room))?;
-    respond(submitted, wait, "/v1/runs/").await
-}
-
-/// Start a run of the general form for `caller`: validation, then [`runner::submit`] (per-user
-/// concurrency and CPU quotas, readiness, admission, and their metrics). This is the one path
-/// by which both `POST /v1/runs` and a WebSocket `run` message start a run; the request-rate
-/// quota is charged before, per HTTP request or WebSocket message
-/// ([`crate::auth::charge_request`]). An HTTP request brings the `room` it waited for before
-/// its body was read ([`RunRoom`]); a WebSocket message has none and is admitted or refused at
-/// once.
-pub fn submit_run(
-    state: &AppState,
-    caller: &Caller,
-    req: CreateRunRequest,
-    room: Option<Room>,
-) -> Result<Submitted, ApiError> {
-    let run = run_request(state, req)?;
-    runner::submit_in(state, run, caller.user.clone(), room)
-}
-
-/// Validate a `/v1/runs` body.
-fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest, ApiError> {
-    if req.language != "python" {
-        return Err(ApiError::bad_request(
-            ErrorCode::UnknownLanguage,
-            format!(
-                "language {:?} is not available; see GET /v1/runtimes",
-                req.language
-            ),
-        ));
-    }
-    if let Some(sel) = &req.version {
-        // The version is the spawner's (its hello); before the first one nothing runs anyway.
-        match state.spawner.status().runtime() {
-            Some((_, have)) => check_version(sel, have)?,
-            None => runner::ready(state)?,
-        }
-    }
-    let limits = validate::limits(
-        req.limits,
-        state.cfg.spawner.default_limits,
-        &state.cfg.max_limits,
-    )?;
-    Ok(RunRequest {
-        mode: req.mode.unwrap_or(Mode::Program),
-        files: validate::files(req.files, state.cfg.max_source_bytes)?,
-        stdin: validate::stdin(req.stdin, &limits)?,
-        args: validate::args(req.args)?,
-        limits,
-    })
-}
-
-fn check_version(selector: &str, have: &str) -> Result<(), ApiError> {
-    let sel = selector.trim();
-    if sel.is_empty() || sel == "*" || sel == "latest" {
-        return Ok(());
-    }
-    let req = semver::VersionReq::parse(sel).map_err(|e| {
-        ApiError::bad_request(
-            ErrorCode::InvalidVersion,
-            format!("version {sel:?} is not a semver selector: {e}"),
-        )
-    })?;
-    let v = semver::Version::parse(have)
-        .map_err(|e| ApiError::internal(format!("runtime version {have:?}: {e}")))?;
-    if req.matches(&v) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            ErrorCode::NoMatchingVersion,
-            format!("no python runtime matches {sel:?}; available: {have}"),
-        ))
-    }
+    let run = validate::run_request(&state, req)?;
+    start(&state, caller, (run, room), wait, "/v1/runs/").await
 }
 
 /// A run's record.
@@ -362,7 +270,7 @@ pub async fn cancel_run(
     tag = "v1"
 )]
 pub async fn runtimes(State(state): State<AppState>) -> axum::Json<Vec<RuntimeInfo>> {
-    let sp = state.spawner.status();
+    let sp = state.sandbox.status();
     axum::Json(
         sp.runtime()
             .map(|(language, version)| RuntimeInfo {
@@ -374,32 +282,4 @@ pub async fn runtimes(State(state): State<AppState>) -> axum::Json<Vec<RuntimeIn
             .into_iter()
             .collect(),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn version_selectors() {
-        for ok in ["3", "3.11", "3.11.2", ">=3.10", "*", "latest", "^3"] {
-            assert!(check_version(ok, "3.11.2").is_ok(), "{ok}");
-        }
-        assert_eq!(
-            check_version("3.12", "3.11.2").unwrap_err().body.error.code,
-            "no_matching_version"
-        );
-        assert_eq!(
-            check_version("2", "3.11.2").unwrap_err().body.error.code,
-            "no_matching_version"
-        );
-        assert_eq!(
-            check_version("not a version", "3.11.2")
-                .unwrap_err()
-                .body
-                .error
-                .code,
-            "invalid_version"
-        );
-    }
 }

@@ -29,9 +29,10 @@
 //!
 //! Every client message (text or binary, also while a run is active) costs one request of the
 //! user's rate quota, as an HTTP request does; over it, the message is answered with `error`
-//! `rate_quota` and dropped. A `run` goes through [`crate::routes::runs::submit_run`], the same
-//! function as `POST /v1/runs` (validation, per-user quotas, admission, metrics), after the
-//! token's `exp` is checked again. Error codes of the session itself: `invalid_json`,
+//! `rate_quota` and dropped ([`crate::quota::charge_request`]). A `run` goes through
+//! [`crate::validate::run_request`] and [`crate::runner::submit`], the same functions as
+//! `POST /v1/runs` (validation, per-user quotas, admission, metrics), after the token's `exp`
+//! is checked again. Error codes of the session itself: `invalid_json`,
 //! `invalid_message`, `invalid_field`, `busy` (a run is active), `no_run` (cancel without one),
 //! `already_authenticated`, plus those of `POST /v1/runs`.
 //!
@@ -60,9 +61,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use execbox_proto::ErrorCode;
 
-use crate::auth::{bearer, charge_request, unauthorized, Caller};
+use crate::auth::{bearer, unauthorized, Caller};
 use crate::error::{ApiError, ErrorResponse};
 use crate::origin;
+use crate::quota::charge_request;
 use crate::state::AppState;
 
 const PROTOCOL: &str = "execbox.v1";
@@ -131,10 +133,7 @@ pub async fn ws(
         return reject(&state, e);
     }
     let caller = match (&state.auth, header_token(&headers)) {
-        (None, _) => Some(Caller {
-            user: None,
-            claims: None,
-        }),
+        (None, _) => Some(Caller::anonymous()),
         (Some(auth), Some(token)) => match auth.verify(&token) {
             Ok(c) => Some(c),
             Err(why) => return unauthorized(ErrorCode::InvalidToken, why),

@@ -14,10 +14,12 @@ use super::protocol::{
     CLOSE_POLICY, CLOSE_TOO_LARGE, PRE_AUTH_MAX_BYTES,
 };
 use super::slots::WsSlot;
-use crate::auth::{charge_request, Caller};
+use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::routes::runs::submit_run;
+use crate::quota::charge_request;
+use crate::runner;
 use crate::state::AppState;
+use crate::validate;
 use execbox_proto::RunRecord;
 
 /// The session's run; dropping it (the socket went away) cancels the run.
@@ -287,7 +289,9 @@ async fn serve(state: &AppState, socket: &mut WebSocket, caller: &Caller) -> Res
                         "one run at a time; send {\"type\": \"cancel\"} to stop it",
                     ))
                 } else {
-                    match submit_run(state, caller, request, None) {
+                    let submitted = validate::run_request(state, request)
+                        .and_then(|run| runner::submit(state, run, caller.user.clone(), None));
+                    match submitted {
                         Ok(s) => {
                             active = Some(ActiveRun {
                                 done: s.done,
