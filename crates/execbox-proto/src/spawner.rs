@@ -57,6 +57,8 @@ pub struct SpawnerConfig {
     pub pool: usize,
     /// The limits most runs use; pooled jails are prepared with them.
     pub default_limits: Limits,
+    /// The operator's maxima: compile stages and runtimes' floors stay within them.
+    pub max_limits: Limits,
 }
 
 impl Default for SpawnerConfig {
@@ -65,6 +67,7 @@ impl Default for SpawnerConfig {
             host: HostSettings::default(),
             pool: defaults::pool(),
             default_limits: Limits::default(),
+            max_limits: Limits::default_maxima(),
         }
     }
 }

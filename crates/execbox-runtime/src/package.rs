@@ -330,13 +330,14 @@ impl Package {
         }
     }
 
-    /// The first required toolchain path that does not exist.
+    /// The first required toolchain path that does not exist, or that resolves through
+    /// `/etc` (Debian's alternatives), which the jail does not have.
     pub fn missing_toolchain(&self) -> Option<String> {
         self.manifest
             .requires
             .iter()
             .map(|r| self.expand_path(r))
-            .find(|p| !Path::new(p).exists())
+            .find(|p| !Path::new(p).exists() || through_etc(Path::new(p)))
     }
 
     fn expand_path(&self, s: &str) -> String {
@@ -536,6 +537,24 @@ impl Package {
             Some(self.manifest.version.clone())
         }
     }
+}
+
+/// Whether a symlink on the way to `p` points into `/etc`.
+fn through_etc(p: &Path) -> bool {
+    let mut cur = p.to_path_buf();
+    for _ in 0..16 {
+        match fs::read_link(&cur) {
+            Ok(t) => {
+                let next = cur.parent().unwrap_or(Path::new("/")).join(&t);
+                if next.starts_with("/etc") {
+                    return true;
+                }
+                cur = next;
+            }
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 /// The first `N[.N[.N]]` in `s` as a full semver version (`go1.19.8` → `1.19.8`,

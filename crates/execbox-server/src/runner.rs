@@ -3,7 +3,7 @@
 use execbox_proto::spawner::RunOrder;
 use execbox_proto::ErrorCode;
 use execbox_proto::{
-    new_run_id, now_rfc3339, ErrorBody, Limits, Mode, RunRecord, RunStatus, SourceFile,
+    new_run_id, now_rfc3339, ErrorBody, Limits, Mode, RunRecord, RunStatus, RuntimeRef, SourceFile,
 };
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,8 @@ pub struct RunRequest {
     pub args: Vec<String>,
     /// Limits, within the maxima.
     pub limits: Limits,
+    /// The selected runtime; `None` is the default Python (`/execute`, `/run-json/`).
+    pub runtime: Option<RuntimeRef>,
 }
 
 /// A run that was accepted.
@@ -100,11 +102,12 @@ pub fn submit_in(
     let id = new_run_id();
     let created_at = now_rfc3339();
     let cancel = CancellationToken::new();
-    state.store.insert(
-        record(state, &id, created_at.clone(), RunStatus::Queued),
-        owner.clone(),
-        cancel.clone(),
-    );
+    let mut queued = record(state, &id, created_at.clone(), RunStatus::Queued);
+    if let Some(rt) = &req.runtime {
+        queued.language.clone_from(&rt.language);
+        queued.version.clone_from(&rt.version);
+    }
+    state.store.insert(queued, owner.clone(), cancel.clone());
     let order = RunOrder {
         id: id.clone(),
         created_at,
@@ -113,6 +116,7 @@ pub fn submit_in(
         stdin: req.stdin,
         args: req.args,
         limits: req.limits,
+        runtime: req.runtime,
     };
     let (tx, done) = oneshot::channel();
     let quota = QuotaHold {

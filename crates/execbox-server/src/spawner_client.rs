@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use execbox_proto::spawner::{Event, Order, RunOrder, SpawnerConfig};
-use execbox_proto::{Limits, Mode, RunRecord, RunStatus, SourceFile};
+use execbox_proto::{Limits, Mode, RunRecord, RunStatus, RuntimeInfo, SourceFile};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -28,6 +28,8 @@ pub struct SpawnerStatus {
     pub version: String,
     /// Isolation layers it lacks (degraded mode).
     pub missing_layers: Vec<String>,
+    /// Every runtime it offers (those whose smoke test passed).
+    pub runtimes: Vec<RuntimeInfo>,
     /// Its pid.
     pub pid: Option<u32>,
     /// How many times it was restarted.
@@ -167,6 +169,7 @@ fn canary_order(limits: Limits) -> RunOrder {
         stdin: String::new(),
         args: vec![],
         limits,
+        runtime: None,
     }
 }
 
@@ -203,7 +206,8 @@ async fn run_one(
         return Exit::Died(format!("write the spawner's configuration: {e}"));
     }
 
-    let hello = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+    // The spawner smoke-tests every runtime through the jail (compilers included) first.
+    let hello = tokio::time::timeout(Duration::from_secs(180), lines.next_line()).await;
     match hello
         .ok()
         .and_then(|l| l.ok().flatten())
@@ -213,6 +217,7 @@ async fn run_one(
             language,
             version,
             missing_layers,
+            runtimes,
         })) => {
             tracing::info!(%language, %version, ?missing_layers, pid = child.id(), "spawner up");
             status.send_modify(|s| {
@@ -220,6 +225,7 @@ async fn run_one(
                 s.language = language;
                 s.version = version;
                 s.missing_layers = missing_layers;
+                s.runtimes = runtimes;
                 s.pid = child.id();
             });
         }

@@ -48,6 +48,7 @@ pub async fn execute(
         stdin: String::new(),
         args: vec![],
         limits: state.cfg.spawner.default_limits,
+        runtime: None,
     };
     let submitted = runner::submit_in(&state, run, caller.user, Some(room))?;
     let rec = runner::wait(submitted).await?;

@@ -5,9 +5,10 @@ use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
+use execbox_proto::runtime::select;
 use execbox_proto::ErrorCode;
 use execbox_proto::RunRecord;
-use execbox_proto::{Mode, SourceFile};
+use execbox_proto::{Mode, SelectError, SourceFile};
 
 use crate::admission::Room;
 use crate::api::{Accepted, CreateRunRequest, RunCodeRequest, RuntimeInfo, WaitQuery};
@@ -70,6 +71,7 @@ fn program(
         stdin: validate::stdin(stdin, &limits)?,
         args: validate::args(args)?,
         limits,
+        runtime: None,
     })
 }
 
@@ -252,57 +254,55 @@ pub fn submit_run(
 
 /// Validate a `/v1/runs` body.
 fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest, ApiError> {
-    if req.language != "python" {
-        return Err(ApiError::bad_request(
-            ErrorCode::UnknownLanguage,
-            format!(
-                "language {:?} is not available; see GET /v1/runtimes",
-                req.language
-            ),
-        ));
+    // The runtimes are the spawner's (its hello); before the first one nothing runs anyway.
+    let status = state.spawner.status();
+    if status.runtimes.is_empty() {
+        runner::ready(state)?;
     }
-    if let Some(sel) = &req.version {
-        // The version is the spawner's (its hello); before the first one nothing runs anyway.
-        match state.spawner.status().runtime() {
-            Some((_, have)) => check_version(sel, have)?,
-            None => runner::ready(state)?,
-        }
-    }
+    let runtime = select(&status.runtimes, &req.language, req.version.as_deref())
+        .map_err(select_error)?
+        .clone();
+    let unnamed_entry = req.files.first().is_some_and(|f| f.name.is_none());
     let limits = validate::limits(
         req.limits,
         state.cfg.spawner.default_limits,
         &state.cfg.max_limits,
     )?;
+    let mode = req.mode.unwrap_or(Mode::Program);
+    if !runtime.modes.contains(&mode) {
+        return Err(ApiError::bad_request(
+            ErrorCode::NotPython,
+            format!(
+                "{} {} does not support mode {}; it supports {:?}",
+                runtime.language,
+                runtime.version,
+                mode.as_str(),
+                runtime.modes
+            ),
+        ));
+    }
+    let mut files = validate::files(req.files, state.cfg.max_source_bytes)?;
+    if let (true, Some(first)) = (unnamed_entry, files.first_mut()) {
+        first.name.clone_from(&runtime.entry);
+    }
     Ok(RunRequest {
-        mode: req.mode.unwrap_or(Mode::Program),
-        files: validate::files(req.files, state.cfg.max_source_bytes)?,
+        mode,
+        files,
         stdin: validate::stdin(req.stdin, &limits)?,
         args: validate::args(req.args)?,
         limits,
+        runtime: Some(runtime.to_ref()),
     })
 }
 
-fn check_version(selector: &str, have: &str) -> Result<(), ApiError> {
-    let sel = selector.trim();
-    if sel.is_empty() || sel == "*" || sel == "latest" {
-        return Ok(());
-    }
-    let req = semver::VersionReq::parse(sel).map_err(|e| {
-        ApiError::bad_request(
-            ErrorCode::InvalidVersion,
-            format!("version {sel:?} is not a semver selector: {e}"),
-        )
-    })?;
-    let v = semver::Version::parse(have)
-        .map_err(|e| ApiError::internal(format!("runtime version {have:?}: {e}")))?;
-    if req.matches(&v) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            ErrorCode::NoMatchingVersion,
-            format!("no python runtime matches {sel:?}; available: {have}"),
-        ))
-    }
+/// A selection failure as a 400 naming what exists.
+fn select_error(e: SelectError) -> ApiError {
+    let code = match e {
+        SelectError::UnknownLanguage { .. } => ErrorCode::UnknownLanguage,
+        SelectError::InvalidVersion { .. } => ErrorCode::InvalidVersion,
+        SelectError::NoMatchingVersion { .. } => ErrorCode::NoMatchingVersion,
+    };
+    ApiError::bad_request(code, e.to_string())
 }
 
 /// A run's record.
@@ -362,18 +362,7 @@ pub async fn cancel_run(
     tag = "v1"
 )]
 pub async fn runtimes(State(state): State<AppState>) -> axum::Json<Vec<RuntimeInfo>> {
-    let sp = state.spawner.status();
-    axum::Json(
-        sp.runtime()
-            .map(|(language, version)| RuntimeInfo {
-                language: language.to_owned(),
-                version: version.to_owned(),
-                packages: vec!["numpy".into(), "pandas".into()],
-                modes: vec![Mode::Program, Mode::Main],
-            })
-            .into_iter()
-            .collect(),
-    )
+    axum::Json(state.spawner.status().runtimes.clone())
 }
 
 #[cfg(test)]
@@ -381,25 +370,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn version_selectors() {
+    fn selection_errors_are_400s_with_their_codes() {
+        let all = [RuntimeInfo {
+            language: "python".into(),
+            version: "3.11.2".into(),
+            aliases: vec!["py".into()],
+            compiled: false,
+            modes: vec![Mode::Program, Mode::Main],
+            packages: vec![],
+            entry: "main.py".into(),
+        }];
         for ok in ["3", "3.11", "3.11.2", ">=3.10", "*", "latest", "^3"] {
-            assert!(check_version(ok, "3.11.2").is_ok(), "{ok}");
+            assert!(select(&all, "py", Some(ok)).is_ok(), "{ok}");
         }
-        assert_eq!(
-            check_version("3.12", "3.11.2").unwrap_err().body.error.code,
-            "no_matching_version"
-        );
-        assert_eq!(
-            check_version("2", "3.11.2").unwrap_err().body.error.code,
-            "no_matching_version"
-        );
-        assert_eq!(
-            check_version("not a version", "3.11.2")
+        let code = |l: &str, v: &str| {
+            select(&all, l, Some(v))
+                .map_err(select_error)
                 .unwrap_err()
                 .body
                 .error
-                .code,
-            "invalid_version"
-        );
+                .code
+        };
+        assert_eq!(code("python", "3.12"), "no_matching_version");
+        assert_eq!(code("python", "2"), "no_matching_version");
+        assert_eq!(code("python", "not a version"), "invalid_version");
+        assert_eq!(code("cobol", "*"), "unknown_language");
     }
 }
