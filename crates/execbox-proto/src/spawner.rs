@@ -143,6 +143,8 @@ pub struct RunOrder {
 /// Server → spawner, after the configuration line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// One order exists per line read, briefly: the size of a `Cancel` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Order {
     /// Start a run.
     Run(RunOrder),
