@@ -14,7 +14,7 @@ CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
 
-.PHONY: help deps uv runtime build run demo test lint unit openapi-check vm-test check bench load-bench clean
+.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check vm-test check bench load-bench clean
 
 help:
 	@echo "make run     set up and start the service on 0.0.0.0:8080 (execbox serve)"
@@ -47,6 +47,23 @@ runtime: uv
 	  $(UV) pip install -q --compile-bytecode --python $(PYTHON_ENV)/bin/python -r $(REQS) && \
 	  chmod -R a+rX,go-w $(PYTHON_ENV) && cp $(REQS) $(STAMP); \
 	fi
+
+## Every language's toolchain (Debian packages, when root), and the runtime packages copied to
+## $(RUNTIMES_DIR), where `execbox serve` finds them (each is smoke-tested at start; one whose
+## toolchain is absent is skipped).
+RUNTIMES_DIR ?= $(PREFIX)/runtimes
+LANG_PKGS := bash nodejs node-typescript ruby php-cli perl lua5.3 lua5.4 pypy3 gcc g++ g++-11 \
+             rustc golang-go openjdk-17-jdk-headless gfortran fp-compiler tar
+runtimes: runtime
+	@missing=""; for p in $(LANG_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing:$$missing"; DEBIAN_FRONTEND=noninteractive apt-get update -qq; \
+	    for p in $$missing; do DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$p \
+	      || echo "skipping $$p (cannot install; its runtime will not be offered)"; done; \
+	  else echo "missing Debian packages:$$missing (run as root to install; those runtimes are skipped)"; fi; \
+	fi
+	@mkdir -p $(RUNTIMES_DIR) && cp -a runtimes/. $(RUNTIMES_DIR)/ && chmod -R a+rX,go-w $(RUNTIMES_DIR)
 
 build:
 	$(CARGO) build --release --workspace
@@ -92,7 +109,7 @@ vm-test: runtime
 
 ## Everything CI runs. Privileged tests run for real as root; with CI=true a missing
 ## capability fails instead of skipping.
-test: runtime lint unit openapi-check
+test: runtime runtimes lint unit openapi-check
 	$(CARGO) test --workspace
 	$(MAKE) vm-test
 

@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use execbox_jail::{check, HostConfig, Jailer};
-use execbox_proto::spawner::{HostSettings, SpawnerConfig};
+use execbox_proto::spawner::{Event, HostSettings, SpawnerConfig};
 use execbox_proto::{defaults, new_run_id, now_rfc3339, Mode};
 use execbox_runtime::{build_record, PythonRuntime, RunMeta};
 
@@ -51,6 +51,15 @@ enum Cmd {
     Token(token::TokenArgs),
     /// Print the service's OpenAPI document.
     Openapi,
+    /// Find the installed runtimes, smoke-test each through the jail and list those that pass
+    /// (what `GET /v1/runtimes` serves).
+    Runtimes {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        host: HostArgs,
+    },
     /// The jail spawner the service starts (its configuration, then orders, on stdin; events on
     /// stdout). Internal.
     #[command(hide = true)]
@@ -63,6 +72,10 @@ pub struct HostArgs {
     /// The Python environment (a venv with numpy and pandas).
     #[arg(long, env = "EXECBOX_PYTHON_ENV", default_value = defaults::PYTHON_ENV)]
     pub python_env: PathBuf,
+    /// Installed runtime packages (`<language>/<version>/manifest.toml`); the built-in Python
+    /// is offered when none of them is Python.
+    #[arg(long, env = "EXECBOX_RUNTIMES_DIR", default_value = defaults::RUNTIMES_DIR)]
+    pub runtimes_dir: PathBuf,
     /// Run even if an isolation layer is missing; records then say `degraded: true`.
     /// (`EXECBOX_ALLOW_DEGRADED` accepts 1/0, true/false, yes/no, on/off.)
     #[arg(long, env = "EXECBOX_ALLOW_DEGRADED", action = clap::ArgAction::SetTrue,
@@ -81,6 +94,7 @@ impl HostArgs {
     pub fn settings(&self) -> HostSettings {
         HostSettings {
             python_env: self.python_env.clone(),
+            runtimes_dir: self.runtimes_dir.clone(),
             state_dir: self.state_dir.clone(),
             cgroup_root: self.cgroup_root.clone(),
             allow_degraded: self.allow_degraded,
@@ -129,6 +143,7 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve::serve(*a),
         Cmd::Token(a) => token::token(a),
         Cmd::Openapi => openapi(),
+        Cmd::Runtimes { json, host } => runtimes(json, &host),
         Cmd::Spawner => spawner(),
     };
     match r {
@@ -198,6 +213,59 @@ fn spawner() -> Result<ExitCode> {
     let cfg = SpawnerConfig::read_line(&mut std::fs::File::from(input.try_clone()?))?;
     let output = std::io::stdout().as_fd().try_clone_to_owned()?;
     execbox_spawner::run(cfg, input, output)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Start a spawner (this binary) as the server does, read its hello, print its runtimes.
+fn runtimes(json: bool, host: &HostArgs) -> Result<ExitCode> {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let cfg = SpawnerConfig {
+        host: host.settings(),
+        pool: 0,
+        ..SpawnerConfig::default()
+    };
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("spawner")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting the spawner")?;
+    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+        bail!("spawner pipes missing");
+    };
+    stdin.write_all(&cfg.to_line())?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    drop(stdin); // EOF: the spawner exits
+    let _ = child.wait();
+    let event: Event =
+        serde_json::from_str(&line).with_context(|| format!("the spawner answered {line:?}"))?;
+    let runtimes = match event {
+        Event::Hello { runtimes, .. } => runtimes,
+        Event::Fatal { message } => bail!("{message}"),
+        other => bail!("unexpected first event {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&runtimes)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:12} {:10} {:8} {:14} {:24} PACKAGES",
+        "LANGUAGE", "VERSION", "COMPILED", "MODES", "ALIASES"
+    );
+    for r in &runtimes {
+        let modes: Vec<&str> = r.modes.iter().map(|m| m.as_str()).collect();
+        println!(
+            "{:12} {:10} {:8} {:14} {:24} {}",
+            r.language,
+            r.version,
+            if r.compiled { "yes" } else { "no" },
+            modes.join(","),
+            r.aliases.join(","),
+            r.packages.join(",")
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

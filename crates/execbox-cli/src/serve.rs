@@ -196,6 +196,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
             host: a.host.settings(),
             pool: a.pool.unwrap_or(defaults.spawner.pool),
             default_limits,
+            max_limits,
         },
         max_body_bytes: a.max_body_bytes,
         shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),

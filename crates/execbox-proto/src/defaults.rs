@@ -10,6 +10,10 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The Python environment (`make runtime` creates it).
 pub const PYTHON_ENV: &str = "/opt/execbox/python";
 
+/// Where installed runtime packages live (`make runtimes` copies the repository's
+/// `runtimes/` here): one `<language>/<version>/manifest.toml` per runtime.
+pub const RUNTIMES_DIR: &str = "/opt/execbox/runtimes";
+
 /// Jails with the default limits kept prepared ahead of demand: one per CPU, at most 4.
 pub fn pool() -> usize {
     cpus().min(4)

@@ -22,6 +22,7 @@ pub mod files;
 pub mod layers;
 pub mod limits;
 pub mod mode;
+pub mod runtime;
 pub mod spawner;
 pub mod time;
 
@@ -30,6 +31,7 @@ pub use files::{validate_file_name, FileNameError, SourceFile, MAX_FILES};
 pub use layers::LayerName;
 pub use limits::{LimitError, LimitOverrides, Limits};
 pub use mode::Mode;
+pub use runtime::{RuntimeInfo, RuntimeRef, SelectError};
 pub use time::{new_run_id, now_rfc3339};
 
 use serde::{Deserialize, Serialize};

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::files::SourceFile;
 use crate::limits::Limits;
 use crate::mode::Mode;
+use crate::runtime::{RuntimeInfo, RuntimeRef};
 use crate::{defaults, RunRecord};
 
 /// Longest order line the spawner accepts (the server bounds bodies well below this).
@@ -24,6 +25,8 @@ pub const MAX_CONFIG_LINE: usize = 64 * 1024;
 pub struct HostSettings {
     /// The Python environment (a venv with numpy and pandas).
     pub python_env: PathBuf,
+    /// Installed runtime packages (`<language>/<version>/manifest.toml`).
+    pub runtimes_dir: PathBuf,
     /// State directory (uid slot locks, jail mount point).
     pub state_dir: PathBuf,
     /// cgroup mount root.
@@ -36,6 +39,7 @@ impl Default for HostSettings {
     fn default() -> Self {
         Self {
             python_env: PathBuf::from(defaults::PYTHON_ENV),
+            runtimes_dir: PathBuf::from(defaults::RUNTIMES_DIR),
             state_dir: PathBuf::from(defaults::STATE_DIR),
             cgroup_root: PathBuf::from(defaults::CGROUP_ROOT),
             allow_degraded: false,
@@ -53,6 +57,8 @@ pub struct SpawnerConfig {
     pub pool: usize,
     /// The limits most runs use; pooled jails are prepared with them.
     pub default_limits: Limits,
+    /// The operator's maxima: compile stages and runtimes' floors stay within them.
+    pub max_limits: Limits,
 }
 
 impl Default for SpawnerConfig {
@@ -61,6 +67,7 @@ impl Default for SpawnerConfig {
             host: HostSettings::default(),
             pool: defaults::pool(),
             default_limits: Limits::default(),
+            max_limits: Limits::default_maxima(),
         }
     }
 }
@@ -128,11 +135,16 @@ pub struct RunOrder {
     pub args: Vec<String>,
     /// Limits, already checked against the operator's maxima.
     pub limits: Limits,
+    /// The runtime chosen for the run; absent means the highest Python (`/execute`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeRef>,
 }
 
 /// Server → spawner, after the configuration line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+// One order exists per line read, briefly: the size of a `Cancel` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Order {
     /// Start a run.
     Run(RunOrder),
@@ -156,12 +168,15 @@ impl Order {
 pub enum Event {
     /// Sent once at start, when the spawner is ready for orders.
     Hello {
-        /// Language of the runtime it runs.
+        /// Language of its default runtime (the one `/execute` uses).
         language: String,
-        /// Runtime version, for example `3.11.2`.
+        /// Default runtime's version, for example `3.11.2`.
         version: String,
         /// Layers missing on this host (degraded mode).
         missing_layers: Vec<String>,
+        /// Every runtime whose smoke test passed through the jail, in a stable order.
+        #[serde(default)]
+        runtimes: Vec<RuntimeInfo>,
     },
     /// Sent instead of `Hello` when the spawner cannot start (no runtime, host refused); it
     /// exits after it.
@@ -225,6 +240,7 @@ mod tests {
             stdin: String::new(),
             args: vec![],
             limits: Limits::default(),
+            runtime: None,
         });
         let line = run.to_line();
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);

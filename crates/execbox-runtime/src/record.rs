@@ -165,6 +165,64 @@ pub fn build_record(meta: RunMeta, mode: Mode, limits: &Limits, o: Outcome) -> R
     }
 }
 
+/// The compile stage's verdict: the record to return now (compile failed, hit a limit or was
+/// cancelled), or the step report and the artefact archive for the run stage.
+#[derive(Debug)]
+pub enum CompileVerdict {
+    /// The run ends here; `compile` holds the compiler's step.
+    Failed(Box<RunRecord>),
+    /// Go on: the compile step and the archive its wrapper wrote on fd 3.
+    Compiled(Box<StepReport>, Vec<u8>),
+}
+
+/// Longest excerpt of compiler output quoted in a `compile_error` message.
+const MAX_COMPILER_EXCERPT: usize = 4000;
+
+/// Judge a compile stage's outcome (compiled under `limits`).
+pub fn compile_verdict(meta: RunMeta, limits: &Limits, o: Outcome) -> CompileVerdict {
+    let archive = o.result.clone();
+    let mut rec = build_record(meta, Mode::Program, limits, o);
+    let step = rec.run.take().unwrap_or_default();
+    if rec.status == RunStatus::Ok && !archive.is_empty() {
+        return CompileVerdict::Compiled(Box::new(step), archive);
+    }
+    match rec.status {
+        RunStatus::Ok | RunStatus::RuntimeError => {
+            rec.status = RunStatus::CompileError;
+            let output = if step.stderr.trim().is_empty() {
+                &step.stdout
+            } else {
+                &step.stderr
+            };
+            let mut excerpt = output.trim_end().to_owned();
+            if excerpt.len() > MAX_COMPILER_EXCERPT {
+                let mut cut = MAX_COMPILER_EXCERPT;
+                while !excerpt.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                excerpt.truncate(cut);
+                excerpt.push('…');
+            }
+            let how = match (step.exit_code, step.signal) {
+                (_, Some(sig)) => format!("the compiler was killed by signal {sig}"),
+                (Some(0), None) => "the compiler produced no artefacts".to_owned(),
+                (code, None) => format!("compilation failed (exit code {})", code.unwrap_or(-1)),
+            };
+            rec.error = Some(ErrorBody::new(
+                ErrorCode::CompileError,
+                format!("{how}:\n{excerpt}"),
+            ));
+        }
+        _ => {
+            if let Some(e) = rec.error.as_mut() {
+                e.message = format!("compile step: {}", e.message);
+            }
+        }
+    }
+    rec.compile = Some(step);
+    CompileVerdict::Failed(Box::new(rec))
+}
+
 /// Deepest result nesting passed on: the record travels inside other JSON (spawner events,
 /// responses), whose parsers stop at 128 levels.
 pub const MAX_RESULT_DEPTH: usize = 64;

@@ -98,9 +98,10 @@ impl LimitsInput {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRunRequest {
-    /// Language; `python` for now.
+    /// Language name or alias (`python`, `js`, `c++`, …; see `GET /v1/runtimes`).
     pub language: String,
-    /// Version selector (semver requirement such as `3`, `3.11`, `>=3.10`); any when absent.
+    /// Version selector: a bare version is a prefix (`3`, `3.11`, `3.11.2`), else a semver
+    /// requirement (`>=1.21`, `<5.4`); any when absent. The highest match wins.
     #[serde(default)]
     pub version: Option<String>,
     /// Files; the first is the entry point.
@@ -123,17 +124,7 @@ pub struct CreateRunRequest {
 }
 
 /// One runtime of `GET /v1/runtimes`.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RuntimeInfo {
-    /// Language name.
-    pub language: String,
-    /// Exact version.
-    pub version: String,
-    /// Notable packages importable in it.
-    pub packages: Vec<String>,
-    /// Modes it supports.
-    pub modes: Vec<Mode>,
-}
+pub use execbox_proto::RuntimeInfo;
 
 /// `GET /readyz` body.
 #[derive(Debug, Serialize, ToSchema)]

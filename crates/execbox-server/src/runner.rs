@@ -3,7 +3,7 @@
 use execbox_proto::spawner::RunOrder;
 use execbox_proto::ErrorCode;
 use execbox_proto::{
-    new_run_id, now_rfc3339, ErrorBody, Limits, Mode, RunRecord, RunStatus, SourceFile,
+    new_run_id, now_rfc3339, ErrorBody, Limits, Mode, RunRecord, RunStatus, RuntimeRef, SourceFile,
 };
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ pub struct RunRequest {
     pub args: Vec<String>,
     /// Limits, within the maxima.
     pub limits: Limits,
+    /// The selected runtime; `None` is the default Python (`/execute`, `/run-json/`).
+    pub runtime: Option<RuntimeRef>,
 }
 
 /// A run that was accepted.
@@ -149,11 +151,12 @@ fn enqueue(
     let id = new_run_id();
     let created_at = now_rfc3339();
     let cancel = CancellationToken::new();
-    state.store.insert(
-        record(state, &id, created_at.clone(), RunStatus::Queued),
-        owner,
-        cancel.clone(),
-    );
+    let mut queued = record(state, &id, created_at.clone(), RunStatus::Queued);
+    if let Some(rt) = &req.runtime {
+        queued.language.clone_from(&rt.language);
+        queued.version.clone_from(&rt.version);
+    }
+    state.store.insert(queued, owner, cancel.clone());
     let order = RunOrder {
         id,
         created_at,
@@ -162,6 +165,7 @@ fn enqueue(
         stdin: req.stdin,
         args: req.args,
         limits: req.limits,
+        runtime: req.runtime,
     };
     (order, cancel)
 }

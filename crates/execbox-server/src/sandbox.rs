@@ -42,6 +42,8 @@ pub struct SandboxStatus {
     pub version: String,
     /// Isolation layers it lacks (degraded mode).
     pub missing_layers: Vec<String>,
+    /// Every runtime it offers (those whose smoke test passed).
+    pub runtimes: Vec<execbox_proto::RuntimeInfo>,
     /// Its pid.
     pub pid: Option<u32>,
     /// How many times it was restarted.

@@ -133,6 +133,7 @@ fn canary_order(limits: Limits) -> RunOrder {
         stdin: String::new(),
         args: vec![],
         limits,
+        runtime: None,
     }
 }
 
@@ -209,7 +210,8 @@ async fn await_hello(
     events: &mut Events,
     status: &watch::Sender<SandboxStatus>,
 ) -> Result<(), Exit> {
-    let hello = tokio::time::timeout(Duration::from_secs(30), events.next_line()).await;
+    // The spawner smoke-tests every runtime through the jail (compilers included) first.
+    let hello = tokio::time::timeout(Duration::from_secs(180), events.next_line()).await;
     match hello
         .ok()
         .and_then(|l| l.ok().flatten())
@@ -219,6 +221,7 @@ async fn await_hello(
             language,
             version,
             missing_layers,
+            runtimes,
         })) => {
             tracing::info!(%language, %version, ?missing_layers, pid = child.id(), "spawner up");
             status.send_modify(|s| {
@@ -226,6 +229,7 @@ async fn await_hello(
                 s.language = language;
                 s.version = version;
                 s.missing_layers = missing_layers;
+                s.runtimes = runtimes;
                 s.pid = child.id();
             });
             Ok(())

@@ -2,8 +2,9 @@
 //! (WebSocket) to a [`RunRequest`], or the error that names what is wrong. The routes and the
 //! WebSocket session call the same functions here, then [`crate::runner::submit`].
 
-use execbox_proto::ErrorCode;
+use execbox_proto::runtime::select;
 use execbox_proto::{validate_file_name, Limits, Mode, SourceFile, MAX_FILES};
+use execbox_proto::{ErrorCode, SelectError};
 
 use crate::api::{CreateRunRequest, FileInput, LimitsInput};
 use crate::error::ApiError;
@@ -45,63 +46,61 @@ fn single_file(
         stdin: stdin(stdin_text, &limits)?,
         args: args(arguments)?,
         limits,
+        runtime: None,
     })
 }
 
 /// A `POST /v1/runs` body or a WebSocket `run` message.
 pub fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest, ApiError> {
-    if req.language != "python" {
-        return Err(ApiError::bad_request(
-            ErrorCode::UnknownLanguage,
-            format!(
-                "language {:?} is not available; see GET /v1/runtimes",
-                req.language
-            ),
-        ));
+    // The runtimes are the sandbox's (its hello); before the first one nothing runs anyway.
+    let status = state.sandbox.status();
+    if status.runtimes.is_empty() {
+        runner::ready(state)?;
     }
-    if let Some(sel) = &req.version {
-        // The version is the sandbox's (its hello); before the first one nothing runs anyway.
-        match state.sandbox.status().runtime() {
-            Some((_, have)) => version(sel, have)?,
-            None => runner::ready(state)?,
-        }
-    }
+    let runtime = select(&status.runtimes, &req.language, req.version.as_deref())
+        .map_err(select_error)?
+        .clone();
+    let unnamed_entry = req.files.first().is_some_and(|f| f.name.is_none());
     let limits = limits(
         req.limits,
         state.cfg.spawner.default_limits,
         &state.cfg.max_limits,
     )?;
+    let mode = req.mode.unwrap_or(Mode::Program);
+    if !runtime.modes.contains(&mode) {
+        return Err(ApiError::bad_request(
+            ErrorCode::NotPython,
+            format!(
+                "{} {} does not support mode {}; it supports {:?}",
+                runtime.language,
+                runtime.version,
+                mode.as_str(),
+                runtime.modes
+            ),
+        ));
+    }
+    let mut files = files(req.files, state.cfg.max_source_bytes)?;
+    if let (true, Some(first)) = (unnamed_entry, files.first_mut()) {
+        first.name.clone_from(&runtime.entry);
+    }
     Ok(RunRequest {
-        mode: req.mode.unwrap_or(Mode::Program),
-        files: files(req.files, state.cfg.max_source_bytes)?,
+        mode,
+        files,
         stdin: stdin(req.stdin, &limits)?,
         args: args(req.args)?,
         limits,
+        runtime: Some(runtime.to_ref()),
     })
 }
 
-/// A version selector (`3`, `3.11`, `>=3.10`, `*`, `latest`) against the runtime's version.
-fn version(selector: &str, have: &str) -> Result<(), ApiError> {
-    let sel = selector.trim();
-    if sel.is_empty() || sel == "*" || sel == "latest" {
-        return Ok(());
-    }
-    let req = semver::VersionReq::parse(sel).map_err(|e| {
-        ApiError::bad_request(
-            ErrorCode::InvalidVersion,
-            format!("version {sel:?} is not a semver selector: {e}"),
-        )
-    })?;
-    let v = semver::Version::parse(have)
-        .map_err(|e| ApiError::internal(format!("runtime version {have:?}: {e}")))?;
-    if req.matches(&v) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request(
-            ErrorCode::NoMatchingVersion,
-            format!("no python runtime matches {sel:?}; available: {have}"),
-        ))
-    }
+/// A selection failure as a 400 naming what exists.
+fn select_error(e: SelectError) -> ApiError {
+    let code = match e {
+        SelectError::UnknownLanguage { .. } => ErrorCode::UnknownLanguage,
+        SelectError::InvalidVersion { .. } => ErrorCode::InvalidVersion,
+        SelectError::NoMatchingVersion { .. } => ErrorCode::NoMatchingVersion,
+    };
+    ApiError::bad_request(code, e.to_string())
 }
 
 /// A JSON document that does not fit its type (an HTTP body, a WebSocket message): 400
@@ -292,16 +291,29 @@ mod tests {
     }
 
     #[test]
-    fn version_selectors() {
+    fn selection_errors_are_400s_with_their_codes() {
+        let all = [execbox_proto::RuntimeInfo {
+            language: "python".into(),
+            version: "3.11.2".into(),
+            aliases: vec!["py".into()],
+            compiled: false,
+            modes: vec![Mode::Program, Mode::Main],
+            packages: vec![],
+            entry: "main.py".into(),
+        }];
         for ok in ["3", "3.11", "3.11.2", ">=3.10", "*", "latest", "^3"] {
-            assert!(version(ok, "3.11.2").is_ok(), "{ok}");
+            assert!(select(&all, "py", Some(ok)).is_ok(), "{ok}");
         }
-        for (sel, code) in [
-            ("3.12", ErrorCode::NoMatchingVersion),
-            ("2", ErrorCode::NoMatchingVersion),
-            ("not a version", ErrorCode::InvalidVersion),
+        for (lang, sel, code) in [
+            ("python", "3.12", ErrorCode::NoMatchingVersion),
+            ("python", "2", ErrorCode::NoMatchingVersion),
+            ("python", "not a version", ErrorCode::InvalidVersion),
+            ("cobol", "*", ErrorCode::UnknownLanguage),
         ] {
-            assert_eq!(version(sel, "3.11.2").unwrap_err().body.error.code, code);
+            let e = select(&all, lang, Some(sel))
+                .map_err(select_error)
+                .unwrap_err();
+            assert_eq!(e.body.error.code, code);
         }
     }
 

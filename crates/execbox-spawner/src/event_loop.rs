@@ -1,7 +1,7 @@
 //! The spawner's `poll` loop: orders in on one descriptor, events out on another, every jail
 //! (preparing, pooled, running) supervised from the same single thread.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -10,7 +10,8 @@ use execbox_jail::{
     JailError, JailSpec, Jailer, Outcome, Payload, Prepared, Preparing, Role, Supervisor, WorkFile,
 };
 use execbox_proto::spawner::{Event, Order, RunOrder, SpawnerConfig, MAX_LINE};
-use execbox_runtime::{build_record, PythonRuntime, RunMeta};
+use execbox_proto::{now_rfc3339, Limits, Mode, RunRecord, RunStatus, RuntimeInfo, StepReport};
+use execbox_runtime::{build_record, compile_verdict, CompileVerdict, Package, RunMeta};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -29,9 +30,34 @@ pub enum SpawnerError {
     /// `poll` failed.
     #[error("poll: {0}")]
     Poll(nix::Error),
-    /// The runtime cannot be used.
-    #[error(transparent)]
-    Runtime(execbox_runtime::RuntimeError),
+    /// No runtime package is installed.
+    #[error("no runtime package found in {0} (and the built-in Python's environment is missing: run `make runtime`)")]
+    NoPackages(String),
+    /// No runtime passed its smoke test.
+    #[error("no runtime passed its smoke test through the jail")]
+    NoRuntime,
+}
+
+/// Smoke tests running at once at start-up.
+fn smoke_parallelism() -> usize {
+    execbox_proto::defaults::cpus().clamp(1, 4)
+}
+
+/// Where one order (a user's run or a smoke test) is.
+#[derive(Debug)]
+struct Track {
+    /// Index into the packages.
+    pkg: usize,
+    /// The runtime version the record names (empty while a smoke test learns it).
+    version: String,
+    /// A start-up smoke test, not reported to the server.
+    smoke: bool,
+    /// In its compile stage.
+    compiling: bool,
+    /// The compile step, once compiled.
+    compile: Option<StepReport>,
+    /// `started` was reported (a two-stage run reports it once).
+    started: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -77,7 +103,21 @@ impl Jails for Jailer {
 
 /// The spawner state.
 pub struct Spawner {
-    runtime: PythonRuntime,
+    packages: Vec<Package>,
+    /// Runtimes that passed their smoke test: (package index, what is offered).
+    offered: Vec<(usize, RuntimeInfo)>,
+    /// Orders in flight, by id.
+    tracks: HashMap<String, Track>,
+    /// Packages whose smoke test has not started yet.
+    smoke_queue: VecDeque<usize>,
+    /// Smoke tests not finished yet.
+    smoke_pending: usize,
+    /// Smoke tests running.
+    smoke_running: usize,
+    hello_sent: bool,
+    default_pkg: usize,
+    default_limits: Limits,
+    max_limits: Limits,
     inflight: InFlight<Jailer>,
     orders: LineBuffer,
     out: OwnedFd,
@@ -96,16 +136,36 @@ impl std::fmt::Debug for Spawner {
     }
 }
 
-/// The language of the one runtime there is.
-const LANGUAGE: &str = "python";
+/// The language `/execute` uses (orders without a runtime).
+const DEFAULT_LANGUAGE: &str = "python";
 
 impl Spawner {
-    /// A spawner that writes events to `out` (made non-blocking).
-    pub fn new(jailer: Jailer, runtime: PythonRuntime, cfg: SpawnerConfig, out: OwnedFd) -> Self {
-        let default_spec = runtime.jail_spec(cfg.default_limits);
+    /// A spawner for `packages` (not empty) that writes events to `out` (made non-blocking).
+    /// It smoke-tests every package through the jail before it says hello.
+    pub fn new(jailer: Jailer, packages: Vec<Package>, cfg: SpawnerConfig, out: OwnedFd) -> Self {
+        let default_pkg = packages
+            .iter()
+            .position(|p| p.manifest.language == DEFAULT_LANGUAGE)
+            .unwrap_or(0);
+        let default_spec = packages
+            .get(default_pkg)
+            .map(|p| p.run_spec(cfg.default_limits, &cfg.max_limits))
+            .unwrap_or(JailSpec {
+                binds: vec![],
+                limits: cfg.default_limits,
+            });
         Self {
             inflight: InFlight::new(jailer, default_spec, cfg.pool),
-            runtime,
+            smoke_queue: (0..packages.len()).collect(),
+            smoke_pending: packages.len(),
+            smoke_running: 0,
+            hello_sent: false,
+            packages,
+            offered: Vec::new(),
+            tracks: HashMap::new(),
+            default_pkg,
+            default_limits: cfg.default_limits,
+            max_limits: cfg.max_limits,
             orders: LineBuffer::new(MAX_LINE),
             out,
             outbuf: VecDeque::new(),
@@ -119,16 +179,195 @@ impl Spawner {
     }
 
     /// Tell the server what the bookkeeping reported, in order.
+    /// A compile stage's end starts the run stage, whose reports join the queue; smoke
+    /// tests are judged here and never reported.
     fn report(&mut self, reports: Vec<Report>) -> io::Result<()> {
-        for r in reports {
-            let ev = match r {
-                Report::Started(id) => Event::Started { id },
-                Report::Ended(end) => self.finished(end.0, end.1),
-                Report::Failed(id, message) => Event::Failed { id, message },
-            };
-            self.emit(&ev)?;
+        let mut queue: VecDeque<Report> = reports.into();
+        while let Some(r) = queue.pop_front() {
+            let mut more = Vec::new();
+            match r {
+                Report::Started(id) => {
+                    let Some(t) = self.tracks.get_mut(&id) else {
+                        continue;
+                    };
+                    let tell = !t.started && !t.smoke;
+                    t.started = true;
+                    if tell {
+                        self.emit(&Event::Started { id })?;
+                    }
+                }
+                Report::Ended(end) => {
+                    let (order, outcome) = *end;
+                    if let Some(rec) = self.stage_ended(order, outcome, &mut more) {
+                        self.finish(rec)?;
+                    }
+                }
+                Report::Failed(id, message) => {
+                    let smoke = self.tracks.remove(&id).is_some_and(|t| t.smoke);
+                    if smoke {
+                        log(&format!("{id}: {message}"));
+                        self.smoke_done(None)?;
+                    } else {
+                        self.emit(&Event::Failed { id, message })?;
+                    }
+                }
+            }
+            queue.extend(more);
         }
         Ok(())
+    }
+
+    /// A stage is over: the final record, or `None` when the run stage has started.
+    fn stage_ended(
+        &mut self,
+        order: RunOrder,
+        outcome: Outcome,
+        out: &mut Vec<Report>,
+    ) -> Option<(Track, RunOrder, RunRecord)> {
+        let mut t = self.tracks.remove(&order.id)?;
+        let pkg = &self.packages[t.pkg];
+        let meta = RunMeta {
+            id: order.id.clone(),
+            language: pkg.manifest.language.clone(),
+            version: t.version.clone(),
+            created_at: order.created_at.clone(),
+        };
+        if !t.compiling {
+            let limits = pkg.run_spec(order.limits, &self.max_limits).limits;
+            let mut rec = build_record(meta, order.mode, &limits, outcome);
+            rec.compile = t.compile.take();
+            return Some((t, order, rec));
+        }
+        let limits = pkg.compile_spec(order.limits, &self.max_limits).limits;
+        match compile_verdict(meta, &limits, outcome) {
+            CompileVerdict::Failed(rec) => Some((t, order, *rec)),
+            CompileVerdict::Compiled(step, archive) => {
+                t.compiling = false;
+                t.compile = Some(*step);
+                let payload = pkg.run_payload(
+                    work_files(&order),
+                    Some(archive),
+                    order.mode,
+                    order.stdin.clone().into_bytes(),
+                    &order.args,
+                );
+                let spec = pkg.run_spec(order.limits, &self.max_limits);
+                self.launch(order, t, spec, payload, out);
+                None
+            }
+        }
+    }
+
+    /// A run or smoke test is over.
+    fn finish(&mut self, (t, order, rec): (Track, RunOrder, RunRecord)) -> io::Result<()> {
+        if !t.smoke {
+            return self.emit(&Event::Finished {
+                id: order.id,
+                record: Box::new(rec),
+            });
+        }
+        let pkg = &self.packages[t.pkg];
+        let verdict = match (&rec.status, &rec.run) {
+            (RunStatus::Ok, Some(run)) => pkg.smoke_verdict(&run.stdout),
+            _ => None,
+        };
+        match &verdict {
+            Some(v) => log(&format!(
+                "runtime {} {v} ({}) passed its smoke test",
+                pkg.manifest.language,
+                pkg.dir.display()
+            )),
+            None => log(&format!(
+                "runtime {} ({}) failed its smoke test and is not offered: {:?} {}",
+                pkg.manifest.language,
+                pkg.dir.display(),
+                rec.status,
+                serde_json::to_string(&rec).unwrap_or_default()
+            )),
+        }
+        let info = verdict.map(|v| (t.pkg, pkg.info(&v)));
+        self.smoke_done(info)
+    }
+
+    /// Count a finished smoke test; start queued ones; say hello after the last.
+    fn smoke_done(&mut self, passed: Option<(usize, RuntimeInfo)>) -> io::Result<()> {
+        self.smoke_running = self.smoke_running.saturating_sub(1);
+        self.smoke_pending = self.smoke_pending.saturating_sub(1);
+        if let Some((pkg, info)) = passed {
+            // Two packages with the same language and version: the first found wins.
+            if !self
+                .offered
+                .iter()
+                .any(|(_, o)| o.to_ref() == info.to_ref())
+            {
+                self.offered.push((pkg, info));
+            }
+        }
+        let mut reports = Vec::new();
+        self.start_smokes(&mut reports);
+        self.report(reports)?;
+        if self.smoke_pending == 0 && !self.hello_sent {
+            self.say_hello()?;
+        }
+        Ok(())
+    }
+
+    /// Start smoke tests up to the parallelism.
+    fn start_smokes(&mut self, out: &mut Vec<Report>) {
+        while self.smoke_running < smoke_parallelism() {
+            let Some(i) = self.smoke_queue.pop_front() else {
+                return;
+            };
+            self.smoke_running += 1;
+            let pkg = &self.packages[i];
+            let order = RunOrder {
+                id: format!("smoke-{i}-{}", pkg.manifest.language),
+                created_at: now_rfc3339(),
+                mode: Mode::Program,
+                files: pkg
+                    .smoke_files()
+                    .into_iter()
+                    .map(|f| execbox_proto::SourceFile {
+                        name: f.name,
+                        content: String::from_utf8_lossy(&f.content).into_owned(),
+                    })
+                    .collect(),
+                stdin: String::new(),
+                args: vec![],
+                limits: self.default_limits,
+                runtime: None,
+            };
+            self.begin(order, i, String::new(), true, out);
+        }
+    }
+
+    /// Say hello with what passed (sorted by language, then version).
+    fn say_hello(&mut self) -> io::Result<()> {
+        self.hello_sent = true;
+        self.offered.sort_by(|a, b| {
+            let v = |i: &RuntimeInfo| semver::Version::parse(&i.version).ok();
+            (&a.1.language, v(&a.1)).cmp(&(&b.1.language, v(&b.1)))
+        });
+        let default = self
+            .offered
+            .iter()
+            .filter(|(p, _)| *p == self.default_pkg)
+            .map(|(_, i)| i.clone())
+            .next()
+            .or_else(|| self.offered.first().map(|(_, i)| i.clone()));
+        let Some(default) = default else {
+            self.emit(&Event::Fatal {
+                message: SpawnerError::NoRuntime.to_string(),
+            })?;
+            return Ok(());
+        };
+        let hello = Event::Hello {
+            language: default.language,
+            version: default.version,
+            missing_layers: self.inflight.jails().missing_layers().to_vec(),
+            runtimes: self.offered.iter().map(|(_, i)| i.clone()).collect(),
+        };
+        self.emit(&hello)
     }
 
     /// Write queued events until the pipe is full (EAGAIN) or the queue empty.
@@ -165,14 +404,15 @@ impl Spawner {
         fcntl(input.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(SpawnerError::Poll)?;
         fcntl(self.out.as_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
             .map_err(SpawnerError::Poll)?;
-        let hello = Event::Hello {
-            language: LANGUAGE.into(),
-            version: self.runtime.version.clone(),
-            missing_layers: self.inflight.jails().missing_layers().to_vec(),
-        };
-        self.emit(&hello)?;
+        let mut reports = Vec::new();
+        self.start_smokes(&mut reports);
+        self.report(reports)?;
         let mut eof = false;
         loop {
+            if self.hello_sent && self.offered.is_empty() {
+                self.flush_all()?;
+                return Err(SpawnerError::NoRuntime);
+            }
             if eof {
                 // Runs still waiting for their jail end as cancelled, like running ones.
                 let mut reports = Vec::new();
@@ -301,41 +541,101 @@ impl Spawner {
         Ok(())
     }
 
-    /// Build the run's payload and jail spec, and hand it to the bookkeeping.
+    /// Resolve the order's runtime and start its first stage.
     fn start_run(&mut self, order: RunOrder, out: &mut Vec<Report>) {
-        let files = order
-            .files
-            .iter()
-            .map(|f| WorkFile {
-                name: f.name.clone(),
-                content: f.content.clone().into_bytes(),
-            })
-            .collect();
-        let payload = self.runtime.payload_files(
-            files,
-            order.mode,
-            order.stdin.clone().into_bytes(),
-            &order.args,
-        );
-        if let Err(e) = payload.validate(&order.limits) {
-            return out.push(Report::Failed(order.id, e.to_string()));
+        let found = match &order.runtime {
+            Some(r) => self.offered.iter().find(|(_, i)| i.to_ref() == *r),
+            None => self
+                .offered
+                .iter()
+                .filter(|(_, i)| i.language == DEFAULT_LANGUAGE)
+                .max_by_key(|(_, i)| semver::Version::parse(&i.version).ok()),
+        };
+        let Some((pkg, info)) = found.cloned() else {
+            let msg = format!("runtime {:?} is not offered by this spawner", order.runtime);
+            return out.push(Report::Failed(order.id, msg));
+        };
+        if !info.modes.contains(&order.mode) {
+            let msg = format!(
+                "{} does not support mode {}",
+                info.language,
+                order.mode.as_str()
+            );
+            return out.push(Report::Failed(order.id, msg));
         }
-        let spec = self.runtime.jail_spec(order.limits);
-        self.inflight.start(order, &spec, payload, out);
+        self.begin(order, pkg, info.version, false, out);
     }
 
-    /// The `finished` event of a run: its record.
-    fn finished(&self, order: RunOrder, outcome: Outcome) -> Event {
-        let meta = RunMeta {
-            id: order.id.clone(),
-            language: LANGUAGE.into(),
-            version: self.runtime.version.clone(),
-            created_at: order.created_at.clone(),
+    /// Start an order's first stage (compile, or run) with package `pkg`.
+    fn begin(
+        &mut self,
+        order: RunOrder,
+        pkg: usize,
+        version: String,
+        smoke: bool,
+        out: &mut Vec<Report>,
+    ) {
+        let p = &self.packages[pkg];
+        let files = work_files(&order);
+        let (spec, payload, compiling) = match p.compile_payload(files.clone()) {
+            Some(payload) => (
+                p.compile_spec(order.limits, &self.max_limits),
+                payload,
+                true,
+            ),
+            None => (
+                p.run_spec(order.limits, &self.max_limits),
+                p.run_payload(
+                    files,
+                    None,
+                    order.mode,
+                    order.stdin.clone().into_bytes(),
+                    &order.args,
+                ),
+                false,
+            ),
         };
-        let record = build_record(meta, order.mode, &order.limits, outcome);
-        Event::Finished {
-            id: order.id,
-            record: Box::new(record),
-        }
+        let track = Track {
+            pkg,
+            version,
+            smoke,
+            compiling,
+            compile: None,
+            started: false,
+        };
+        self.launch(order, track, spec, payload, out);
     }
+
+    /// Check a stage's payload and hand it to the bookkeeping.
+    fn launch(
+        &mut self,
+        order: RunOrder,
+        track: Track,
+        spec: JailSpec,
+        payload: Payload,
+        out: &mut Vec<Report>,
+    ) {
+        self.tracks.insert(order.id.clone(), track);
+        if let Err(e) = payload.validate(&spec.limits) {
+            return out.push(Report::Failed(order.id, e.to_string()));
+        }
+        self.inflight.start(order, &spec, payload, out);
+    }
+}
+
+/// The order's files as the jail writes them.
+fn work_files(order: &RunOrder) -> Vec<WorkFile> {
+    order
+        .files
+        .iter()
+        .map(|f| WorkFile {
+            name: f.name.clone(),
+            content: f.content.clone().into_bytes(),
+        })
+        .collect()
+}
+
+/// A line for the operator on the spawner's stderr.
+pub(crate) fn log_line(msg: &str) {
+    log(msg);
 }

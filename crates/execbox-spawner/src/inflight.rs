@@ -363,6 +363,7 @@ mod tests {
             stdin: String::new(),
             args: vec![],
             limits: Limits::default(),
+            runtime: None,
         }
     }
 

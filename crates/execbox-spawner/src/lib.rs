@@ -8,7 +8,7 @@
 //!
 //! What it is told and what it answers are defined in [`execbox_proto::spawner`]: its
 //! configuration is the first line on its stdin; it answers [`Event::Hello`] with the
-//! runtime's version once it is ready, or [`Event::Fatal`] when it cannot start.
+//! runtimes that passed their smoke tests once it is ready, or [`Event::Fatal`] when it cannot start.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -21,7 +21,7 @@ use std::os::fd::OwnedFd;
 
 use execbox_jail::{HostConfig, Jailer};
 use execbox_proto::spawner::{Event, HostSettings, SpawnerConfig};
-use execbox_runtime::PythonRuntime;
+use execbox_runtime::discover;
 
 pub use event_loop::{Spawner, SpawnerError};
 
@@ -39,11 +39,27 @@ pub fn host_config(host: &HostSettings) -> HostConfig {
 /// If the runtime or the host cannot be used, say so in an [`Event::Fatal`] and return the
 /// error.
 pub fn run(cfg: SpawnerConfig, input: OwnedFd, output: OwnedFd) -> Result<(), SpawnerError> {
-    let started = PythonRuntime::discover(&cfg.host.python_env)
-        .map_err(SpawnerError::Runtime)
-        .and_then(|rt| Ok((rt, Jailer::new(&host_config(&cfg.host))?)));
+    let found = discover(&cfg.host.runtimes_dir, &cfg.host.python_env);
+    for (dir, missing) in &found.absent {
+        event_loop::log_line(&format!(
+            "runtime {} skipped: its toolchain ({missing}) is not installed",
+            dir.display()
+        ));
+    }
+    for e in &found.errors {
+        event_loop::log_line(&format!("runtime package refused: {e}"));
+    }
+    let started = if found.packages.is_empty() {
+        Err(SpawnerError::NoPackages(
+            cfg.host.runtimes_dir.display().to_string(),
+        ))
+    } else {
+        Jailer::new(&host_config(&cfg.host))
+            .map(|j| (found.packages, j))
+            .map_err(SpawnerError::from)
+    };
     match started {
-        Ok((runtime, jailer)) => Spawner::new(jailer, runtime, cfg, output).serve(input),
+        Ok((packages, jailer)) => Spawner::new(jailer, packages, cfg, output).serve(input),
         Err(e) => {
             let fatal = Event::Fatal {
                 message: e.to_string(),

@@ -64,6 +64,11 @@ impl Server {
         if opts.own_group {
             cmd.process_group(0);
         }
+        if !args.contains(&"--runtimes-dir") {
+            // Only the built-in Python: every other runtime's smoke test would cost each server
+            // start seconds (crates/execbox-cli/tests/languages.rs tests them all).
+            cmd.env("EXECBOX_RUNTIMES_DIR", "/nonexistent/execbox-runtimes");
+        }
         cmd.args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -121,7 +126,7 @@ impl Server {
                 other => panic!("unknown listener {other:?}"),
             }
         }
-        s.wait_ready(Duration::from_secs(60));
+        s.wait_ready(Duration::from_secs(180));
         s
     }
 

@@ -6,7 +6,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use execbox_proto::ErrorCode;
-use execbox_proto::Mode;
 use execbox_proto::RunRecord;
 
 use crate::admission::Room;
@@ -270,16 +269,5 @@ pub async fn cancel_run(
     tag = "v1"
 )]
 pub async fn runtimes(State(state): State<AppState>) -> axum::Json<Vec<RuntimeInfo>> {
-    let sp = state.sandbox.status();
-    axum::Json(
-        sp.runtime()
-            .map(|(language, version)| RuntimeInfo {
-                language: language.to_owned(),
-                version: version.to_owned(),
-                packages: vec!["numpy".into(), "pandas".into()],
-                modes: vec![Mode::Program, Mode::Main],
-            })
-            .into_iter()
-            .collect(),
-    )
+    axum::Json(state.sandbox.status().runtimes.clone())
 }

@@ -41,6 +41,19 @@ pub struct FakeSandbox {
     running: Arc<Mutex<HashMap<String, CancellationToken>>>,
 }
 
+/// The one runtime the fake offers, as a spawner's hello would list it.
+pub fn python_runtime() -> execbox_proto::RuntimeInfo {
+    execbox_proto::RuntimeInfo {
+        language: "python".into(),
+        version: VERSION.into(),
+        aliases: vec!["py".into(), "python3".into()],
+        compiled: false,
+        modes: vec![execbox_proto::Mode::Program, execbox_proto::Mode::Main],
+        packages: vec!["numpy".into(), "pandas".into()],
+        entry: "main.py".into(),
+    }
+}
+
 impl Default for FakeSandbox {
     fn default() -> Self {
         Self {
@@ -49,6 +62,7 @@ impl Default for FakeSandbox {
                 canary_ok: true,
                 language: "python".into(),
                 version: VERSION.into(),
+                runtimes: vec![python_runtime()],
                 ..SandboxStatus::default()
             }),
             orders: Mutex::default(),

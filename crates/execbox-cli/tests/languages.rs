@@ -1,0 +1,245 @@
+//! Every shipped runtime through the real server and jail: hello world, a stdin echo, a
+//! non-zero exit, and a compile error in each compiled language; multi-file programs; two
+//! versions of one language picked by the selector; the runtime listing (HTTP and CLI); the
+//! 400s of selection. One server (its spawner smoke-tests `runtimes/` at start), languages
+//! checked two at a time. Needs root; skips otherwise (fails with CI=true).
+
+mod support;
+
+use futures_util::stream::{self, StreamExt};
+use serde_json::{json, Value};
+use support::{privileged, Api, Options, Server};
+
+/// One language's programs: hello prints `hello`, echo copies stdin, exit exits with 3.
+struct Lang {
+    language: &'static str,
+    hello: &'static str,
+    echo: &'static str,
+    exit3: &'static str,
+    /// A program that does not compile (compiled languages).
+    broken: Option<&'static str>,
+}
+
+const LANGS: &[Lang] = &[
+    Lang { language: "python", hello: "print('hello')", echo: "import sys\nsys.stdout.write(sys.stdin.read())", exit3: "raise SystemExit(3)", broken: None },
+    Lang { language: "pypy", hello: "print('hello')", echo: "import sys\nsys.stdout.write(sys.stdin.read())", exit3: "raise SystemExit(3)", broken: None },
+    Lang { language: "bash", hello: "echo hello", echo: "cat", exit3: "exit 3", broken: None },
+    Lang { language: "js", hello: "console.log('hello')", echo: "process.stdin.pipe(process.stdout)", exit3: "process.exit(3)", broken: None },
+    Lang { language: "ts", hello: "const s: string = 'hello';\nconsole.log(s);", echo: "process.stdin.pipe(process.stdout);", exit3: "process.exit(3);", broken: Some("const n: number = 'not a number';") },
+    Lang { language: "ruby", hello: "puts 'hello'", echo: "print STDIN.read", exit3: "exit 3", broken: None },
+    Lang { language: "php", hello: "<?php echo \"hello\\n\";", echo: "<?php echo stream_get_contents(STDIN);", exit3: "<?php exit(3);", broken: None },
+    Lang { language: "perl", hello: "print \"hello\\n\";", echo: "print while <STDIN>;", exit3: "exit 3;", broken: None },
+    Lang { language: "lua", hello: "print('hello')", echo: "io.write(io.read('a'))", exit3: "os.exit(3)", broken: None },
+    Lang { language: "c", hello: "#include <stdio.h>\nint main(void){puts(\"hello\");return 0;}", echo: "#include <stdio.h>\nint main(void){int c;while((c=getchar())!=EOF)putchar(c);return 0;}", exit3: "int main(void){return 3;}", broken: Some("int main(void){return x;}") },
+    Lang { language: "c++", hello: "#include <iostream>\nint main(){std::cout<<\"hello\\n\";}", echo: "#include <iostream>\nint main(){std::cout<<std::cin.rdbuf();}", exit3: "int main(){return 3;}", broken: Some("int main(){undefined_thing();}") },
+    Lang { language: "rust", hello: "fn main(){println!(\"hello\");}", echo: "use std::io::*;\nfn main(){let mut s=String::new();stdin().read_to_string(&mut s).unwrap();print!(\"{s}\");}", exit3: "fn main(){std::process::exit(3);}", broken: Some("fn main(){let x: u8 = \"no\";}") },
+    Lang { language: "go", hello: "package main\nimport \"fmt\"\nfunc main(){fmt.Println(\"hello\")}", echo: "package main\nimport (\"io\";\"os\")\nfunc main(){io.Copy(os.Stdout, os.Stdin)}", exit3: "package main\nimport \"os\"\nfunc main(){os.Exit(3)}", broken: Some("package main\nfunc main(){x := 1}") },
+    Lang { language: "java", hello: "public class Main{public static void main(String[] a){System.out.println(\"hello\");}}", echo: "public class Main{public static void main(String[] a)throws Exception{System.in.transferTo(System.out);}}", exit3: "public class Main{public static void main(String[] a){System.exit(3);}}", broken: Some("public class Main{public static void main(String[] a){int x = \"s\";}}") },
+    Lang { language: "fortran", hello: "program h\nprint '(a)', 'hello'\nend program h", echo: "program e\ncharacter(len=100) :: l\ninteger :: s\ndo\nread(*,'(a)',iostat=s) l\nif (s /= 0) exit\nprint '(a)', trim(l)\nend do\nend program e", exit3: "program x\nstop 3\nend program x", broken: Some("program b\ncall nothing(\nend program b") },
+    Lang { language: "pascal", hello: "program h;\nbegin\nwriteln('hello');\nend.", echo: "program e;\nvar l: string;\nbegin\nwhile not eof do begin readln(l); writeln(l); end;\nend.", exit3: "program x;\nbegin\nhalt(3);\nend.", broken: Some("program b;\nbegin\nundefined_proc;\nend.") },
+];
+
+const ECHO: &str = "abc\nxyz\n";
+
+async fn run(api: &Api, language: &str, version: &str, files: Value, stdin: &str) -> Value {
+    let r = api
+        .post(
+            "/v1/runs",
+            json!({"language": language, "version": version, "files": files, "stdin": stdin}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{language}: {}", r.text);
+    r.json
+}
+
+fn one(src: &str) -> Value {
+    json!([{ "content": src }])
+}
+
+async fn check_language(api: Api, l: &'static Lang) -> Result<(), String> {
+    let ctx = |what: &str, rec: &Value| format!("{} {what}: {rec:#}", l.language);
+    let rec = run(&api, l.language, "*", one(l.hello), "").await;
+    if rec["status"] != "ok" || rec["run"]["stdout"] != "hello\n" {
+        return Err(ctx("hello", &rec));
+    }
+    if rec["version"].as_str().unwrap_or_default().is_empty() {
+        return Err(ctx("hello names no version", &rec));
+    }
+    let rec = run(&api, l.language, "*", one(l.echo), ECHO).await;
+    if rec["status"] != "ok" || rec["run"]["stdout"] != ECHO {
+        return Err(ctx("echo", &rec));
+    }
+    let rec = run(&api, l.language, "*", one(l.exit3), "").await;
+    if rec["status"] != "runtime_error" || rec["run"]["exit_code"] != 3 {
+        return Err(ctx("exit 3", &rec));
+    }
+    if let Some(broken) = l.broken {
+        let rec = run(&api, l.language, "*", one(broken), "").await;
+        if rec["status"] != "compile_error"
+            || rec["error"]["code"] != "compile_error"
+            || rec["compile"].is_null()
+            || !rec["run"].is_null()
+        {
+            return Err(ctx("compile error", &rec));
+        }
+    }
+    Ok(())
+}
+
+fn runtimes_dir() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/../../runtimes").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_language_through_the_jail() {
+    if !privileged() {
+        return;
+    }
+    let dir = runtimes_dir();
+    let server = Server::start_with(
+        &["--runtimes-dir", &dir],
+        Options {
+            no_auth: true,
+            ..Options::default()
+        },
+    );
+    let api = Api::new(&server);
+
+    // The listing: every language, Lua and C++ twice, with aliases and capabilities.
+    let list = api.get("/v1/runtimes").await;
+    assert_eq!(list.status, 200);
+    let all = list.json.as_array().cloned().unwrap_or_default();
+    let versions = |lang: &str| {
+        all.iter()
+            .filter(|r| r["language"] == lang)
+            .map(|r| r["version"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    for l in LANGS {
+        let named = all.iter().any(|r| {
+            r["language"] == l.language
+                || r["aliases"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|x| x == l.language))
+        });
+        assert!(named, "{} not offered: {all:#?}", l.language);
+    }
+    assert_eq!(versions("lua").len(), 2, "{all:#?}");
+    assert_eq!(versions("c++").len(), 2, "{all:#?}");
+    let py = all.iter().find(|r| r["language"] == "python").unwrap();
+    assert_eq!(py["modes"], json!(["program", "main"]));
+    assert_eq!(
+        all.iter().find(|r| r["language"] == "go").unwrap()["compiled"],
+        true
+    );
+
+    // The CLI prints the same list.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_execbox"))
+        .args(["runtimes", "--json", "--runtimes-dir", &dir])
+        .output()
+        .expect("execbox runtimes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(cli, list.json);
+
+    // Selection errors name what exists.
+    let r = api
+        .post("/v1/runs", json!({"language": "cobol", "files": one("x")}))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "unknown_language"),
+        "{}",
+        r.text
+    );
+    assert!(r.message().contains("lua 5.3.6, 5.4.4"), "{}", r.message());
+    let r = api
+        .post(
+            "/v1/runs",
+            json!({"language": "go", "version": ">=1.21", "files": one("x")}),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "no_matching_version"),
+        "{}",
+        r.text
+    );
+    assert!(r.message().contains("go 1.19"), "{}", r.message());
+
+    // Two versions of one language, chosen by the selector.
+    let lua = one("print(_VERSION)");
+    let rec = run(&api, "lua", "5.3", lua.clone(), "").await;
+    assert_eq!(
+        (rec["run"]["stdout"].as_str(), rec["version"].as_str()),
+        (Some("Lua 5.3\n"), Some("5.3.6"))
+    );
+    let rec = run(&api, "lua", "*", lua.clone(), "").await;
+    assert_eq!(rec["run"]["stdout"], "Lua 5.4\n");
+    let rec = run(&api, "lua", "<5.4", lua, "").await;
+    assert_eq!(rec["version"], "5.3.6");
+    let cpp = one("#include <cstdio>\nint main(){std::printf(\"%d\\n\", __GNUC__);}");
+    let rec = run(&api, "cpp", "11", cpp.clone(), "").await;
+    assert_eq!(
+        (rec["run"]["stdout"].as_str(), rec["language"].as_str()),
+        (Some("11\n"), Some("c++"))
+    );
+    let rec = run(&api, "g++", "*", cpp, "").await;
+    assert_eq!(rec["run"]["stdout"], "12\n");
+
+    // Multi-file programs, entry point first.
+    let rec = run(
+        &api,
+        "c",
+        "*",
+        json!([
+            {"name": "main.c", "content": "#include <stdio.h>\nint twice(int);\nint main(void){printf(\"%d\\n\", twice(21));return 0;}"},
+            {"name": "twice.c", "content": "int twice(int x){return 2*x;}"}
+        ]),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (rec["status"].as_str(), rec["run"]["stdout"].as_str()),
+        (Some("ok"), Some("42\n")),
+        "{rec:#}"
+    );
+    let rec = run(
+        &api,
+        "python",
+        "3",
+        json!([
+            {"name": "main.py", "content": "import util\nprint(util.twice(21))"},
+            {"name": "util.py", "content": "def twice(x):\n    return 2 * x\n"}
+        ]),
+        "",
+    )
+    .await;
+    assert_eq!(rec["run"]["stdout"], "42\n", "{rec:#}");
+    let rec = run(
+        &api,
+        "go",
+        "1",
+        json!([
+            {"name": "main.go", "content": "package main\nimport \"fmt\"\nfunc main(){fmt.Println(twice(21))}"},
+            {"name": "twice.go", "content": "package main\nfunc twice(x int) int { return 2 * x }"}
+        ]),
+        "",
+    )
+    .await;
+    assert_eq!(rec["run"]["stdout"], "42\n", "{rec:#}");
+
+    // Every language, two at a time.
+    let failures: Vec<String> = stream::iter(LANGS)
+        .map(|l| check_language(api.clone(), l))
+        .buffer_unordered(2)
+        .filter_map(|r| async move { r.err() })
+        .collect()
+        .await;
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    drop(server);
+}

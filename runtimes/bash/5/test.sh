@@ -1,0 +1,2 @@
+echo "execbox smoke ok"
+echo "$BASH_VERSION"

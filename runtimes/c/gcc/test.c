@@ -1,0 +1,6 @@
+#include <stdio.h>
+int main(void) {
+    puts("execbox smoke ok");
+    puts(__VERSION__);
+    return 0;
+}

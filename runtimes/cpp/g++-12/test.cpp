@@ -1,0 +1,4 @@
+#include <iostream>
+int main() {
+    std::cout << "execbox smoke ok\n" << __VERSION__ << "\n";
+}

@@ -1,0 +1,2 @@
+console.log("execbox smoke ok");
+console.log(process.versions.node);

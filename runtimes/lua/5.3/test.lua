@@ -1,0 +1,1 @@
+print("execbox smoke ok " .. _VERSION:sub(5))

@@ -1,0 +1,5 @@
+program smoke;
+begin
+  writeln('execbox smoke ok');
+  writeln({$I %FPCVERSION%});
+end.

@@ -1,0 +1,2 @@
+print "execbox smoke ok\n";
+printf "%vd\n", $^V;

@@ -1,0 +1,3 @@
+<?php
+echo "execbox smoke ok\n";
+echo PHP_VERSION, "\n";

@@ -1,0 +1,4 @@
+import sys
+
+print("execbox smoke ok")
+print("%d.%d.%d" % sys.version_info[:3])

@@ -1,0 +1,2 @@
+puts "execbox smoke ok"
+puts RUBY_VERSION

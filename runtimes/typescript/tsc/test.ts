@@ -1,0 +1,2 @@
+const s: string = "execbox smoke ok";
+console.log(s);
