@@ -370,22 +370,28 @@ pub fn probe_facts(host: &HostConfig, deep: bool) -> HostFacts {
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWNET) as u64;
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let user_namespaces = if deep {
+        try_clone(libc::CLONE_NEWUSER as u64)
+    } else {
+        read_num("/proc/sys/user/max_user_namespaces") > 0
+    };
+    // The jail creates its namespaces together with a user namespace when it has one
+    // (`Jailer::prepare`), so probe them the same way: the mount, pid, ipc, uts and network
+    // namespaces then need no capability in the caller's namespace (a container's root without
+    // CAP_SYS_ADMIN). Without user namespaces the jail clones them as root and needs it.
+    let userns_flag = if user_namespaces {
+        libc::CLONE_NEWUSER as u64
+    } else {
+        0
+    };
     HostFacts {
         root: nix::unistd::geteuid().is_root(),
-        namespaces: !deep || try_clone(ns_all),
-        user_namespaces: if deep {
-            try_clone(libc::CLONE_NEWUSER as u64)
-        } else {
-            read_num("/proc/sys/user/max_user_namespaces") > 0
-        },
+        namespaces: !deep || try_clone(ns_all | userns_flag),
+        user_namespaces,
         cgroups: probe_cgroups(host, deep),
         seccomp: status.lines().any(|l| l.starts_with("Seccomp:")),
         no_new_privs: status.lines().any(|l| l.starts_with("NoNewPrivs:")),
-        mount_setattr: match sys::mount_setattr_probe() {
-            Ok(()) => SyscallState::Available,
-            Err(nix::errno::Errno::ENOSYS) => SyscallState::NotInKernel,
-            Err(_) => SyscallState::Blocked,
-        },
+        mount_setattr: probe_mount_setattr(user_namespaces),
         landlock_abi: sys::landlock_abi(),
         kernel,
     }
@@ -431,6 +437,41 @@ fn probe_cgroups(host: &HostConfig, deep: bool) -> CgroupFacts {
             ),
         },
         Err(e) => facts(false, format!("cgroup {name} not writable: {e}")),
+    }
+}
+
+/// Whether the jail can call `mount_setattr(2)`. The jail calls it in its own user and mount
+/// namespaces when it has a user namespace, so an `EPERM` in the caller (a container's root
+/// without CAP_SYS_ADMIN is not allowed to change its own mounts) is asked again there; only
+/// an `EPERM` there too means a seccomp filter refuses the call. Without user namespaces the
+/// jail calls it as root in the caller's namespaces, and the direct answer is the one.
+fn probe_mount_setattr(user_namespaces: bool) -> SyscallState {
+    const OK: i32 = 0;
+    const NOT_IN_KERNEL: i32 = 1;
+    const BLOCKED: i32 = 2;
+    let state = |r: Result<(), nix::errno::Errno>| match r {
+        Ok(()) => SyscallState::Available,
+        Err(nix::errno::Errno::ENOSYS) => SyscallState::NotInKernel,
+        Err(_) => SyscallState::Blocked,
+    };
+    let direct = sys::mount_setattr_probe();
+    if direct != Err(nix::errno::Errno::EPERM) || !user_namespaces {
+        return state(direct);
+    }
+    // SAFETY: the child makes one raw system call on stack data and calls _exit, both
+    // async-signal-safe, so this is sound even in a multi-threaded caller.
+    match unsafe { sys::clone3((libc::CLONE_NEWUSER | libc::CLONE_NEWNS) as u64, None) } {
+        Ok(Forked::Child) => sys::exit_now(match sys::mount_setattr_probe() {
+            Ok(()) => OK,
+            Err(nix::errno::Errno::ENOSYS) => NOT_IN_KERNEL,
+            Err(_) => BLOCKED,
+        }),
+        Ok(Forked::Parent { pid, .. }) => match nix::sys::wait::waitpid(pid, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, OK)) => SyscallState::Available,
+            Ok(nix::sys::wait::WaitStatus::Exited(_, NOT_IN_KERNEL)) => SyscallState::NotInKernel,
+            _ => SyscallState::Blocked,
+        },
+        Err(_) => state(direct),
     }
 }
 
