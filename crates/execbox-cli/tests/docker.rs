@@ -403,6 +403,20 @@ fn without_the_privileges_the_container_exits_at_once_naming_what_is_missing() {
     }
     assert!(!logs.contains("listening"), "{logs}");
 
+    // The documented capabilities under Docker's default seccomp profile, which refuses
+    // pivot_root: the required mount layer is missing.
+    let mut flags = documented_flags();
+    let i = flags.iter().position(|f| f == "--security-opt").unwrap();
+    flags.drain(i..i + 2);
+    flags.extend(["-e".into(), secret.clone()]);
+    let c = Container::run(&image, &flags, &[]);
+    let code = c.wait_exit(Duration::from_secs(60));
+    let logs = c.logs();
+    assert_eq!(code, Some(1), "{logs}");
+    for needle in ["this host cannot run execbox", "  mount_setattr: ", "pivot_root"] {
+        assert!(logs.contains(needle), "{needle:?} not in:\n{logs}");
+    }
+
     // The documented flags but the host's cgroup namespace (the default on a cgroup v1 host):
     // the cgroups stay read-only, an essential layer: refused unless degraded is accepted.
     let mut flags = documented_flags();

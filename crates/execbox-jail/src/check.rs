@@ -244,9 +244,10 @@ pub fn assess(f: &HostFacts) -> HostReport {
                 "recursive read-only binds need Linux 5.12 (ENOSYS): execbox needs 5.12 or later"
                     .into()
             }
-            SyscallState::Blocked => {
-                "mount_setattr is refused (EPERM): a seccomp filter blocks it".into()
-            }
+            SyscallState::Blocked => "mount_setattr or pivot_root is refused (EPERM): a seccomp \
+                 filter blocks it (in a container: Docker's default profile refuses pivot_root; \
+                 use docker/seccomp.json)"
+                .into(),
         },
     );
 
@@ -440,7 +441,7 @@ fn probe_cgroups(host: &HostConfig, deep: bool) -> CgroupFacts {
     }
 }
 
-/// Whether the jail can call `mount_setattr(2)`. The jail calls it in its own user and mount
+/// Whether the jail can call `mount_setattr(2)` and `pivot_root(2)`. The jail calls them in its own user and mount
 /// namespaces when it has a user namespace, so an `EPERM` in the caller (a container's root
 /// without CAP_SYS_ADMIN is not allowed to change its own mounts) is asked again there; only
 /// an `EPERM` there too means a seccomp filter refuses the call. Without user namespaces the
@@ -454,14 +455,17 @@ fn probe_mount_setattr(user_namespaces: bool) -> SyscallState {
         Err(nix::errno::Errno::ENOSYS) => SyscallState::NotInKernel,
         Err(_) => SyscallState::Blocked,
     };
-    let direct = sys::mount_setattr_probe();
+    // pivot_root rides along: the jail needs it as much, and Docker's default seccomp profile
+    // refuses it even where it allows mount and mount_setattr.
+    let probe = || sys::mount_setattr_probe().and_then(|()| sys::pivot_root_probe());
+    let direct = probe();
     if direct != Err(nix::errno::Errno::EPERM) || !user_namespaces {
         return state(direct);
     }
     // SAFETY: the child makes one raw system call on stack data and calls _exit, both
     // async-signal-safe, so this is sound even in a multi-threaded caller.
     match unsafe { sys::clone3((libc::CLONE_NEWUSER | libc::CLONE_NEWNS) as u64, None) } {
-        Ok(Forked::Child) => sys::exit_now(match sys::mount_setattr_probe() {
+        Ok(Forked::Child) => sys::exit_now(match probe() {
             Ok(()) => OK,
             Err(nix::errno::Errno::ENOSYS) => NOT_IN_KERNEL,
             Err(_) => BLOCKED,
