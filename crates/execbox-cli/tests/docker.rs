@@ -413,7 +413,11 @@ fn without_the_privileges_the_container_exits_at_once_naming_what_is_missing() {
     let code = c.wait_exit(Duration::from_secs(60));
     let logs = c.logs();
     assert_eq!(code, Some(1), "{logs}");
-    for needle in ["this host cannot run execbox", "  mount_setattr: ", "pivot_root"] {
+    for needle in [
+        "this host cannot run execbox",
+        "  mount_setattr: ",
+        "pivot_root",
+    ] {
         assert!(logs.contains(needle), "{needle:?} not in:\n{logs}");
     }
 
