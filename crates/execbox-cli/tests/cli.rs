@@ -384,8 +384,9 @@ fn check_reports_every_layer() {
     // the deep probe leaves no cgroup behind, in any hierarchy of the backend in use
     let leftovers: Vec<_> = support::execbox_cgroup_parents()
         .into_iter()
-        .map(|p| p.join("check-probe"))
-        .filter(|p| p.exists())
+        .flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with("-check-probe"))
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }

@@ -426,7 +426,11 @@ fn probe_cgroups(host: &HostConfig, deep: bool) -> CgroupFacts {
     if !deep {
         return facts(true, format!("cgroup {name} writable"));
     }
-    match b.create("check-probe", &crate::config::Limits::default()) {
+    // Named like a run's cgroup (`j<pid>-…`): probes of concurrent processes (several
+    // `execbox serve` start with this deep probe) do not collide, and one left behind by a
+    // killed prober is reaped as stale.
+    let probe_name = format!("j{}-check-probe", std::process::id());
+    match b.create(&probe_name, &crate::config::Limits::default()) {
         Ok(run) => match run.remove() {
             Ok(()) => facts(
                 true,
