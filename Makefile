@@ -14,13 +14,14 @@ CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
 
-.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check vm-test check bench load-bench clean
+.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check vm-test image-bin image image-full docker-test check bench load-bench clean
 
 help:
 	@echo "make run     set up and start the service on 0.0.0.0:8080 (execbox serve)"
 	@echo "make demo    set up and run examples/ through the sandbox (execbox run)"
 	@echo "make test    set up and run fmt, clippy and every test (privileged ones need root)"
 	@echo "make vm-test the cgroup v2 proof in a QEMU VM on Debian 12's kernel (vm/README.md)"
+	@echo "make image   the light container image execbox:light (docker/Dockerfile; image-full: execbox:full)"
 	@echo "make bench   execbox run vs nsjail vs the bare interpreter (bench/README.md)"
 
 ## Debian packages (only when root and something is missing).
@@ -107,11 +108,43 @@ openapi-check: uv
 vm-test: runtime
 	EXECBOX_VM_TEST=1 $(CARGO) test -p execbox-cli --test vm -- --nocapture
 
+## Container images (docker/Dockerfile). The binary is built here and copied in (no Rust
+## image can be pulled); the base image the Dockerfile's FROM names is made from Debian's
+## packages when the engine does not have it (docker/base-image.sh; no registry needed).
+## Docker's layer cache makes a repeat run take seconds.
+IMAGE_BASE  ?= debian:bookworm-slim
+IMAGE       ?= execbox
+
+image-bin: runtime
+	$(CARGO) build --release -p execbox-cli
+	@mkdir -p target/docker
+	strip -o target/docker/execbox $(EXECBOX)
+	@# The runtime as `make runtime` made it, minus the packages' test suites (about 60 MB).
+	@rm -rf target/docker/python && cp -a $(PYTHON_ENV) target/docker/python && \
+	  site=$$(echo target/docker/python/lib/python3*/site-packages) && \
+	  rm -rf $$site/pandas/tests $$site/numpy/tests $$site/numpy/*/tests $$site/numpy/_pyinstaller
+
+image: image-bin
+	docker/base-image.sh $(IMAGE_BASE)
+	docker build -q -f docker/Dockerfile --build-arg BASE=$(IMAGE_BASE) --target light -t $(IMAGE):light -t $(IMAGE):latest .
+	@docker images $(IMAGE)
+
+image-full: image-bin
+	docker/base-image.sh $(IMAGE_BASE)
+	docker build -q -f docker/Dockerfile --build-arg BASE=$(IMAGE_BASE) --target full -t $(IMAGE):full .
+	@docker images $(IMAGE)
+
+## The light image under `docker run` with the documented privileges: HTTP and auth basics,
+## docker stop, and the refusal without them (crates/execbox-cli/tests/docker.rs).
+docker-test: image
+	EXECBOX_DOCKER_TEST=1 EXECBOX_DOCKER_IMAGE=$(IMAGE):light $(CARGO) test -p execbox-cli --test docker -- --nocapture
+
 ## Everything CI runs. Privileged tests run for real as root; with CI=true a missing
 ## capability fails instead of skipping.
 test: runtime runtimes lint unit openapi-check
 	$(CARGO) test --workspace
 	$(MAKE) vm-test
+	$(MAKE) docker-test
 
 check: build
 	$(EXECBOX) check

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use execbox_jail::check;
 use execbox_proto::spawner::SpawnerConfig;
 use execbox_server::quota::{QuotaConfig, RateQuota};
 use execbox_server::ServerConfig;
@@ -203,12 +204,59 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
         max_limits,
         ..defaults
     };
+    host_gate(&a.host)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(execbox_server::serve(cfg, shutdown_signal()))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuse to serve, before listening, on a host that lacks an isolation layer: the same deep
+/// probe as `execbox check` (it forks namespaced children and creates a probe cgroup, so it runs
+/// here, before the async runtime starts any thread). Without it the server would listen, answer
+/// 503 and restart a spawner that refuses the host, forever; a container would look alive.
+/// Degraded (an essential layer missing) is served only when the operator allowed it.
+fn host_gate(host: &HostArgs) -> Result<()> {
+    let report = check::probe(&execbox_spawner::host_config(&host.settings()), true);
+    let missing: Vec<String> = report
+        .layers
+        .iter()
+        .filter(|l| l.status == check::Status::Missing)
+        .map(|l| format!("  {}: {}", l.name, l.detail))
+        .collect();
+    let what = |verdict: &str| {
+        format!(
+            "{verdict}; missing isolation layers (from `execbox check`):\n{}",
+            missing.join("\n")
+        )
+    };
+    const CONTAINER_HINT: &str = "in a container, start it with the flags of docs/security.md, \
+         'In a container' (--cap-drop ALL --cap-add SYS_ADMIN --cap-add SETPCAP --cap-add SETUID \
+         --cap-add SETGID --security-opt seccomp=docker/seccomp.json --cgroupns private)";
+    match report.verdict {
+        check::Verdict::Full => Ok(()),
+        check::Verdict::DegradedOnly if host.allow_degraded => {
+            tracing::warn!(
+                missing = ?report.missing(),
+                "serving DEGRADED: an isolation layer is missing and --allow-degraded \
+                 (EXECBOX_ALLOW_DEGRADED) accepts that; every run record says degraded"
+            );
+            Ok(())
+        }
+        check::Verdict::DegradedOnly => anyhow::bail!(
+            "{}\nrefusing to run untrusted code without them; --allow-degraded \
+             (EXECBOX_ALLOW_DEGRADED=1) accepts that and every record then says degraded; \
+             {CONTAINER_HINT}",
+            what("this host offers only degraded isolation")
+        ),
+        check::Verdict::Refuse => anyhow::bail!(
+            "{}\nthese layers are required (no degraded mode runs without them); \
+             {CONTAINER_HINT}",
+            what("this host cannot run execbox")
+        ),
+    }
 }
 
 async fn shutdown_signal() {

@@ -287,6 +287,52 @@ fn missing_cgroups_refuse_unless_degraded_is_allowed() {
 }
 
 #[test]
+fn serve_refuses_at_once_when_a_layer_is_missing() {
+    if !privileged() {
+        return;
+    }
+    let empty = tempfile::tempdir().unwrap();
+    let root = empty.path().to_str().unwrap();
+    // Ports 0: should the gate let it through, the test would see it listening, not a clash.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_execbox"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--private-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--cgroup-root", root])
+        .env("APP_JWT_SECRET", "x")
+        .env_remove("EXECBOX_ALLOW_DEGRADED")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("execbox serve did not exit on a host without cgroups");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("missing isolation layers")
+            && err.contains("  cgroups: ")
+            && err.contains("EXECBOX_ALLOW_DEGRADED=1")
+            && !err.contains("listening"),
+        "{err}"
+    );
+}
+
+#[test]
 fn check_reports_every_layer() {
     if !privileged() {
         return;
@@ -338,8 +384,9 @@ fn check_reports_every_layer() {
     // the deep probe leaves no cgroup behind, in any hierarchy of the backend in use
     let leftovers: Vec<_> = support::host::execbox_cgroup_parents()
         .into_iter()
-        .map(|p| p.join("check-probe"))
-        .filter(|p| p.exists())
+        .flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with("-check-probe"))
         .collect();
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
 }

@@ -251,9 +251,10 @@ pub fn assess(f: &HostFacts) -> HostReport {
                 "recursive read-only binds need Linux 5.12 (ENOSYS): execbox needs 5.12 or later"
                     .into()
             }
-            SyscallState::Blocked => {
-                "mount_setattr is refused (EPERM): a seccomp filter blocks it".into()
-            }
+            SyscallState::Blocked => "mount_setattr or pivot_root is refused (EPERM): a seccomp \
+                 filter blocks it (in a container: Docker's default profile refuses pivot_root; \
+                 use docker/seccomp.json)"
+                .into(),
         },
     );
 
@@ -377,22 +378,28 @@ pub fn probe_facts(host: &HostConfig, deep: bool) -> HostFacts {
         | libc::CLONE_NEWUTS
         | libc::CLONE_NEWNET) as u64;
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let user_namespaces = if deep {
+        try_clone(libc::CLONE_NEWUSER as u64)
+    } else {
+        read_num("/proc/sys/user/max_user_namespaces") > 0
+    };
+    // The jail creates its namespaces together with a user namespace when it has one
+    // (`Jailer::prepare`), so probe them the same way: the mount, pid, ipc, uts and network
+    // namespaces then need no capability in the caller's namespace (a container's root without
+    // CAP_SYS_ADMIN). Without user namespaces the jail clones them as root and needs it.
+    let userns_flag = if user_namespaces {
+        libc::CLONE_NEWUSER as u64
+    } else {
+        0
+    };
     HostFacts {
         root: nix::unistd::geteuid().is_root(),
-        namespaces: !deep || try_clone(ns_all),
-        user_namespaces: if deep {
-            try_clone(libc::CLONE_NEWUSER as u64)
-        } else {
-            read_num("/proc/sys/user/max_user_namespaces") > 0
-        },
+        namespaces: !deep || try_clone(ns_all | userns_flag),
+        user_namespaces,
         cgroups: probe_cgroups(host, deep),
         seccomp: status.lines().any(|l| l.starts_with("Seccomp:")),
         no_new_privs: status.lines().any(|l| l.starts_with("NoNewPrivs:")),
-        mount_setattr: match sys::mount_setattr_probe() {
-            Ok(()) => SyscallState::Available,
-            Err(nix::errno::Errno::ENOSYS) => SyscallState::NotInKernel,
-            Err(_) => SyscallState::Blocked,
-        },
+        mount_setattr: probe_mount_setattr(user_namespaces),
         landlock_abi: sys::landlock_abi(),
         kernel,
     }
@@ -426,7 +433,11 @@ fn probe_cgroups(host: &HostConfig, deep: bool) -> CgroupFacts {
     if !deep {
         return facts(true, format!("cgroup {name} writable"));
     }
-    match b.create("check-probe", &crate::config::Limits::default()) {
+    // Named like a run's cgroup (`j<pid>-…`): probes of concurrent processes (several
+    // `execbox serve` start with this deep probe) do not collide, and one left behind by a
+    // killed prober is reaped as stale.
+    let probe_name = format!("j{}-check-probe", std::process::id());
+    match b.create(&probe_name, &crate::config::Limits::default()) {
         Ok(run) => match run.remove() {
             Ok(()) => facts(
                 true,
@@ -438,6 +449,44 @@ fn probe_cgroups(host: &HostConfig, deep: bool) -> CgroupFacts {
             ),
         },
         Err(e) => facts(false, format!("cgroup {name} not writable: {e}")),
+    }
+}
+
+/// Whether the jail can call `mount_setattr(2)` and `pivot_root(2)`. The jail calls them in its own user and mount
+/// namespaces when it has a user namespace, so an `EPERM` in the caller (a container's root
+/// without CAP_SYS_ADMIN is not allowed to change its own mounts) is asked again there; only
+/// an `EPERM` there too means a seccomp filter refuses the call. Without user namespaces the
+/// jail calls it as root in the caller's namespaces, and the direct answer is the one.
+fn probe_mount_setattr(user_namespaces: bool) -> SyscallState {
+    const OK: i32 = 0;
+    const NOT_IN_KERNEL: i32 = 1;
+    const BLOCKED: i32 = 2;
+    let state = |r: Result<(), nix::errno::Errno>| match r {
+        Ok(()) => SyscallState::Available,
+        Err(nix::errno::Errno::ENOSYS) => SyscallState::NotInKernel,
+        Err(_) => SyscallState::Blocked,
+    };
+    // pivot_root rides along: the jail needs it as much, and Docker's default seccomp profile
+    // refuses it even where it allows mount and mount_setattr.
+    let probe = || sys::mount_setattr_probe().and_then(|()| sys::pivot_root_probe());
+    let direct = probe();
+    if direct != Err(nix::errno::Errno::EPERM) || !user_namespaces {
+        return state(direct);
+    }
+    // SAFETY: the child makes one raw system call on stack data and calls _exit, both
+    // async-signal-safe, so this is sound even in a multi-threaded caller.
+    match unsafe { sys::clone3((libc::CLONE_NEWUSER | libc::CLONE_NEWNS) as u64, None) } {
+        Ok(Forked::Child) => sys::exit_now(match probe() {
+            Ok(()) => OK,
+            Err(nix::errno::Errno::ENOSYS) => NOT_IN_KERNEL,
+            Err(_) => BLOCKED,
+        }),
+        Ok(Forked::Parent { pid, .. }) => match nix::sys::wait::waitpid(pid, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, OK)) => SyscallState::Available,
+            Ok(nix::sys::wait::WaitStatus::Exited(_, NOT_IN_KERNEL)) => SyscallState::NotInKernel,
+            _ => SyscallState::Blocked,
+        },
+        Err(_) => state(direct),
     }
 }
 

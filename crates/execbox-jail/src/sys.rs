@@ -160,6 +160,21 @@ pub fn mount_setattr_probe() -> Result<(), Errno> {
     }
 }
 
+/// Whether `pivot_root(2)` may be called (Docker's default seccomp profile refuses it, even to
+/// a container with CAP_SYS_ADMIN): a call on a path that does not exist fails with `ENOENT`
+/// without acting. `EPERM` when a seccomp filter refuses it, or when the caller may not change
+/// its mounts (no CAP_SYS_ADMIN in its mount namespace's user namespace).
+pub fn pivot_root_probe() -> Result<(), Errno> {
+    let nowhere = c"/nonexistent/execbox-pivot-root-probe";
+    // SAFETY: two valid C strings naming a path that does not exist, so the call fails before
+    // it could act on any mount.
+    let r = unsafe { libc::syscall(libc::SYS_pivot_root, nowhere.as_ptr(), nowhere.as_ptr()) };
+    match Errno::result(r) {
+        Err(e @ (Errno::ENOSYS | Errno::EPERM)) => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// `struct open_how` of `openat2(2)`.
 #[repr(C)]
 #[derive(Debug, Default)]
