@@ -27,14 +27,7 @@ fn b64url(data: &[u8]) -> String {
 
 #[test]
 fn serve_refuses_to_start_without_a_secret() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_execbox"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--private-listen",
-            "127.0.0.1:0",
-        ])
+    let out = support::server::serve_command()
         .env_remove("APP_JWT_SECRET")
         .output()
         .unwrap();

@@ -294,14 +294,7 @@ fn serve_refuses_at_once_when_a_layer_is_missing() {
     let empty = tempfile::tempdir().unwrap();
     let root = empty.path().to_str().unwrap();
     // Ports 0: should the gate let it through, the test would see it listening, not a clash.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_execbox"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--private-listen",
-            "127.0.0.1:0",
-        ])
+    let mut child = support::server::serve_command()
         .args(["--cgroup-root", root])
         .env("APP_JWT_SECRET", "x")
         .env_remove("EXECBOX_ALLOW_DEGRADED")

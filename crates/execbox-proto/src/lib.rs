@@ -197,6 +197,35 @@ pub struct RunRecord {
     pub timings_us: Vec<(String, u64)>,
 }
 
+impl RunRecord {
+    /// The one place a record starts: a run of `language` `version` with `status`, nothing
+    /// measured yet. The spawner fills in the steps and result; the server uses it as is for
+    /// queued, cancelled-before-start and internal-error records.
+    pub fn new(
+        id: impl Into<String>,
+        language: impl Into<String>,
+        version: impl Into<String>,
+        status: RunStatus,
+        created_at: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            language: language.into(),
+            version: version.into(),
+            status,
+            degraded: false,
+            missing_layers: vec![],
+            error: None,
+            compile: None,
+            run: None,
+            result: None,
+            created_at: created_at.into(),
+            finished_at: None,
+            timings_us: vec![],
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,19 +247,9 @@ mod tests {
     #[test]
     fn degraded_flag_omitted_when_false() {
         let r = RunRecord {
-            id: "x".into(),
-            language: "python".into(),
-            version: "3.11".into(),
-            status: RunStatus::Ok,
-            degraded: false,
-            missing_layers: vec![],
-            error: None,
-            compile: None,
             run: Some(StepReport::default()),
             result: Some(serde_json::json!({"ok": 1})),
-            created_at: "t".into(),
-            finished_at: None,
-            timings_us: vec![],
+            ..RunRecord::new("x", "python", "3.11", RunStatus::Ok, "t")
         };
         let v = serde_json::to_value(&r).unwrap();
         assert!(v.get("degraded").is_none());

@@ -145,23 +145,24 @@ pub fn build_record(meta: RunMeta, mode: Mode, limits: &Limits, o: Outcome) -> R
         limit,
     };
     RunRecord {
-        id: meta.id,
-        language: meta.language,
-        version: meta.version,
-        status,
         degraded: !o.missing_layers.is_empty(),
         missing_layers: o.missing_layers,
         error,
-        compile: None,
         run: Some(run),
         result,
-        created_at: meta.created_at,
         finished_at: Some(now_rfc3339()),
         timings_us: o
             .timings
             .iter()
             .map(|(k, d)| ((*k).to_owned(), d.as_micros() as u64))
             .collect(),
+        ..RunRecord::new(
+            meta.id,
+            meta.language,
+            meta.version,
+            status,
+            meta.created_at,
+        )
     }
 }
 

@@ -48,21 +48,7 @@ pub struct Submitted {
 fn record(state: &AppState, id: &str, created_at: String, status: RunStatus) -> RunRecord {
     let sp = state.sandbox.status();
     let (language, version) = sp.runtime().unwrap_or(("python", ""));
-    RunRecord {
-        id: id.to_owned(),
-        language: language.to_owned(),
-        version: version.to_owned(),
-        status,
-        degraded: false,
-        missing_layers: vec![],
-        error: None,
-        compile: None,
-        run: None,
-        result: None,
-        created_at,
-        finished_at: None,
-        timings_us: vec![],
-    }
+    RunRecord::new(id, language, version, status, created_at)
 }
 
 /// A final record the server writes itself: `status` with `code` and `message`.

@@ -172,21 +172,7 @@ mod tests {
     use super::*;
 
     fn rec(id: &str) -> RunRecord {
-        RunRecord {
-            id: id.into(),
-            language: "python".into(),
-            version: "3".into(),
-            status: RunStatus::Queued,
-            degraded: false,
-            missing_layers: vec![],
-            error: None,
-            compile: None,
-            run: None,
-            result: None,
-            created_at: "t".into(),
-            finished_at: None,
-            timings_us: vec![],
-        }
+        RunRecord::new(id, "python", "3", RunStatus::Queued, "t")
     }
 
     #[test]

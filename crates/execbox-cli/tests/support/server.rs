@@ -16,6 +16,20 @@ use serde_json::Value;
 use super::http::status_of;
 use super::tokens::SECRET;
 
+/// `execbox serve` on loopback port 0 (public and private), nothing else set: for the tests
+/// that start a server expecting it to refuse.
+pub fn serve_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_execbox"));
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--private-listen",
+        "127.0.0.1:0",
+    ]);
+    cmd
+}
+
 /// How a [`Server`] is started, beyond its flags.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -44,15 +58,8 @@ impl Server {
 
     /// Start with `args` (after `serve`) and `opts`; wait until `/readyz` answers 200.
     pub fn start_with(args: &[&str], opts: Options) -> Server {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_execbox"));
-        cmd.args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--private-listen",
-            "127.0.0.1:0",
-            "--log-json",
-        ]);
+        let mut cmd = serve_command();
+        cmd.arg("--log-json");
         if !args.contains(&"--shutdown-grace-secs") {
             cmd.args(["--shutdown-grace-secs", "2"]);
         }

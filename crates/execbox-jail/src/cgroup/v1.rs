@@ -193,26 +193,21 @@ mod tests {
     fn writes_limits_into_each_hierarchy() {
         let t = tempfile::tempdir().unwrap();
         let r = t.path();
-        let b = CgroupV1::new(
-            r.join("memory"),
-            r.join("pids"),
-            r.join("cpu,cpuacct"),
-            r.join("cpu,cpuacct"),
-            "execbox",
-        );
+        let backend = || {
+            CgroupV1::new(
+                r.join("memory"),
+                r.join("pids"),
+                r.join("cpu,cpuacct"),
+                r.join("cpu,cpuacct"),
+                "execbox",
+            )
+        };
         // parents are created below mount points that must exist
-        assert!(b.is_err());
+        assert!(backend().is_err());
         for d in ["memory", "pids", "cpu,cpuacct"] {
             fs::create_dir_all(r.join(d)).unwrap();
         }
-        let b = CgroupV1::new(
-            r.join("memory"),
-            r.join("pids"),
-            r.join("cpu,cpuacct"),
-            r.join("cpu,cpuacct"),
-            "execbox",
-        )
-        .unwrap();
+        let b = backend().unwrap();
         assert_eq!(
             b.distinct().len(),
             3,

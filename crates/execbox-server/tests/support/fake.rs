@@ -290,14 +290,7 @@ impl Script {
             (status, error)
         };
         RunRecord {
-            id: order.id.clone(),
-            language,
-            version,
-            status,
-            degraded: false,
-            missing_layers: vec![],
             error,
-            compile: None,
             run: Some(StepReport {
                 stdout: self.stdout.clone(),
                 stderr: self.stderr.clone(),
@@ -309,9 +302,8 @@ impl Script {
             result: (status == RunStatus::Ok)
                 .then(|| self.result.clone())
                 .flatten(),
-            created_at: order.created_at.clone(),
             finished_at: Some(execbox_proto::now_rfc3339()),
-            timings_us: vec![],
+            ..RunRecord::new(&order.id, language, version, status, &order.created_at)
         }
     }
 }
