@@ -60,9 +60,9 @@ pub enum JailError {
     /// No free uid slot (too many concurrent runs).
     #[error("no free sandbox uid slot among {0}")]
     NoSlot(u32),
-    /// The seccomp filter could not be built.
+    /// The seccomp filter could not be built or installed.
     #[error("seccomp filter: {0}")]
-    Seccomp(String),
+    Seccomp(#[from] seccompiler::Error),
 }
 
 impl JailError {

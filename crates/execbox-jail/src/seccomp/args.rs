@@ -120,11 +120,11 @@ const MFD_HUGETLB: u64 = 0x4;
 const SHM_HUGETLB: u64 = 0o4000;
 
 fn cond(arg: u8, len: Len, op: Op, v: u64) -> Result<Cond> {
-    Cond::new(arg, len, op, v).map_err(|e| JailError::Seccomp(e.to_string()))
+    Cond::new(arg, len, op, v).map_err(|e| JailError::Seccomp(e.into()))
 }
 
 fn rule(conds: Vec<Cond>) -> Result<SeccompRule> {
-    SeccompRule::new(conds).map_err(|e| JailError::Seccomp(e.to_string()))
+    SeccompRule::new(conds).map_err(|e| JailError::Seccomp(e.into()))
 }
 
 /// Argument `arg` (low 32 bits) is one of `values`: one rule per value.

@@ -30,7 +30,7 @@ use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetA
 use crate::error::{JailError, Result};
 
 fn target() -> Result<TargetArch> {
-    TargetArch::try_from(std::env::consts::ARCH).map_err(|e| JailError::Seccomp(e.to_string()))
+    TargetArch::try_from(std::env::consts::ARCH).map_err(|e| JailError::Seccomp(e.into()))
 }
 
 /// The two compiled filters, in installation order.
@@ -59,7 +59,7 @@ pub fn default_policy() -> Result<SeccompPolicy> {
         SeccompAction::Allow,
         target()?,
     )
-    .map_err(|e| JailError::Seccomp(e.to_string()))?;
+    .map_err(|e| JailError::Seccomp(e.into()))?;
 
     let clone3 = SeccompFilter::new(
         BTreeMap::from([(libc::SYS_clone3, vec![])]),
@@ -67,23 +67,22 @@ pub fn default_policy() -> Result<SeccompPolicy> {
         SeccompAction::Errno(libc::ENOSYS as u32),
         target()?,
     )
-    .map_err(|e| JailError::Seccomp(e.to_string()))?;
+    .map_err(|e| JailError::Seccomp(e.into()))?;
 
     Ok(SeccompPolicy {
         allowlist: allow
             .try_into()
-            .map_err(|e: seccompiler::BackendError| JailError::Seccomp(e.to_string()))?,
+            .map_err(|e: seccompiler::BackendError| JailError::Seccomp(e.into()))?,
         clone3_enosys: clone3
             .try_into()
-            .map_err(|e: seccompiler::BackendError| JailError::Seccomp(e.to_string()))?,
+            .map_err(|e: seccompiler::BackendError| JailError::Seccomp(e.into()))?,
     })
 }
 
 /// Install both filters on the calling thread (no_new_privs must already be set).
 pub fn apply(policy: &SeccompPolicy) -> Result<()> {
-    seccompiler::apply_filter(&policy.clone3_enosys)
-        .map_err(|e| JailError::Seccomp(e.to_string()))?;
-    seccompiler::apply_filter(&policy.allowlist).map_err(|e| JailError::Seccomp(e.to_string()))
+    seccompiler::apply_filter(&policy.clone3_enosys).map_err(JailError::Seccomp)?;
+    seccompiler::apply_filter(&policy.allowlist).map_err(JailError::Seccomp)
 }
 
 #[cfg(test)]
