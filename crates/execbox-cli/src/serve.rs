@@ -41,6 +41,15 @@ pub struct ServeArgs {
     /// Largest request body, bytes.
     #[arg(long, env = "EXECBOX_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Most files a run returns from `/work/out` (more: `output_files_limit`).
+    #[arg(long, env = "EXECBOX_MAX_OUTPUT_FILES",
+          default_value_t = execbox_proto::cases::DEFAULT_MAX_OUTPUT_FILES)]
+    max_output_files: usize,
+    /// Most bytes (all files together) a run returns from `/work/out` (more:
+    /// `output_files_limit`).
+    #[arg(long, env = "EXECBOX_MAX_OUTPUT_FILES_BYTES",
+          default_value_t = execbox_proto::cases::DEFAULT_MAX_OUTPUT_FILES_BYTES)]
+    max_output_files_bytes: u64,
     /// Seconds in-flight runs get to finish on SIGTERM before they are cancelled.
     #[arg(long, env = "EXECBOX_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     shutdown_grace_secs: u64,
@@ -198,6 +207,8 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
             pool: a.pool.unwrap_or(defaults.spawner.pool),
             default_limits,
             max_limits,
+            max_output_files: a.max_output_files,
+            max_output_files_bytes: a.max_output_files_bytes,
         },
         max_body_bytes: a.max_body_bytes,
         shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),

@@ -243,3 +243,228 @@ async fn every_language_through_the_jail() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     drop(server);
 }
+
+async fn post_run(api: &Api, body: Value) -> Value {
+    let r = api.post("/v1/runs", body.clone()).await;
+    assert_eq!(r.status, 200, "{body}: {}", r.text);
+    r.json
+}
+
+fn passed(rec: &Value) -> Vec<Value> {
+    rec["cases"]
+        .as_array()
+        .map(|c| c.iter().map(|c| c["passed"].clone()).collect())
+        .unwrap_or_default()
+}
+
+const C_TWICE: &str = "#include <stdio.h>\nint main(int argc, char **argv){int x; if (scanf(\"%d\", &x) != 1) return 2; printf(\"%d%s\\n\", 2 * x, argc > 1 ? \"  \" : \"\"); return 0;}";
+const PY_TWICE: &str =
+    "import sys\nx = int(sys.stdin.read())\nif x < 0:\n    raise SystemExit(3)\nprint(2 * x)";
+
+/// Test cases (compiled once), files out of `/work/out`, and the bad inputs of issue 9, through
+/// the real server and jail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cases_files_out_and_bad_input_through_the_jail() {
+    if !privileged() {
+        return;
+    }
+    let dir = runtimes_dir();
+    let server = Server::start_with(
+        &["--runtimes-dir", &dir, "--max-timeout-ms", "6000"],
+        Options {
+            no_auth: true,
+            ..Options::default()
+        },
+    );
+    let api = Api::new(&server);
+
+    // C: one compile, three cases (a pass, a fail, a pass under `trim` with trailing blanks).
+    let rec = post_run(
+        &api,
+        json!({"language": "c", "files": one(C_TWICE), "compare": "trim", "cases": [
+            {"stdin": "2", "expected_stdout": "4\n"},
+            {"stdin": "3", "expected_stdout": "7\n"},
+            {"stdin": "5", "args": ["pad"], "expected_stdout": "10"},
+        ]}),
+    )
+    .await;
+    assert_eq!(rec["status"], "ok", "{rec:#}");
+    assert!(rec["compile"].is_object(), "one compile step: {rec:#}");
+    assert!(rec["run"].is_null(), "{rec:#}");
+    assert_eq!(
+        passed(&rec),
+        [json!(true), json!(false), json!(true)],
+        "{rec:#}"
+    );
+    assert_eq!(rec["cases"][1]["run"]["stdout"], "6\n");
+    assert_eq!(rec["cases"][2]["index"], 2);
+    assert_eq!(
+        rec["summary"],
+        json!({"total": 3, "ran": 3, "passed": 2, "failed": 1})
+    );
+    // exact: the trailing blanks fail.
+    let rec = post_run(
+        &api,
+        json!({"language": "c", "files": one(C_TWICE), "cases": [
+            {"stdin": "5", "args": ["pad"], "expected_stdout": "10\n"},
+        ]}),
+    )
+    .await;
+    assert_eq!(passed(&rec), [json!(false)], "{rec:#}");
+
+    // Python: a pass, a fail, a case that exits 3 (the worst case sets the status).
+    let rec = post_run(
+        &api,
+        json!({"language": "python", "files": one(PY_TWICE), "cases": [
+            {"stdin": "21", "expected_stdout": "42\n"},
+            {"stdin": "1", "expected_stdout": "3\n"},
+            {"stdin": "-1"},
+        ]}),
+    )
+    .await;
+    assert_eq!(rec["status"], "runtime_error", "{rec:#}");
+    assert_eq!(rec["error"]["code"], "nonzero_exit", "{rec:#}");
+    assert!(rec["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("case 2: "));
+    assert_eq!(
+        passed(&rec),
+        [json!(true), json!(false), Value::Null],
+        "{rec:#}"
+    );
+    assert_eq!(rec["cases"][2]["run"]["exit_code"], 3);
+    assert_eq!(rec["summary"]["failed"], 1);
+
+    // Files out: a CSV and a PNG-like file from Python, a CSV from C.
+    let py = "import os\nopen('out/data.csv', 'w').write('x,y\\n1,2\\n')\nopen('out/plot.png', 'wb').write(b'\\x89PNG\\r\\n\\x1a\\n' + bytes(range(256)))\nprint('wrote')";
+    let rec = post_run(&api, json!({"language": "python", "files": one(py)})).await;
+    assert_eq!(rec["status"], "ok", "{rec:#}");
+    let files = rec["files"].as_array().cloned().unwrap_or_default();
+    assert_eq!(files.len(), 2, "{rec:#}");
+    assert_eq!(files[0]["name"], "data.csv");
+    assert_eq!(files[0]["content_base64"], "eCx5CjEsMgo=");
+    assert_eq!(
+        (files[1]["name"].as_str(), files[1]["size"].as_u64()),
+        (Some("plot.png"), Some(264))
+    );
+    assert!(files[1]["content_base64"]
+        .as_str()
+        .unwrap()
+        .starts_with("iVBORw0KGg"));
+    let c = "#include <stdio.h>\nint main(void){FILE *f = fopen(\"out/result.csv\", \"w\"); if (!f) return 1; fprintf(f, \"n,sq\\n3,9\\n\"); fclose(f); return 4;}";
+    let rec = post_run(&api, json!({"language": "c", "files": one(c)})).await;
+    assert_eq!(rec["status"], "runtime_error", "{rec:#}");
+    assert_eq!(
+        rec["run"]["exit_code"], 4,
+        "the program's status is kept: {rec:#}"
+    );
+    assert_eq!(rec["files"][0]["name"], "result.csv", "{rec:#}");
+    assert_eq!(rec["files"][0]["content_base64"], "bixzcQozLDkK");
+    // A signal is still a signal under the wrapper.
+    let rec = post_run(
+        &api,
+        json!({"language": "c", "files": one("#include <signal.h>\nint main(void){raise(SIGSEGV);return 0;}")}),
+    )
+    .await;
+    assert_eq!(
+        (rec["run"]["signal"].as_i64(), rec["error"]["code"].as_str()),
+        (Some(11), Some("killed_by_signal")),
+        "{rec:#}"
+    );
+
+    // Too many, too big, or not plain files under /work/out.
+    for (what, src, code) in [
+        (
+            "count",
+            "for i in range(17):\n    open(f'out/f{i}', 'w').write('x')",
+            "output_files_limit",
+        ),
+        (
+            "size",
+            "open('out/big', 'wb').write(b'x' * (2 << 20))",
+            "output_files_limit",
+        ),
+        (
+            "subfolder",
+            "import os\nos.mkdir('out/sub')\nopen('out/sub/x', 'w').write('x')",
+            "invalid_output_file",
+        ),
+        (
+            "control character",
+            "open('out/a\\nb', 'w').write('x')",
+            "invalid_output_file",
+        ),
+        (
+            "symlink",
+            "import os\nos.symlink('/etc/passwd', 'out/p')",
+            "invalid_output_file",
+        ),
+    ] {
+        let rec = post_run(&api, json!({"language": "python", "files": one(src)})).await;
+        assert_eq!(rec["error"]["code"], code, "{what}: {rec:#}");
+        assert!(rec["files"].is_null(), "{what}: {rec:#}");
+        if code == "output_files_limit" {
+            assert_eq!(rec["status"], "output_limit", "{what}: {rec:#}");
+            let m = rec["error"]["message"].as_str().unwrap();
+            assert!(
+                m.contains("16 files") && m.contains("1048576 bytes"),
+                "{what}: {m}"
+            );
+        }
+    }
+
+    // A compile that floods its output, and one that never ends.
+    let flood = format!(
+        "#warning {}\n#include __FILE__\nint main(void){{return 0;}}\n",
+        "flood".repeat(2000)
+    );
+    let rec = post_run(&api, json!({"language": "c", "files": one(&flood)})).await;
+    assert_eq!(
+        (rec["status"].as_str(), rec["error"]["code"].as_str()),
+        (Some("output_limit"), Some("output_limit")),
+        "{rec:#}"
+    );
+    assert!(rec["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("compile step: "));
+    assert_eq!(rec["compile"]["truncated"], true);
+    assert!(rec["run"].is_null());
+    // 2^40 includes: the compiler never ends (its memory grows slowly; this server's maximum
+    // wall-clock limit, 6 s, caps the compile stage's 20 s).
+    let forever = "#if __INCLUDE_LEVEL__ < 40\n#include __FILE__\n#include __FILE__\n#endif\n\
+                   #if __INCLUDE_LEVEL__ == 0\nint main(void){return 0;}\n#endif\n";
+    let rec = post_run(&api, json!({"language": "c", "files": one(forever)})).await;
+    assert_eq!(rec["status"], "timeout", "{rec:#}");
+    let m = rec["error"]["message"].as_str().unwrap();
+    assert!(
+        m.starts_with("compile step: ") && m.contains("6000 ms"),
+        "{m}"
+    );
+    assert!(rec["run"].is_null());
+
+    // Names execbox uses itself are refused before any jail.
+    for name in [".execbox-build.tar", "out"] {
+        let r = api
+            .post(
+                "/v1/runs",
+                json!({"language": "c", "files": [{"content": "int main(void){return 0;}"}, {"name": name, "content": "x"}]}),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "reserved_file_name"),
+            "{}",
+            r.text
+        );
+    }
+    let r = api
+        .post(
+            "/v1/runs",
+            json!({"language": "c", "files": one("int main(void){return 0;}"), "cases": vec![json!({}); 33]}),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "too_many_cases"), "{}", r.text);
+    drop(server);
+}

@@ -46,6 +46,12 @@ pub enum ErrorCode {
     InvalidFileName,
     /// Two files have the same name.
     DuplicateFileName,
+    /// A file name execbox uses itself (`out`, the output folder; `.execbox-*`).
+    ReservedFileName,
+    /// More test cases than allowed.
+    TooManyCases,
+    /// Test cases are malformed (given with top-level `stdin`/`args`, or in `main` mode).
+    InvalidCases,
     /// Program arguments are malformed (NUL, too long).
     InvalidArgs,
     /// More program arguments than allowed.
@@ -145,6 +151,11 @@ pub enum ErrorCode {
     RuntimeError,
     /// The program did not compile; the compiler's output is in the compile step.
     CompileError,
+    /// The run wrote more files, or more bytes of files, under `/work/out` than allowed.
+    OutputFilesLimit,
+    /// Something under `/work/out` is not a plain file with a valid name (a subfolder, a
+    /// link, a name with a control character).
+    InvalidOutputFile,
     /// The run was cancelled.
     Cancelled,
 }
@@ -168,6 +179,9 @@ impl ErrorCode {
         ErrorCode::TooManyFiles,
         ErrorCode::InvalidFileName,
         ErrorCode::DuplicateFileName,
+        ErrorCode::ReservedFileName,
+        ErrorCode::TooManyCases,
+        ErrorCode::InvalidCases,
         ErrorCode::InvalidArgs,
         ErrorCode::TooManyArgs,
         ErrorCode::InvalidLimit,
@@ -215,6 +229,8 @@ impl ErrorCode {
         ErrorCode::ResultChannelCorrupt,
         ErrorCode::RuntimeError,
         ErrorCode::CompileError,
+        ErrorCode::OutputFilesLimit,
+        ErrorCode::InvalidOutputFile,
         ErrorCode::Cancelled,
     ];
 
@@ -237,6 +253,9 @@ impl ErrorCode {
             ErrorCode::TooManyFiles => "too_many_files",
             ErrorCode::InvalidFileName => "invalid_file_name",
             ErrorCode::DuplicateFileName => "duplicate_file_name",
+            ErrorCode::ReservedFileName => "reserved_file_name",
+            ErrorCode::TooManyCases => "too_many_cases",
+            ErrorCode::InvalidCases => "invalid_cases",
             ErrorCode::InvalidArgs => "invalid_args",
             ErrorCode::TooManyArgs => "too_many_args",
             ErrorCode::InvalidLimit => "invalid_limit",
@@ -284,6 +303,8 @@ impl ErrorCode {
             ErrorCode::ResultChannelCorrupt => "result_channel_corrupt",
             ErrorCode::RuntimeError => "runtime_error",
             ErrorCode::CompileError => "compile_error",
+            ErrorCode::OutputFilesLimit => "output_files_limit",
+            ErrorCode::InvalidOutputFile => "invalid_output_file",
             ErrorCode::Cancelled => "cancelled",
         }
     }

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cases;
 pub mod defaults;
 pub mod error_code;
 pub mod files;
@@ -26,6 +27,7 @@ pub mod runtime;
 pub mod spawner;
 pub mod time;
 
+pub use cases::{CaseReport, CasesSummary, Compare, OutputFile, TestCase, MAX_CASES};
 pub use error_code::ErrorCode;
 pub use files::{validate_file_name, FileNameError, SourceFile, MAX_FILES};
 pub use layers::LayerName;
@@ -182,6 +184,16 @@ pub struct RunRecord {
     /// The run step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<StepReport>,
+    /// One report per test case, when the request had cases (then `run` is absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cases: Vec<CaseReport>,
+    /// Counts over the cases, when the request had cases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<CasesSummary>,
+    /// Files the run wrote under `/work/out` (program mode, without cases; each case has its
+    /// own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<OutputFile>,
     /// `main()`'s return value, in `main` mode, when it succeeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
@@ -218,11 +230,27 @@ impl RunRecord {
             error: None,
             compile: None,
             run: None,
+            cases: vec![],
+            summary: None,
+            files: vec![],
             result: None,
             created_at: created_at.into(),
             finished_at: None,
             timings_us: vec![],
         }
+    }
+}
+
+impl RunRecord {
+    /// CPU time of every step (compile, run, each case), milliseconds: what the CPU quota
+    /// charges.
+    pub fn cpu_time_ms(&self) -> f64 {
+        self.compile
+            .iter()
+            .chain(&self.run)
+            .chain(self.cases.iter().filter_map(|c| c.run.as_ref()))
+            .map(|s| s.cpu_time_ms)
+            .sum()
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cases::{Compare, TestCase, DEFAULT_MAX_OUTPUT_FILES, DEFAULT_MAX_OUTPUT_FILES_BYTES};
 use crate::files::SourceFile;
 use crate::limits::Limits;
 use crate::mode::Mode;
@@ -59,6 +60,10 @@ pub struct SpawnerConfig {
     pub default_limits: Limits,
     /// The operator's maxima: compile stages and runtimes' floors stay within them.
     pub max_limits: Limits,
+    /// Most files a run returns from `/work/out`.
+    pub max_output_files: usize,
+    /// Most bytes (all files together) a run returns from `/work/out`.
+    pub max_output_files_bytes: u64,
 }
 
 impl Default for SpawnerConfig {
@@ -68,6 +73,8 @@ impl Default for SpawnerConfig {
             pool: defaults::pool(),
             default_limits: Limits::default(),
             max_limits: Limits::default_maxima(),
+            max_output_files: DEFAULT_MAX_OUTPUT_FILES,
+            max_output_files_bytes: DEFAULT_MAX_OUTPUT_FILES_BYTES,
         }
     }
 }
@@ -138,6 +145,13 @@ pub struct RunOrder {
     /// The runtime chosen for the run; absent means the highest Python (`/execute`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeRef>,
+    /// Test cases: when given, the program (compiled once) runs once per case, each in a
+    /// fresh jail with the case's stdin and args (`stdin` and `args` above are then unused).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cases: Vec<TestCase>,
+    /// How cases' stdout is compared with their expected output.
+    #[serde(default)]
+    pub compare: Compare,
 }
 
 /// Server → spawner, after the configuration line.
@@ -241,6 +255,8 @@ mod tests {
             args: vec![],
             limits: Limits::default(),
             runtime: None,
+            cases: vec![],
+            compare: Compare::default(),
         });
         let line = run.to_line();
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);

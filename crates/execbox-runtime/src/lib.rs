@@ -5,10 +5,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod outfiles;
 pub mod package;
 pub mod python;
 pub mod record;
 
-pub use package::{discover, Discovery, Manifest, ManifestError, Package};
+pub use outfiles::{read_files, FilesCap};
+pub use package::{discover, wrapped_status, Discovery, Manifest, ManifestError, Package};
 pub use python::{PythonRuntime, RuntimeError};
 pub use record::{build_record, compile_verdict, CompileVerdict, RunMeta};

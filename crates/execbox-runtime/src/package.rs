@@ -13,6 +13,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use execbox_jail::{BindMount, JailSpec, Limits, Payload, WorkFile};
+use execbox_proto::cases::OUTPUT_DIR;
 use execbox_proto::limits::mib;
 use execbox_proto::{Mode, RuntimeInfo};
 use serde::Deserialize;
@@ -478,7 +479,11 @@ impl Package {
     }
 
     /// The run stage's payload. For a compiled runtime `archive` holds the compile stage's
-    /// artefacts, unpacked into `/work` before the program starts.
+    /// artefacts, unpacked into `/work` before the program starts. With `files_out` (a byte
+    /// cap; program mode) the program runs under a `sh` wrapper that creates `/work/out`, runs
+    /// it with fd 3 closed, then writes a tar of `/work/out` to fd 3 cut at that many bytes
+    /// (see [`crate::outfiles`]) and exits with the program's status (a program killed by
+    /// signal N exits the wrapper with 128+N: [`wrapped_status`] turns it back).
     pub fn run_payload(
         &self,
         mut files: Vec<WorkFile>,
@@ -486,28 +491,42 @@ impl Package {
         mode: Mode,
         stdin: Vec<u8>,
         args: &[String],
+        files_out: Option<u64>,
     ) -> Payload {
         let program = self.expand(&self.manifest.run.command, &files, mode, args);
-        let argv = match archive {
-            Some(content) => {
-                files.push(WorkFile {
-                    name: ARCHIVE_NAME.into(),
-                    content,
-                });
-                let script = format!(
-                    "/usr/bin/tar -xf {ARCHIVE_NAME} && rm -f {ARCHIVE_NAME} && exec \"$@\""
-                );
-                let mut argv = vec![
-                    "/bin/sh".to_owned(),
-                    "-c".into(),
-                    script,
-                    "execbox-run".into(),
-                ];
-                argv.extend(program);
-                argv
+        let mut script = String::new();
+        if let Some(content) = archive {
+            files.push(WorkFile {
+                name: ARCHIVE_NAME.into(),
+                content,
+            });
+            script.push_str(&format!(
+                "/usr/bin/tar -xf {ARCHIVE_NAME} && rm -f {ARCHIVE_NAME} || exit 125; "
+            ));
+        }
+        match files_out {
+            Some(cap) => script.push_str(&format!(
+                "mkdir -p {OUTPUT_DIR}; \"$@\" 3>&-; s=$?; cd {OUTPUT_DIR} && \
+                 /usr/bin/tar --format=pax -cf - . 2>/dev/null | /usr/bin/head -c {cap} >&3; \
+                 exit $s"
+            )),
+            None if script.is_empty() => {
+                return Payload {
+                    argv: program,
+                    env: self.env(),
+                    files,
+                    stdin,
+                }
             }
-            None => program,
-        };
+            None => script.push_str("exec \"$@\""),
+        }
+        let mut argv = vec![
+            "/bin/sh".to_owned(),
+            "-c".into(),
+            script,
+            "execbox-run".into(),
+        ];
+        argv.extend(program);
         Payload {
             argv,
             env: self.env(),
@@ -536,6 +555,16 @@ impl Package {
         } else {
             Some(self.manifest.version.clone())
         }
+    }
+}
+
+/// A wrapped run's exit code as the program's own status: the wrapper's shell reports a
+/// program killed by signal N as exit code 128+N (N ≤ 64), so that becomes signal N (a
+/// program that itself exits with such a code is reported as killed: the shell cannot tell).
+pub fn wrapped_status(exit_code: Option<i32>, signal: Option<i32>) -> (Option<i32>, Option<i32>) {
+    match exit_code {
+        Some(c) if signal.is_none() && (129..=192).contains(&c) => (None, Some(c - 128)),
+        _ => (exit_code, signal),
     }
 }
 
@@ -735,8 +764,21 @@ expect = "ok"
             &cp.argv[4..],
             ["/usr/bin/gcc", "-o", "main", "main.c", "util.c"]
         );
-        let rp = p.run_payload(files, Some(vec![1]), Mode::Program, vec![], &["a".into()]);
+        let rp = p.run_payload(
+            files.clone(),
+            Some(vec![1]),
+            Mode::Program,
+            vec![],
+            &["a".into()],
+            None,
+        );
         assert_eq!(&rp.argv[4..], ["/work/main", "a"]);
+        assert!(rp.argv[2].ends_with("exec \"$@\""), "{}", rp.argv[2]);
+        let wp = p.run_payload(files, None, Mode::Program, vec![], &[], Some(1000));
+        assert_eq!(&wp.argv[4..], ["/work/main"]);
+        assert!(wp.argv[2].contains("head -c 1000 >&3"), "{}", wp.argv[2]);
+        assert_eq!(wrapped_status(Some(159), None), (None, Some(31)));
+        assert_eq!(wrapped_status(Some(3), None), (Some(3), None));
         assert_eq!(rp.files.last().unwrap().name, ARCHIVE_NAME);
         assert!(rp.validate(&Limits::default()).is_ok());
         assert_eq!(p.smoke_verdict("ok\n").as_deref(), Some("12.2.0"));

@@ -1,7 +1,7 @@
 //! Request and response bodies of the HTTP API.
 
 use execbox_proto::limits::{mib, LimitOverrides};
-use execbox_proto::{Mode, RunStatus};
+use execbox_proto::{Compare, Mode, RunStatus, TestCase};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -121,6 +121,16 @@ pub struct CreateRunRequest {
     /// Wait for the result (default true); false answers 202 at once.
     #[serde(default)]
     pub wait: Option<bool>,
+    /// Test cases (at most 32, program mode): the program is compiled once and runs once per
+    /// case, each in a fresh jail with the case's stdin and args (top-level `stdin` and `args`
+    /// must then be absent). The record has one report per case and a summary; its status
+    /// is the worst case's.
+    #[serde(default)]
+    pub cases: Option<Vec<TestCase>>,
+    /// How a case's stdout is compared with its `expected_stdout`: `exact` (default) or
+    /// `trim` (trailing whitespace of each line and trailing newlines ignored).
+    #[serde(default)]
+    pub compare: Option<Compare>,
 }
 
 /// One runtime of `GET /v1/runtimes`.

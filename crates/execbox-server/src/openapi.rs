@@ -11,7 +11,10 @@ use crate::auth::Claims;
 use crate::error::ErrorResponse;
 use crate::routes::ws::protocol::{ClientMessage, ServerMessage};
 use crate::routes::{execute, health, runs, user, ws};
-use execbox_proto::{ErrorBody, LimitKind, Mode, RunRecord, RunStatus, StepReport};
+use execbox_proto::{
+    CaseReport, CasesSummary, Compare, ErrorBody, LimitKind, Mode, OutputFile, RunRecord,
+    RunStatus, StepReport, TestCase,
+};
 
 /// The API description served at `/openapi.json`.
 #[derive(Debug, OpenApi)]
@@ -52,6 +55,11 @@ use execbox_proto::{ErrorBody, LimitKind, Mode, RunRecord, RunStatus, StepReport
         ErrorBody,
         RunRecord,
         StepReport,
+        TestCase,
+        Compare,
+        CaseReport,
+        CasesSummary,
+        OutputFile,
         RunStatus,
         LimitKind, Claims,
         ClientMessage,

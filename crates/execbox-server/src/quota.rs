@@ -257,8 +257,8 @@ pub(crate) fn reserve_run(state: &AppState, owner: Option<&str>) -> Result<RunQu
 impl RunQuota {
     /// The run ended as `rec`: charge its CPU time, and give its place back.
     pub(crate) fn settle(self, quotas: &Quotas, rec: &RunRecord) {
-        if let (Some(user), Some(run)) = (&self.owner, &rec.run) {
-            quotas.charge_cpu(user, run.cpu_time_ms);
+        if let Some(user) = &self.owner {
+            quotas.charge_cpu(user, rec.cpu_time_ms());
         }
     }
 }

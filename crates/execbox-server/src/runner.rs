@@ -3,7 +3,8 @@
 use execbox_proto::spawner::RunOrder;
 use execbox_proto::ErrorCode;
 use execbox_proto::{
-    new_run_id, now_rfc3339, ErrorBody, Limits, Mode, RunRecord, RunStatus, RuntimeRef, SourceFile,
+    new_run_id, now_rfc3339, Compare, ErrorBody, Limits, Mode, RunRecord, RunStatus, RuntimeRef,
+    SourceFile, TestCase,
 };
 use std::time::Duration;
 
@@ -30,6 +31,10 @@ pub struct RunRequest {
     pub limits: Limits,
     /// The selected runtime; `None` is the default Python (`/execute`, `/run-json/`).
     pub runtime: Option<RuntimeRef>,
+    /// Test cases (validated; empty: one run with `stdin` and `args`).
+    pub cases: Vec<TestCase>,
+    /// How cases' stdout is compared.
+    pub compare: Compare,
 }
 
 /// A run that was accepted.
@@ -44,22 +49,32 @@ pub struct Submitted {
 }
 
 /// A record the server writes itself (queued, cancelled before it started, internal error),
-/// naming the runtime as the sandbox last reported it.
-fn record(state: &AppState, id: &str, created_at: String, status: RunStatus) -> RunRecord {
+/// naming the run's runtime, or for a run without one (`/execute`) the default runtime as the
+/// sandbox last reported it.
+fn record(
+    state: &AppState,
+    (id, created_at): (&str, &str),
+    runtime: Option<&RuntimeRef>,
+    status: RunStatus,
+) -> RunRecord {
+    if let Some(rt) = runtime {
+        return RunRecord::new(id, &rt.language, &rt.version, status, created_at);
+    }
     let sp = state.sandbox.status();
     let (language, version) = sp.runtime().unwrap_or(("python", ""));
     RunRecord::new(id, language, version, status, created_at)
 }
 
-/// A final record the server writes itself: `status` with `code` and `message`.
+/// A final record the server writes itself for `order`: `status` with `code` and `message`.
 fn final_record(
     state: &AppState,
-    (id, created_at): (&str, &str),
+    order: (&str, &str, Option<&RuntimeRef>),
     status: RunStatus,
     code: ErrorCode,
     message: &str,
 ) -> RunRecord {
-    let mut r = record(state, id, created_at.to_owned(), status);
+    let (id, created_at, runtime) = order;
+    let mut r = record(state, (id, created_at), runtime, status);
     r.error = Some(ErrorBody::new(code, message));
     r.finished_at = Some(now_rfc3339());
     r
@@ -137,11 +152,12 @@ fn enqueue(
     let id = new_run_id();
     let created_at = now_rfc3339();
     let cancel = CancellationToken::new();
-    let mut queued = record(state, &id, created_at.clone(), RunStatus::Queued);
-    if let Some(rt) = &req.runtime {
-        queued.language.clone_from(&rt.language);
-        queued.version.clone_from(&rt.version);
-    }
+    let queued = record(
+        state,
+        (&id, &created_at),
+        req.runtime.as_ref(),
+        RunStatus::Queued,
+    );
     state.store.insert(queued, owner, cancel.clone());
     let order = RunOrder {
         id,
@@ -152,6 +168,8 @@ fn enqueue(
         args: req.args,
         limits: req.limits,
         runtime: req.runtime,
+        cases: req.cases,
+        compare: req.compare,
     };
     (order, cancel)
 }
@@ -175,7 +193,7 @@ async fn drive(
         }
         None => final_record(
             &state,
-            (&order.id, &order.created_at),
+            (&order.id, &order.created_at, order.runtime.as_ref()),
             RunStatus::Cancelled,
             ErrorCode::Cancelled,
             "the run was cancelled before it started",
@@ -195,12 +213,17 @@ async fn acquire_slot(ticket: &Ticket, cancel: &CancellationToken) -> Option<Per
 }
 
 /// Send the order to the sandbox and wait for its record. A cancel is passed on (the sandbox
-/// still answers with the record). Backstop: a run always ends within its wall-clock limit
-/// plus teardown; if no record comes well after that, something inside execbox failed:
-/// conclude it as an internal error rather than hold its slot forever.
+/// still answers with the record). Backstop: a run always ends within its stages' wall-clock
+/// limits (a compile within the operator's maximum, then each case) plus teardown; if no
+/// record comes well after that, something inside execbox failed: conclude it as an internal
+/// error rather than hold its slot forever.
 async fn execute(state: &AppState, order: RunOrder, cancel: &CancellationToken) -> RunRecord {
-    let backstop = Duration::from_millis(order.limits.wall_time_ms) + Duration::from_secs(60);
+    let runs = order.cases.len().max(1) as u64;
+    let backstop = Duration::from_millis(order.limits.wall_time_ms.saturating_mul(runs))
+        + Duration::from_millis(state.cfg.max_limits.wall_time_ms)
+        + Duration::from_secs(60 + 2 * runs);
     let (id, created_at) = (order.id.clone(), order.created_at.clone());
+    let runtime = order.runtime.clone();
     let store = state.store.clone();
     let started = id.clone();
     let on_started = Box::new(move || store.set_running(&started));
@@ -227,7 +250,7 @@ async fn execute(state: &AppState, order: RunOrder, cancel: &CancellationToken) 
     tracing::error!(run = %id, %detail, "run failed inside execbox");
     final_record(
         state,
-        (&id, &created_at),
+        (&id, &created_at, runtime.as_ref()),
         RunStatus::InternalError,
         ErrorCode::InternalError,
         "execbox failed to run this; the cause is in the server log",

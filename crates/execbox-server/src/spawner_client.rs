@@ -134,6 +134,8 @@ fn canary_order(limits: Limits) -> RunOrder {
         args: vec![],
         limits,
         runtime: None,
+        cases: vec![],
+        compare: Default::default(),
     }
 }
 

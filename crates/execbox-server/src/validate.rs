@@ -2,8 +2,11 @@
 //! (WebSocket) to a [`RunRequest`], or the error that names what is wrong. The routes and the
 //! WebSocket session call the same functions here, then [`crate::runner::submit`].
 
+use execbox_proto::cases::OUTPUT_DIR;
 use execbox_proto::runtime::select;
-use execbox_proto::{validate_file_name, Limits, Mode, SourceFile, MAX_FILES};
+use execbox_proto::{
+    validate_file_name, Compare, Limits, Mode, SourceFile, TestCase, MAX_CASES, MAX_FILES,
+};
 use execbox_proto::{ErrorCode, SelectError};
 
 use crate::api::{CreateRunRequest, FileInput, LimitsInput};
@@ -47,6 +50,8 @@ fn single_file(
         args: args(arguments)?,
         limits,
         runtime: None,
+        cases: vec![],
+        compare: Compare::default(),
     })
 }
 
@@ -83,6 +88,18 @@ pub fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest
     if let (true, Some(first)) = (unnamed_entry, files.first_mut()) {
         first.name.clone_from(&runtime.entry);
     }
+    let cases = match req.cases {
+        Some(c) => {
+            if req.stdin.is_some() || req.args.is_some() {
+                return Err(ApiError::bad_request(
+                    ErrorCode::InvalidCases,
+                    "with cases, stdin and args belong to each case, not to the run",
+                ));
+            }
+            cases(c, mode, &limits)?
+        }
+        None => vec![],
+    };
     Ok(RunRequest {
         mode,
         files,
@@ -90,7 +107,53 @@ pub fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest
         args: args(req.args)?,
         limits,
         runtime: Some(runtime.to_ref()),
+        cases,
+        compare: req.compare.unwrap_or_default(),
     })
+}
+
+/// Test cases: 1..=[`MAX_CASES`], program mode, each case's stdin and args bounded like a
+/// run's.
+fn cases(input: Vec<TestCase>, mode: Mode, limits: &Limits) -> Result<Vec<TestCase>, ApiError> {
+    if input.is_empty() {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidCases,
+            "cases is empty; omit it to run once",
+        ));
+    }
+    if input.len() > MAX_CASES {
+        return Err(ApiError::bad_request(
+            ErrorCode::TooManyCases,
+            format!("{} cases; the maximum is {MAX_CASES}", input.len()),
+        ));
+    }
+    if mode != Mode::Program {
+        return Err(ApiError::bad_request(
+            ErrorCode::InvalidCases,
+            "cases run in program mode only",
+        ));
+    }
+    input
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let name = |mut e: ApiError| {
+                e.body.error.message = format!("cases[{i}]: {}", e.body.error.message);
+                e
+            };
+            Ok(TestCase {
+                stdin: stdin(Some(c.stdin), limits).map_err(name)?,
+                args: args(Some(c.args)).map_err(name)?,
+                expected_stdout: c.expected_stdout,
+            })
+        })
+        .collect()
+}
+
+/// Whether `name` is one execbox uses in the work dir itself: the output folder, and the
+/// `.execbox-` prefix of its internal files (the compile artefacts' archive).
+fn reserved(name: &str) -> bool {
+    name == OUTPUT_DIR || name.starts_with(".execbox-")
 }
 
 /// A selection failure as a 400 naming what exists.
@@ -167,6 +230,15 @@ fn files(input: Vec<FileInput>, max_source: usize) -> Result<Vec<SourceFile>, Ap
         validate_file_name(&name).map_err(|m| {
             ApiError::bad_request(ErrorCode::InvalidFileName, format!("files[{i}].name: {m}"))
         })?;
+        if reserved(&name) {
+            return Err(ApiError::bad_request(
+                ErrorCode::ReservedFileName,
+                format!(
+                    "files[{i}].name {name:?} is reserved: `{OUTPUT_DIR}` is the output folder \
+                     and `.execbox-*` names are execbox's own"
+                ),
+            ));
+        }
         if out.iter().any(|o| o.name == name) {
             return Err(ApiError::bad_request(
                 ErrorCode::DuplicateFileName,
@@ -268,10 +340,34 @@ mod tests {
             "too_many_files"
         );
         assert_eq!(files(vec![], 1).unwrap_err().body.error.code, "no_files");
+        for name in ["out", ".execbox-build.tar", ".execbox-x"] {
+            let e = files(vec![f(Some(name), "x")], 100).unwrap_err();
+            assert_eq!(e.body.error.code, "reserved_file_name", "{name}");
+        }
+        assert!(files(vec![f(Some("out.txt"), "x")], 100).is_ok());
         assert_eq!(
             files(vec![f(None, "xx")], 1).unwrap_err().status,
             StatusCode::PAYLOAD_TOO_LARGE
         );
+    }
+
+    #[test]
+    fn case_rules() {
+        let l = Limits::default();
+        let c = |stdin: &str| TestCase {
+            stdin: stdin.into(),
+            ..TestCase::default()
+        };
+        assert_eq!(cases(vec![c("1")], Mode::Program, &l).unwrap().len(), 1);
+        let code = |r: Result<Vec<TestCase>, ApiError>| r.unwrap_err().body.error.code;
+        assert_eq!(code(cases(vec![], Mode::Program, &l)), "invalid_cases");
+        assert_eq!(code(cases(vec![c("")], Mode::Main, &l)), "invalid_cases");
+        let many = vec![c(""); MAX_CASES + 1];
+        assert_eq!(code(cases(many, Mode::Program, &l)), "too_many_cases");
+        let big = "x".repeat(l.stdin_bytes as usize + 1);
+        let e = cases(vec![c(""), c(&big)], Mode::Program, &l).unwrap_err();
+        assert_eq!(e.body.error.code, "stdin_too_large");
+        assert!(e.body.error.message.starts_with("cases[1]: "), "{e:?}");
     }
 
     #[test]

@@ -46,6 +46,9 @@ const COVERAGE: &[(ErrorCode, &str)] = &[
     (ErrorCode::TooManyFiles, "v1_runs_file_rules"),
     (ErrorCode::InvalidFileName, "v1_runs_file_rules"),
     (ErrorCode::DuplicateFileName, "v1_runs_file_rules"),
+    (ErrorCode::ReservedFileName, "v1_runs_file_rules"),
+    (ErrorCode::TooManyCases, "v1_runs_test_cases"),
+    (ErrorCode::InvalidCases, "v1_runs_test_cases"),
     (
         ErrorCode::InvalidLimit,
         "v1_runs_limits_above_the_maxima_name_the_maximum",
@@ -158,6 +161,14 @@ const COVERAGE: &[(ErrorCode, &str)] = &[
     ),
     (
         ErrorCode::CompileError,
+        "execute_passes_every_run_failure_through",
+    ),
+    (
+        ErrorCode::OutputFilesLimit,
+        "execute_passes_every_run_failure_through",
+    ),
+    (
+        ErrorCode::InvalidOutputFile,
         "execute_passes_every_run_failure_through",
     ),
 ];
@@ -339,6 +350,16 @@ async fn execute_passes_every_run_failure_through() {
         (
             RunStatus::CompileError,
             ErrorCode::CompileError,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            RunStatus::OutputLimit,
+            ErrorCode::OutputFilesLimit,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            RunStatus::RuntimeError,
+            ErrorCode::InvalidOutputFile,
             StatusCode::UNPROCESSABLE_ENTITY,
         ),
         (
@@ -682,6 +703,72 @@ async fn v1_runs_file_rules() {
         )
         .await;
     assert_error(&r, StatusCode::BAD_REQUEST, ErrorCode::DuplicateFileName);
+    for name in ["out", ".execbox-build.tar"] {
+        let r = app
+            .post(
+                "/v1/runs",
+                "u",
+                files(json!([{"content": "1"}, {"name": name, "content": "2"}])),
+            )
+            .await;
+        assert_error(&r, StatusCode::BAD_REQUEST, ErrorCode::ReservedFileName);
+        let message = r.json["error"]["message"].as_str().unwrap();
+        assert!(message.contains(name), "{message}");
+    }
+}
+
+#[tokio::test]
+async fn v1_runs_test_cases() {
+    let app = TestApp::new();
+    let cases = |n: usize| -> Vec<Value> {
+        (0..n)
+            .map(|i| json!({"stdin": format!("{i}\n"), "expected_stdout": format!("{i}\n")}))
+            .collect()
+    };
+    let r = app
+        .run(
+            "u",
+            &Script::ok().source(),
+            json!({"cases": cases(2), "compare": "trim"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.json);
+    let order = app.fake.orders().pop().unwrap();
+    assert_eq!(order.cases.len(), 2);
+    assert_eq!(order.cases[1].stdin, "1\n");
+    assert_eq!(order.compare, execbox_proto::Compare::Trim);
+
+    let r = app
+        .run(
+            "u",
+            "1",
+            json!({"cases": cases(execbox_proto::MAX_CASES + 1)}),
+        )
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, ErrorCode::TooManyCases);
+    assert!(r.json["error"]["message"].as_str().unwrap().contains("32"));
+    for extra in [
+        json!({"cases": []}),
+        json!({"cases": cases(1), "stdin": "x"}),
+        json!({"cases": cases(1), "args": ["a"]}),
+        json!({"cases": cases(1), "mode": "main"}),
+    ] {
+        let r = app.run("u", "1", extra).await;
+        assert_error(&r, StatusCode::BAD_REQUEST, ErrorCode::InvalidCases);
+    }
+    let big = "x".repeat(app.cfg.spawner.default_limits.stdin_bytes as usize + 1);
+    let r = app
+        .run("u", "1", json!({"cases": [{"stdin": "1"}, {"stdin": big}]}))
+        .await;
+    assert_error(&r, StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::StdinTooLarge);
+    assert!(r.json["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("cases[1]: "));
+    let r = app
+        .run("u", "1", json!({"cases": [{"stdin": "1", "nope": 1}]}))
+        .await;
+    assert_error(&r, StatusCode::BAD_REQUEST, ErrorCode::InvalidField);
 }
 
 #[tokio::test]

@@ -9,9 +9,16 @@ use std::time::{Duration, Instant};
 use execbox_jail::{
     JailError, JailSpec, Jailer, Outcome, Payload, Prepared, Preparing, Role, Supervisor, WorkFile,
 };
+use execbox_proto::cases::{severity, summarise};
 use execbox_proto::spawner::{Event, Order, RunOrder, SpawnerConfig, MAX_LINE};
-use execbox_proto::{now_rfc3339, Limits, Mode, RunRecord, RunStatus, RuntimeInfo, StepReport};
-use execbox_runtime::{build_record, compile_verdict, CompileVerdict, Package, RunMeta};
+use execbox_proto::{
+    now_rfc3339, CaseReport, ErrorBody, Limits, Mode, OutputFile, RunRecord, RunStatus,
+    RuntimeInfo, StepReport,
+};
+use execbox_runtime::{
+    build_record, compile_verdict, read_files, wrapped_status, CompileVerdict, FilesCap, Package,
+    RunMeta,
+};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -58,6 +65,14 @@ struct Track {
     compile: Option<StepReport>,
     /// `started` was reported (a two-stage run reports it once).
     started: bool,
+    /// The case being run (an index into the order's cases, when it has some).
+    case: usize,
+    /// Reports of the cases that ran.
+    reports: Vec<CaseReport>,
+    /// The compile stage's artefacts, unpacked in every case's run jail.
+    archive: Option<Vec<u8>>,
+    /// Layers missing in any stage (degraded runs).
+    missing_layers: Vec<String>,
 }
 
 #[derive(Clone, Copy)]
@@ -118,6 +133,8 @@ pub struct Spawner {
     default_pkg: usize,
     default_limits: Limits,
     max_limits: Limits,
+    /// Caps on the files a run returns from `/work/out`.
+    files_cap: FilesCap,
     inflight: InFlight<Jailer>,
     orders: LineBuffer,
     out: OwnedFd,
@@ -166,6 +183,10 @@ impl Spawner {
             default_pkg,
             default_limits: cfg.default_limits,
             max_limits: cfg.max_limits,
+            files_cap: FilesCap {
+                files: cfg.max_output_files,
+                bytes: cfg.max_output_files_bytes,
+            },
             orders: LineBuffer::new(MAX_LINE),
             out,
             outbuf: VecDeque::new(),
@@ -217,11 +238,12 @@ impl Spawner {
         Ok(())
     }
 
-    /// A stage is over: the final record, or `None` when the run stage has started.
+    /// A stage is over: the final record, or `None` when another stage (the run after the
+    /// compile, the next case) has started.
     fn stage_ended(
         &mut self,
         order: RunOrder,
-        outcome: Outcome,
+        mut outcome: Outcome,
         out: &mut Vec<Report>,
     ) -> Option<(Track, RunOrder, RunRecord)> {
         let mut t = self.tracks.remove(&order.id)?;
@@ -232,30 +254,85 @@ impl Spawner {
             version: t.version.clone(),
             created_at: order.created_at.clone(),
         };
-        if !t.compiling {
-            let limits = pkg.run_spec(order.limits, &self.max_limits).limits;
-            let mut rec = build_record(meta, order.mode, &limits, outcome);
-            rec.compile = t.compile.take();
-            return Some((t, order, rec));
-        }
-        let limits = pkg.compile_spec(order.limits, &self.max_limits).limits;
-        match compile_verdict(meta, &limits, outcome) {
-            CompileVerdict::Failed(rec) => Some((t, order, *rec)),
-            CompileVerdict::Compiled(step, archive) => {
-                t.compiling = false;
-                t.compile = Some(*step);
-                let payload = pkg.run_payload(
-                    work_files(&order),
-                    Some(archive),
-                    order.mode,
-                    order.stdin.clone().into_bytes(),
-                    &order.args,
-                );
-                let spec = pkg.run_spec(order.limits, &self.max_limits);
-                self.launch(order, t, spec, payload, out);
-                None
+        for l in &outcome.missing_layers {
+            if !t.missing_layers.contains(l) {
+                t.missing_layers.push(l.clone());
             }
         }
+        if t.compiling {
+            let limits = pkg.compile_spec(order.limits, &self.max_limits).limits;
+            return match compile_verdict(meta, &limits, outcome) {
+                CompileVerdict::Failed(rec) => Some((t, order, *rec)),
+                CompileVerdict::Compiled(step, archive) => {
+                    t.compiling = false;
+                    t.compile = Some(*step);
+                    t.archive = Some(archive);
+                    self.launch_run(order, t, out);
+                    None
+                }
+            };
+        }
+        let spec = pkg.run_spec(order.limits, &self.max_limits);
+        let channel = match files_out(&order, &spec, &self.files_cap) {
+            Some(_) => {
+                (outcome.exit_code, outcome.signal) =
+                    wrapped_status(outcome.exit_code, outcome.signal);
+                Some(std::mem::take(&mut outcome.result))
+            }
+            None => None,
+        };
+        let mut rec = build_record(meta, order.mode, &spec.limits, outcome);
+        if let (Some(chan), Some(cut_at)) = (channel, files_out(&order, &spec, &self.files_cap)) {
+            rec.files = take_files(&mut rec, &chan, &self.files_cap, cut_at);
+        }
+        rec.compile = t.compile.take();
+        if order.cases.is_empty() {
+            return Some((t, order, rec));
+        }
+        // One case is over: judge it, then run the next one or conclude.
+        let case = &order.cases[t.case];
+        let passed = case.expected_stdout.as_deref().map(|want| {
+            rec.status == RunStatus::Ok
+                && order
+                    .compare
+                    .matches(want, rec.run.as_ref().map_or("", |r| r.stdout.as_str()))
+        });
+        let cancelled = rec.status == RunStatus::Cancelled;
+        t.reports.push(CaseReport {
+            index: t.case,
+            status: rec.status,
+            error: rec.error.take(),
+            passed,
+            run: rec.run.take(),
+            files: std::mem::take(&mut rec.files),
+        });
+        t.compile = rec.compile.take();
+        t.case += 1;
+        if t.case < order.cases.len() && !cancelled {
+            self.launch_run(order, t, out);
+            return None;
+        }
+        let rec = cases_record(&mut t, &order, rec);
+        Some((t, order, rec))
+    }
+
+    /// Start the run stage of `order` (of its current case, when it has cases).
+    fn launch_run(&mut self, order: RunOrder, t: Track, out: &mut Vec<Report>) {
+        let pkg = &self.packages[t.pkg];
+        let (stdin, args) = match order.cases.get(t.case) {
+            Some(c) => (&c.stdin, &c.args),
+            None => (&order.stdin, &order.args),
+        };
+        let spec = pkg.run_spec(order.limits, &self.max_limits);
+        let payload = pkg.run_payload(
+            work_files(&order),
+            t.archive.clone(),
+            order.mode,
+            stdin.clone().into_bytes(),
+            args,
+            files_out(&order, &spec, &self.files_cap),
+        );
+        self.launch(order, t, spec, payload, out);
     }
 
     /// A run or smoke test is over.
@@ -336,6 +413,8 @@ impl Spawner {
                 args: vec![],
                 limits: self.default_limits,
                 runtime: None,
+                cases: vec![],
+                compare: Default::default(),
             };
             self.begin(order, i, String::new(), true, out);
         }
@@ -576,34 +655,26 @@ impl Spawner {
         out: &mut Vec<Report>,
     ) {
         let p = &self.packages[pkg];
-        let files = work_files(&order);
-        let (spec, payload, compiling) = match p.compile_payload(files.clone()) {
-            Some(payload) => (
-                p.compile_spec(order.limits, &self.max_limits),
-                payload,
-                true,
-            ),
-            None => (
-                p.run_spec(order.limits, &self.max_limits),
-                p.run_payload(
-                    files,
-                    None,
-                    order.mode,
-                    order.stdin.clone().into_bytes(),
-                    &order.args,
-                ),
-                false,
-            ),
-        };
+        let compile = p.compile_payload(work_files(&order));
         let track = Track {
             pkg,
             version,
             smoke,
-            compiling,
+            compiling: compile.is_some(),
             compile: None,
             started: false,
+            case: 0,
+            reports: Vec::new(),
+            archive: None,
+            missing_layers: Vec::new(),
         };
-        self.launch(order, track, spec, payload, out);
+        match compile {
+            Some(payload) => {
+                let spec = p.compile_spec(order.limits, &self.max_limits);
+                self.launch(order, track, spec, payload, out);
+            }
+            None => self.launch_run(order, track, out),
+        }
     }
 
     /// Check a stage's payload and hand it to the bookkeeping.
@@ -620,6 +691,74 @@ impl Spawner {
             return out.push(Report::Failed(order.id, e.to_string()));
         }
         self.inflight.start(order, &spec, payload, out);
+    }
+}
+
+/// The byte cap of the `/work/out` archive for `order`'s run jail `spec`, when its files come
+/// back (program mode): the files' cap, within the result channel's (so the channel never
+/// overflows: a cut archive is judged by [`read_files`]).
+fn files_out(order: &RunOrder, spec: &JailSpec, cap: &FilesCap) -> Option<u64> {
+    (order.mode == Mode::Program).then(|| {
+        cap.channel_bytes()
+            .min(spec.limits.result_bytes.saturating_sub(1))
+    })
+}
+
+/// The files of a finished run's channel; a run that ended well but wrote too many, too big
+/// or invalid files ends as `output_limit` (`output_files_limit`) or `runtime_error`
+/// (`invalid_output_file`) instead, with no files.
+fn take_files(rec: &mut RunRecord, chan: &[u8], cap: &FilesCap, cut_at: u64) -> Vec<OutputFile> {
+    if !matches!(rec.status, RunStatus::Ok | RunStatus::RuntimeError) {
+        return vec![];
+    }
+    match read_files(chan, cap, cut_at) {
+        Ok(files) => files,
+        Err(e) => {
+            let limit = e.code == execbox_proto::ErrorCode::OutputFilesLimit;
+            if limit || rec.status == RunStatus::Ok {
+                rec.status = if limit {
+                    RunStatus::OutputLimit
+                } else {
+                    RunStatus::RuntimeError
+                };
+                rec.error = Some(e);
+            }
+            vec![]
+        }
+    }
+}
+
+/// The final record of a run with cases: its status is the worst case's (see
+/// [`execbox_proto::cases`]), its error that case's, prefixed with its index.
+fn cases_record(t: &mut Track, order: &RunOrder, last: RunRecord) -> RunRecord {
+    let reports = std::mem::take(&mut t.reports);
+    let worst = reports
+        .iter()
+        .filter(|r| r.status != RunStatus::Ok)
+        .max_by_key(|r| (severity(r.status), std::cmp::Reverse(r.index)));
+    let (status, error) = match worst {
+        Some(w) => (
+            w.status,
+            w.error.as_ref().map(|e| ErrorBody {
+                code: e.code,
+                message: format!("case {}: {}", w.index, e.message),
+            }),
+        ),
+        None => (RunStatus::Ok, None),
+    };
+    RunRecord {
+        status,
+        error,
+        degraded: !t.missing_layers.is_empty(),
+        missing_layers: std::mem::take(&mut t.missing_layers),
+        compile: t.compile.take(),
+        run: None,
+        summary: Some(summarise(&order.cases, &reports)),
+        cases: reports,
+        files: vec![],
+        result: None,
+        timings_us: vec![],
+        ..last
     }
 }
 

@@ -364,6 +364,8 @@ mod tests {
             args: vec![],
             limits: Limits::default(),
             runtime: None,
+            cases: vec![],
+            compare: Default::default(),
         }
     }
 
