@@ -59,6 +59,40 @@ pub struct Outcome {
     pub timings: Vec<(&'static str, Duration)>,
 }
 
+impl Outcome {
+    /// Set the exit status the program itself had, when a wrapper (a shell that reports a
+    /// program killed by signal N as exit code 128+N) stood between it and the supervisor, and
+    /// classify the limits the kernel enforces (OOM kill, RLIMIT_CPU) again on that status: a
+    /// program killed at its CPU limit is a CPU-time limit, not a wrapper's exit code 137/152.
+    pub fn unwrap_status(&mut self, exit_code: Option<i32>, signal: Option<i32>, limits: &Limits) {
+        self.exit_code = exit_code;
+        self.signal = signal;
+        if self.limit.is_none() && !self.cancelled {
+            self.limit = kernel_limit(exit_code, signal, self.cpu, self.oom_kills, limits);
+        }
+    }
+}
+
+/// Which kernel-enforced limit ended a run with this status, if any: the memory cgroup's OOM
+/// killer (an OOM kill and an abnormal end), or RLIMIT_CPU (SIGXCPU at the soft limit, SIGKILL
+/// at the hard one once the CPU time reached it).
+fn kernel_limit(
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    cpu: Duration,
+    oom_kills: u64,
+    limits: &Limits,
+) -> Option<Limit> {
+    let cpu_limit = Duration::from_millis(limits.cpu_time_ms.div_ceil(1000) * 1000);
+    if oom_kills > 0 && (signal.is_some() || exit_code != Some(0)) {
+        Some(Limit::Memory)
+    } else if signal == Some(libc::SIGXCPU) || (signal == Some(libc::SIGKILL) && cpu >= cpu_limit) {
+        Some(Limit::CpuTime)
+    } else {
+        None
+    }
+}
+
 /// After the init exits, how long to wait for the pipes to reach EOF.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// After a kill, how long to wait for the exit before giving up on the process.
@@ -340,17 +374,12 @@ impl Supervisor {
             _ => (None, Some(libc::SIGKILL)),
         };
         let cpu = Duration::from_nanos(stats.cpu_ns);
-        let mut limit = self.limit;
-        if limit.is_none() && !self.cancelled {
-            let cpu_limit = Duration::from_millis(self.limits.cpu_time_ms.div_ceil(1000) * 1000);
-            if stats.oom_kills > 0 && (signal.is_some() || exit_code != Some(0)) {
-                limit = Some(Limit::Memory);
-            } else if signal == Some(libc::SIGXCPU)
-                || (signal == Some(libc::SIGKILL) && cpu >= cpu_limit)
-            {
-                limit = Some(Limit::CpuTime);
-            }
-        }
+        let limit = if self.cancelled {
+            self.limit
+        } else {
+            self.limit
+                .or_else(|| kernel_limit(exit_code, signal, cpu, stats.oom_kills, &self.limits))
+        };
         let truncated = self.streams.iter().any(|s| s.over);
         let mut timings = self.timings;
         timings.push(("run", wall));
@@ -422,5 +451,35 @@ impl Supervisor {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_limits_are_read_from_the_program_s_own_status() {
+        let l = Limits {
+            cpu_time_ms: 1000,
+            ..Limits::default()
+        };
+        let second = Duration::from_millis(1000);
+        let kill = Some(libc::SIGKILL);
+        assert_eq!(
+            kernel_limit(None, kill, second, 0, &l),
+            Some(Limit::CpuTime)
+        );
+        assert_eq!(
+            kernel_limit(None, Some(libc::SIGXCPU), Duration::ZERO, 0, &l),
+            Some(Limit::CpuTime)
+        );
+        assert_eq!(kernel_limit(None, kill, Duration::ZERO, 0, &l), None);
+        assert_eq!(
+            kernel_limit(Some(1), None, second, 1, &l),
+            Some(Limit::Memory)
+        );
+        // a wrapper's exit code 137 is no verdict until it is unwrapped to SIGKILL
+        assert_eq!(kernel_limit(Some(137), None, second, 0, &l), None);
     }
 }

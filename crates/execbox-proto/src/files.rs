@@ -36,6 +36,11 @@ pub enum FileNameError {
     /// A control character.
     #[error("file name contains a control character")]
     Control,
+    /// A leading `-` or `@`, or a brace: such a name would be read as an option, an argument
+    /// file (`@file` for gcc, javac, rustc) or a template placeholder by the tools that get
+    /// file names on their command line.
+    #[error("file name {0:?} starts with '-' or '@' or contains '{{' or '}}'")]
+    LooksLikeAnOption(String),
 }
 
 /// Check that `name` is a plain file name that cannot leave the work dir.
@@ -55,6 +60,9 @@ pub fn validate_file_name(name: &str) -> Result<(), FileNameError> {
     if name.chars().any(char::is_control) {
         return Err(FileNameError::Control);
     }
+    if name.starts_with(['-', '@']) || name.contains(['{', '}']) {
+        return Err(FileNameError::LooksLikeAnOption(name.to_owned()));
+    }
     Ok(())
 }
 
@@ -68,6 +76,9 @@ mod tests {
             "",
             ".",
             "..",
+            "-o",
+            "@opts.c",
+            "{mode}.py",
             "a/b",
             "../x",
             "/etc/passwd",

@@ -172,6 +172,28 @@ fn program_only() -> Vec<Mode> {
     vec![Mode::Program]
 }
 
+/// Replace each placeholder of `vars` in `t` in one pass: a value is never searched for
+/// placeholders again (a file named `{mode}.py` stays that name).
+fn substitute(t: &str, vars: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(t.len());
+    let mut rest = t;
+    'scan: while !rest.is_empty() {
+        for (key, value) in vars {
+            if let Some(after) = rest.strip_prefix(key) {
+                out.push_str(value);
+                rest = after;
+                continue 'scan;
+            }
+        }
+        let mut chars = rest.chars();
+        if let Some(c) = chars.next() {
+            out.push(c);
+        }
+        rest = chars.as_str();
+    }
+    out
+}
+
 fn plain_name(s: &str) -> bool {
     !s.is_empty()
         && s != "."
@@ -250,6 +272,15 @@ impl Manifest {
             }
             if c.artefacts.is_empty() {
                 return Err("compile.artefacts is empty".into());
+            }
+            if let Some(a) = c
+                .artefacts
+                .iter()
+                .find(|a| a.as_str() == execbox_proto::cases::OUTPUT_DIR)
+            {
+                return Err(format!(
+                    "compile.artefacts may not name {a:?}: it is where a run's output files go"
+                ));
             }
             if let Some(a) = c.artefacts.iter().find(|a| !plain_name(a)) {
                 return Err(format!("artefact {a:?} is not a plain name"));
@@ -445,13 +476,16 @@ impl Package {
                         .filter(|n| n.ends_with(&format!(".{}", self.manifest.extension))),
                 ),
                 "{args}" => out.extend(args.iter().cloned()),
-                _ => out.push(
-                    self.expand_path(t)
-                        .replace("{entry_stem}", stem)
-                        .replace("{entry}", entry)
-                        .replace("{mode}", mode.as_str())
-                        .replace("{harness}", self.harness.as_deref().unwrap_or_default()),
-                ),
+                _ => out.push(substitute(
+                    t,
+                    &[
+                        ("{python_env}", &self.python_env.display().to_string()),
+                        ("{entry_stem}", stem),
+                        ("{entry}", entry),
+                        ("{mode}", mode.as_str()),
+                        ("{harness}", self.harness.as_deref().unwrap_or_default()),
+                    ],
+                )),
             }
         }
         out
@@ -462,7 +496,8 @@ impl Package {
     pub fn compile_payload(&self, files: Vec<WorkFile>) -> Option<Payload> {
         let c = self.manifest.compile.as_ref()?;
         let artefacts = c.artefacts.join(" "); // plain names, checked by the manifest
-        let script = format!("\"$@\" || exit $?; exec /usr/bin/tar -cf - -- {artefacts} >&3");
+                                               // The compiler does not get fd 3: only the archive goes there.
+        let script = format!("\"$@\" 3>&- || exit $?; exec /usr/bin/tar -cf - -- {artefacts} >&3");
         let mut argv = vec![
             "/bin/sh".to_owned(),
             "-c".into(),
@@ -783,5 +818,15 @@ expect = "ok"
         assert!(rp.validate(&Limits::default()).is_ok());
         assert_eq!(p.smoke_verdict("ok\n").as_deref(), Some("12.2.0"));
         assert!(p.smoke_verdict("nope\n").is_none());
+    }
+    #[test]
+    fn placeholders_are_substituted_in_one_pass() {
+        let vars = [("{entry}", "{mode}.py"), ("{mode}", "program")];
+        assert_eq!(
+            substitute("run {entry} as {mode}", &vars),
+            "run {mode}.py as program"
+        );
+        assert_eq!(substitute("ü{entry}", &vars), "ü{mode}.py");
+        assert_eq!(substitute("{unknown}", &vars), "{unknown}");
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use execbox_proto::{RunRecord, RunStatus};
+use execbox_proto::{ErrorBody, OutputFile, RunRecord, RunStatus, StepReport};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug)]
@@ -29,17 +29,33 @@ pub struct RunStore {
 }
 
 fn record_bytes(r: &RunRecord) -> usize {
-    let step = r
-        .run
-        .as_ref()
-        .map_or(0, |s| s.stdout.len() + s.stderr.len());
-    // Results are bounded by the result cap; their JSON length is a fair estimate.
+    fn step(s: Option<&StepReport>) -> usize {
+        s.map_or(0, |s| s.stdout.len() + s.stderr.len() + 128)
+    }
+    fn files(f: &[OutputFile]) -> usize {
+        f.iter()
+            .map(|f| f.name.len() + f.content_base64.len() + 64)
+            .sum()
+    }
+    fn error(e: Option<&ErrorBody>) -> usize {
+        e.map_or(0, |e| e.code.as_str().len() + e.message.len())
+    }
+    // Everything of size a record can carry: compile and run steps, every case's step, error
+    // and files, the run's files, the result (bounded by the result cap; its JSON length is a
+    // fair estimate) and the error.
+    let cases: usize = r
+        .cases
+        .iter()
+        .map(|c| step(c.run.as_ref()) + files(&c.files) + error(c.error.as_ref()) + 64)
+        .sum();
     let result = r.result.as_ref().map_or(0, |v| v.to_string().len());
-    let error = r
-        .error
-        .as_ref()
-        .map_or(0, |e| e.code.as_str().len() + e.message.len());
-    step + result + error + 512
+    step(r.compile.as_ref())
+        + step(r.run.as_ref())
+        + cases
+        + files(&r.files)
+        + result
+        + error(r.error.as_ref())
+        + 512
 }
 
 impl RunStore {
@@ -201,7 +217,8 @@ mod tests {
 
     #[test]
     fn byte_cap_drops_oldest_finished_records() {
-        let s = RunStore::with_max_bytes(3100);
+        // each record: 1000 bytes of output + step and record overheads (1640): two fit
+        let s = RunStore::with_max_bytes(3400);
         for id in ["a", "b", "c"] {
             s.insert(rec(id), None, CancellationToken::new());
             let mut r = rec(id);
@@ -214,6 +231,30 @@ mod tests {
         }
         assert!(s.get("a", None).is_none(), "oldest evicted");
         assert!(s.get("b", None).is_some() && s.get("c", None).is_some());
+    }
+
+    #[test]
+    fn cases_files_and_compile_output_count_against_the_cap() {
+        let big = execbox_proto::StepReport {
+            stdout: "x".repeat(10_000),
+            ..Default::default()
+        };
+        let mut r = rec("a");
+        let small = record_bytes(&r);
+        r.compile = Some(big.clone());
+        r.cases = vec![execbox_proto::CaseReport {
+            index: 0,
+            status: RunStatus::Ok,
+            error: None,
+            passed: None,
+            run: Some(big),
+            files: vec![OutputFile {
+                name: "f".into(),
+                content_base64: "x".repeat(5_000),
+                size: 3_750,
+            }],
+        }];
+        assert!(record_bytes(&r) >= small + 25_000, "{}", record_bytes(&r));
     }
 
     #[test]

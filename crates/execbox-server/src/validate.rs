@@ -65,8 +65,7 @@ pub fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest
     let runtime = select(&status.runtimes, &req.language, req.version.as_deref())
         .map_err(select_error)?
         .clone();
-    let unnamed_entry = req.files.first().is_some_and(|f| f.name.is_none());
-    let limits = limits(
+    let mut limits = limits(
         req.limits,
         state.cfg.spawner.default_limits,
         &state.cfg.max_limits,
@@ -84,10 +83,13 @@ pub fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest
             ),
         ));
     }
-    let mut files = files(req.files, state.cfg.max_source_bytes)?;
-    if let (true, Some(first)) = (unnamed_entry, files.first_mut()) {
-        first.name.clone_from(&runtime.entry);
+    // An unnamed entry file takes the runtime's entry name before the name rules (reserved,
+    // duplicate) are checked, so a clash is a 400 here rather than a refusal in the jail.
+    let mut input = req.files;
+    if let Some(first) = input.first_mut().filter(|f| f.name.is_none()) {
+        first.name = Some(runtime.entry.clone());
     }
+    let files = files(input, state.cfg.max_source_bytes)?;
     let cases = match req.cases {
         Some(c) => {
             if req.stdin.is_some() || req.args.is_some() {
@@ -96,7 +98,12 @@ pub fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest
                     "with cases, stdin and args belong to each case, not to the run",
                 ));
             }
-            cases(c, mode, &limits)?
+            let cases = cases(c, mode, &limits)?;
+            // All cases together may print no more than one run may at the operator's maximum:
+            // each case's output cap is its share of it (and never more than asked for).
+            let share = state.cfg.max_limits.output_bytes / cases.len().max(1) as u64;
+            limits.output_bytes = limits.output_bytes.min(share.max(1024));
+            cases
         }
         None => vec![],
     };

@@ -261,6 +261,9 @@ impl Spawner {
         }
         if t.compiling {
             let limits = pkg.compile_spec(order.limits, &self.max_limits).limits;
+            // The compile wrapper's shell passes the compiler's status on as 128+N too.
+            let (exit_code, signal) = wrapped_status(outcome.exit_code, outcome.signal);
+            outcome.unwrap_status(exit_code, signal, &limits);
             return match compile_verdict(meta, &limits, outcome) {
                 CompileVerdict::Failed(rec) => Some((t, order, *rec)),
                 CompileVerdict::Compiled(step, archive) => {
@@ -275,8 +278,8 @@ impl Spawner {
         let spec = pkg.run_spec(order.limits, &self.max_limits);
         let channel = match files_out(&order, &spec, &self.files_cap) {
             Some(_) => {
-                (outcome.exit_code, outcome.signal) =
-                    wrapped_status(outcome.exit_code, outcome.signal);
+                let (exit_code, signal) = wrapped_status(outcome.exit_code, outcome.signal);
+                outcome.unwrap_status(exit_code, signal, &spec.limits);
                 Some(std::mem::take(&mut outcome.result))
             }
             None => None,
