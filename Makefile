@@ -14,7 +14,7 @@ CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
 
-.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check vm-test image-bin image image-full docker-test check bench load-bench clean
+.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check vm-test image-bin image image-full docker-test docker-test-full check bench load-bench clean
 
 help:
 	@echo "make run     set up and start the service on 0.0.0.0:8080 (execbox serve)"
@@ -49,12 +49,12 @@ runtime: uv
 	  chmod -R a+rX,go-w $(PYTHON_ENV) && cp $(REQS) $(STAMP); \
 	fi
 
-## Every language's toolchain (Debian packages, when root), and the runtime packages copied to
+## Every language's toolchain (Debian packages of runtimes/debian-packages.txt, when root; the
+## full image installs the same list), and the runtime packages copied to
 ## $(RUNTIMES_DIR), where `execbox serve` finds them (each is smoke-tested at start; one whose
 ## toolchain is absent is skipped).
 RUNTIMES_DIR ?= $(PREFIX)/runtimes
-LANG_PKGS := bash nodejs node-typescript ruby php-cli perl lua5.3 lua5.4 pypy3 gcc g++ g++-11 \
-             rustc golang-go openjdk-17-jdk-headless gfortran fp-compiler tar
+LANG_PKGS := $(shell grep -v '^\#' runtimes/debian-packages.txt)
 runtimes: runtime
 	@missing=""; for p in $(LANG_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -134,10 +134,17 @@ image-full: image-bin
 	docker build -q -f docker/Dockerfile --build-arg BASE=$(IMAGE_BASE) --target full -t $(IMAGE):full .
 	@docker images $(IMAGE)
 
-## The light image under `docker run` with the documented privileges: HTTP and auth basics,
-## docker stop, and the refusal without them (crates/execbox-cli/tests/docker.rs).
+## The light image under `docker run` with the documented privileges: docker stop, the HTTP
+## basics and the refusal without them (crates/execbox-cli/tests/docker.rs), then the HTTP and
+## auth suites with every server they start being that image (EXECBOX_TEST_CONTAINER_IMAGE:
+## tests/support/server.rs; the tests that inspect host processes report SKIPPED).
 docker-test: image
 	EXECBOX_DOCKER_TEST=1 EXECBOX_DOCKER_IMAGE=$(IMAGE):light $(CARGO) test -p execbox-cli --test docker -- --nocapture
+	EXECBOX_TEST_CONTAINER_IMAGE=$(IMAGE):light $(CARGO) test -p execbox-cli --test http --test auth
+
+## The full image: every language of runtimes/ offered, C and JavaScript run through it.
+docker-test-full: image-full
+	EXECBOX_DOCKER_TEST=1 EXECBOX_DOCKER_FULL_IMAGE=$(IMAGE):full $(CARGO) test -p execbox-cli --test docker full_image -- --nocapture
 
 ## Everything CI runs. Privileged tests run for real as root; with CI=true a missing
 ## capability fails instead of skipping.
