@@ -49,12 +49,13 @@ runtime: uv
 	  chmod -R a+rX,go-w $(PYTHON_ENV) && cp $(REQS) $(STAMP); \
 	fi
 
-## Every language's toolchain (Debian packages of runtimes/debian-packages.txt, when root; the
-## full image installs the same list), and the runtime packages copied to
+## Every language's toolchain (the Debian packages of LANG_PKGS, when root; `make image-full`
+## passes the same list to the full image), and the runtime packages copied to
 ## $(RUNTIMES_DIR), where `execbox serve` finds them (each is smoke-tested at start; one whose
 ## toolchain is absent is skipped).
 RUNTIMES_DIR ?= $(PREFIX)/runtimes
-LANG_PKGS := $(shell grep -v '^\#' runtimes/debian-packages.txt)
+LANG_PKGS := bash nodejs node-typescript ruby php-cli perl lua5.3 lua5.4 pypy3 gcc g++ g++-11 \
+             rustc golang-go openjdk-17-jdk-headless gfortran fp-compiler tar
 runtimes: runtime
 	@missing=""; for p in $(LANG_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -131,7 +132,8 @@ image: image-bin
 
 image-full: image-bin
 	docker/base-image.sh $(IMAGE_BASE)
-	docker build -q -f docker/Dockerfile --build-arg BASE=$(IMAGE_BASE) --target full -t $(IMAGE):full .
+	docker build -q -f docker/Dockerfile --build-arg BASE=$(IMAGE_BASE) --build-arg LANG_PKGS="$(LANG_PKGS)" \
+	  --target full -t $(IMAGE):full .
 	@docker images $(IMAGE)
 
 ## The light image under `docker run` with the documented privileges: docker stop, the HTTP
@@ -152,6 +154,7 @@ test: runtime runtimes lint unit openapi-check
 	$(CARGO) test --workspace
 	$(MAKE) vm-test
 	$(MAKE) docker-test
+	$(MAKE) docker-test-full
 
 check: build
 	$(EXECBOX) check
