@@ -14,7 +14,7 @@ CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
 
-.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check vm-test image-bin image image-full docker-test check bench load-bench clean
+.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check vm-test image-bin image image-full docker-test docker-test-full check bench load-bench clean
 
 help:
 	@echo "make run     set up and start the service on 0.0.0.0:8080 (execbox serve)"
@@ -49,7 +49,8 @@ runtime: uv
 	  chmod -R a+rX,go-w $(PYTHON_ENV) && cp $(REQS) $(STAMP); \
 	fi
 
-## Every language's toolchain (Debian packages, when root), and the runtime packages copied to
+## Every language's toolchain (the Debian packages of LANG_PKGS, when root; `make image-full`
+## passes the same list to the full image), and the runtime packages copied to
 ## $(RUNTIMES_DIR), where `execbox serve` finds them (each is smoke-tested at start; one whose
 ## toolchain is absent is skipped).
 RUNTIMES_DIR ?= $(PREFIX)/runtimes
@@ -131,13 +132,21 @@ image: image-bin
 
 image-full: image-bin
 	docker/base-image.sh $(IMAGE_BASE)
-	docker build -q -f docker/Dockerfile --build-arg BASE=$(IMAGE_BASE) --target full -t $(IMAGE):full .
+	docker build -q -f docker/Dockerfile --build-arg BASE=$(IMAGE_BASE) --build-arg LANG_PKGS="$(LANG_PKGS)" \
+	  --target full -t $(IMAGE):full .
 	@docker images $(IMAGE)
 
-## The light image under `docker run` with the documented privileges: HTTP and auth basics,
-## docker stop, and the refusal without them (crates/execbox-cli/tests/docker.rs).
+## The light image under `docker run` with the documented privileges: docker stop, the HTTP
+## basics and the refusal without them (crates/execbox-cli/tests/docker.rs), then the HTTP and
+## auth suites with every server they start being that image (EXECBOX_TEST_CONTAINER_IMAGE:
+## tests/support/server.rs; the tests that inspect host processes report SKIPPED).
 docker-test: image
 	EXECBOX_DOCKER_TEST=1 EXECBOX_DOCKER_IMAGE=$(IMAGE):light $(CARGO) test -p execbox-cli --test docker -- --nocapture
+	EXECBOX_TEST_CONTAINER_IMAGE=$(IMAGE):light $(CARGO) test -p execbox-cli --test http --test auth
+
+## The full image: every language of runtimes/ offered, C and JavaScript run through it.
+docker-test-full: image-full
+	EXECBOX_DOCKER_TEST=1 EXECBOX_DOCKER_FULL_IMAGE=$(IMAGE):full $(CARGO) test -p execbox-cli --test docker full_image -- --nocapture
 
 ## Everything CI runs. Privileged tests run for real as root; with CI=true a missing
 ## capability fails instead of skipping.
@@ -145,6 +154,7 @@ test: runtime runtimes lint unit openapi-check
 	$(CARGO) test --workspace
 	$(MAKE) vm-test
 	$(MAKE) docker-test
+	$(MAKE) docker-test-full
 
 check: build
 	$(EXECBOX) check

@@ -6,14 +6,16 @@
 //! Needs the Docker engine and the image, so it runs only with `EXECBOX_DOCKER_TEST=1`
 //! (`make docker-test`, which `make image` precedes and `make test` calls); otherwise it
 //! reports `SKIPPED` on stderr. Ports are published on loopback only. The image is
-//! `EXECBOX_DOCKER_IMAGE` (default `execbox:light`).
+//! `EXECBOX_DOCKER_IMAGE` (default `execbox:light`). The full image (`make image-full`) is
+//! tested when `EXECBOX_DOCKER_FULL_IMAGE` names it (`make docker-test-full`): every language
+//! of `runtimes/` offered, C and JavaScript run through the container.
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::docker::{documented_flags, text};
 
 const SECRET: &str = "docker-test-secret";
 
@@ -28,46 +30,8 @@ fn enabled() -> Option<String> {
     Some(std::env::var("EXECBOX_DOCKER_IMAGE").unwrap_or_else(|_| "execbox:light".into()))
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The documented flags (README, docs/security.md "In a container").
-fn documented_flags() -> Vec<String> {
-    let seccomp = repo().join("docker/seccomp.json");
-    let seccomp = seccomp.canonicalize().unwrap();
-    [
-        "--cap-drop",
-        "ALL",
-        "--cap-add",
-        "SYS_ADMIN",
-        "--cap-add",
-        "SETPCAP",
-        "--cap-add",
-        "SETUID",
-        "--cap-add",
-        "SETGID",
-        "--cgroupns",
-        "private",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([
-        "--security-opt".into(),
-        format!("seccomp={}", seccomp.display()),
-    ])
-    .collect()
-}
-
 fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run the docker client")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    support::docker::docker(args)
 }
 
 /// A container this test started; removed (forcibly) on drop.
@@ -78,7 +42,7 @@ struct Container {
 impl Container {
     /// `docker run -d` with `flags`, then the image and `cmd` (the entrypoint is execbox).
     fn run(image: &str, flags: &[String], cmd: &[&str]) -> Container {
-        let mut args: Vec<&str> = vec!["run", "-d"];
+        let mut args: Vec<&str> = vec!["run", "-d", "--label", support::docker::LABEL];
         args.extend(flags.iter().map(String::as_str));
         args.push(image);
         args.extend(cmd);
@@ -106,11 +70,7 @@ impl Container {
 
     /// The loopback address a container port is published on.
     fn addr(&self, port: &str) -> std::net::SocketAddr {
-        let out = docker(&["port", &self.id, port]);
-        let line = text(&out.stdout);
-        line.lines()
-            .find_map(|l| l.trim().parse().ok())
-            .unwrap_or_else(|| panic!("docker port {port}: {line}"))
+        support::docker::published_addr(&self.id, port)
     }
 
     /// Wait until the container stops by itself; its exit code.
@@ -457,4 +417,97 @@ fn without_the_privileges_the_container_exits_at_once_naming_what_is_missing() {
         .unwrap();
     let ready = rt.block_on(reqwest_json(&format!("http://{private}/readyz")));
     assert_eq!(ready["missing_layers"], json!(["cgroups"]), "{ready}");
+}
+
+/// The `language` of every manifest under the repository's `runtimes/`.
+fn shipped_languages() -> Vec<String> {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../runtimes");
+    let mut langs = Vec::new();
+    for lang in std::fs::read_dir(root).unwrap().flatten() {
+        for flavour in std::fs::read_dir(lang.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(m) = std::fs::read_to_string(flavour.path().join("manifest.toml")) else {
+                continue;
+            };
+            let language = m
+                .lines()
+                .find_map(|l| l.strip_prefix("language = "))
+                .map(|v| v.trim().trim_matches('"').to_owned())
+                .unwrap_or_else(|| panic!("{}: no language", flavour.path().display()));
+            langs.push(language);
+        }
+    }
+    langs.sort();
+    langs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_image_offers_every_language() {
+    if enabled().is_none() {
+        return;
+    }
+    let Some(image) = std::env::var("EXECBOX_DOCKER_FULL_IMAGE")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        support::report_skip("needs `make image-full`: run `make docker-test-full`");
+        return;
+    };
+    // The image's own runtimes directory, as `docker run` gives it: each runtime is
+    // smoke-tested through the jail before the server is ready.
+    let t0 = Instant::now();
+    let s = support::Server::start_container(
+        &image,
+        &[],
+        support::Options {
+            default_runtimes: true,
+            ..support::Options::default()
+        },
+    );
+    eprintln!("{image} ready in {:.1} s", t0.elapsed().as_secs_f64());
+    let api = support::Api::new(&s).with_token(&support::tokens::token("polyglot"));
+
+    let list = api.get("/v1/runtimes").await;
+    assert_eq!(list.status, 200, "{}", list.text);
+    let mut offered: Vec<String> = list
+        .json
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|r| r["language"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    offered.sort();
+    assert_eq!(
+        offered,
+        shipped_languages(),
+        "every runtime package (every version) is offered:\n{}\n{}",
+        list.text,
+        s.log_tail(40)
+    );
+
+    for (language, src) in [
+        (
+            "c",
+            "#include <stdio.h>\nint main(void){puts(\"hello from c\");return 0;}",
+        ),
+        ("javascript", "console.log('hello from ' + 'javascript')"),
+    ] {
+        let r = api
+            .post(
+                "/v1/runs",
+                json!({"language": language, "files": [{"content": src}]}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{language}: {}", r.text);
+        assert_eq!(r.json["status"], "ok", "{language}: {}", r.text);
+        assert_eq!(
+            r.json["run"]["stdout"],
+            format!("hello from {language}\n"),
+            "{}",
+            r.text
+        );
+    }
 }

@@ -1,10 +1,19 @@
 //! The real `execbox serve`, started on loopback port 0 (public and private listeners) with
 //! its real spawner: addresses learnt from its JSON log, stopped with SIGTERM on drop (SIGKILL
 //! if it hangs), its log tail printed when a test panics.
+//!
+//! With `EXECBOX_TEST_CONTAINER_IMAGE=<image>` (`make docker-test`) the same `Server` is that
+//! image under `docker run` with the documented privileges (docs/security.md, "In a
+//! container"): the same `serve` flags, both ports published on loopback ports Docker picks
+//! (learnt with `docker port`), the log followed with `docker logs -f`, stopped with `docker
+//! stop` (SIGTERM, then SIGKILL after 10 s) and removed on drop. The tests that inspect the
+//! server's processes, cgroups or sockets on the host skip visibly in that mode
+//! ([`super::docker::skip_in_container`]); [`Server::pid`] refuses.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -13,6 +22,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+use super::docker::{
+    docker, documented_flags, exit_code, published_addr, target_image, text, LABEL,
+};
 use super::http::status_of;
 use super::tokens::SECRET;
 
@@ -38,11 +50,54 @@ pub struct Options {
     /// As the leader of a new process group (as a service manager or a terminal would run
     /// it), so the group can be signalled as a whole.
     pub own_group: bool,
+    /// The runtimes the server finds by default (`/opt/execbox/runtimes`; in the full image,
+    /// every language), not only the built-in Python.
+    pub default_runtimes: bool,
+}
+
+/// Where the server runs.
+enum Backend {
+    /// The host binary, a child of the test.
+    Process(Child),
+    /// A container (`id`), its log followed by `docker logs -f` (`follower`).
+    Container { id: String, follower: Child },
+}
+
+/// Flags that name a host file the server reads: bind-mounted read-only into the container at
+/// the same path.
+const FILE_FLAGS: &[&str] = &["--tls-cert", "--tls-key"];
+
+/// Read `r` line by line for as long as it is open (so a full pipe never blocks the writer),
+/// remembering every line in `sink` and sending the `listening` lines' listener and address.
+fn collect_lines(
+    r: impl std::io::Read + Send + 'static,
+    sink: Arc<Mutex<Vec<String>>>,
+    tx: mpsc::Sender<(String, String)>,
+) {
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut buf = Vec::new();
+        while let Ok(1..) = r.read_until(b'\n', &mut buf) {
+            let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+            buf.clear();
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let f = &v["fields"];
+                if f["message"] == "listening" {
+                    let which = f["listener"].as_str().unwrap_or("").to_owned();
+                    let addr = f["addr"].as_str().unwrap_or("").to_owned();
+                    let _ = tx.send((which, addr));
+                }
+            }
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(line);
+        }
+    });
 }
 
 /// A running `execbox serve`.
 pub struct Server {
-    child: Child,
+    backend: Backend,
     /// Public listener (the API).
     pub public: SocketAddr,
     /// Private listener (`/healthz`, `/readyz`, `/metrics`).
@@ -56,8 +111,12 @@ impl Server {
         Server::start_with(args, Options::default())
     }
 
-    /// Start with `args` (after `serve`) and `opts`; wait until `/readyz` answers 200.
+    /// Start with `args` (after `serve`) and `opts`; wait until `/readyz` answers 200. In
+    /// container mode (`EXECBOX_TEST_CONTAINER_IMAGE`), [`Server::start_container`].
     pub fn start_with(args: &[&str], opts: Options) -> Server {
+        if let Some(image) = target_image() {
+            return Server::start_container(&image, args, opts);
+        }
         let mut cmd = serve_command();
         cmd.arg("--log-json");
         if !args.contains(&"--shutdown-grace-secs") {
@@ -71,7 +130,7 @@ impl Server {
         if opts.own_group {
             cmd.process_group(0);
         }
-        if !args.contains(&"--runtimes-dir") {
+        if !args.contains(&"--runtimes-dir") && !opts.default_runtimes {
             // Only the built-in Python: every other runtime's smoke test would cost each server
             // start seconds (crates/execbox-cli/tests/languages.rs tests them all).
             cmd.env("EXECBOX_RUNTIMES_DIR", "/nonexistent/execbox-runtimes");
@@ -85,31 +144,11 @@ impl Server {
         let stderr = child.stderr.take().expect("stderr pipe");
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<(String, String)>();
-        let sink = logs.clone();
-        // Drain stderr for the server's whole life (the spawner writes there too), so a full
-        // pipe never blocks it; remember the lines for failure reports.
-        std::thread::spawn(move || {
-            let mut r = BufReader::new(stderr);
-            let mut buf = Vec::new();
-            while let Ok(1..) = r.read_until(b'\n', &mut buf) {
-                let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
-                buf.clear();
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    let f = &v["fields"];
-                    if f["message"] == "listening" {
-                        let which = f["listener"].as_str().unwrap_or("").to_owned();
-                        let addr = f["addr"].as_str().unwrap_or("").to_owned();
-                        let _ = tx.send((which, addr));
-                    }
-                }
-                sink.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .push(line);
-            }
-        });
+        // The spawner writes to the same stderr.
+        collect_lines(stderr, logs.clone(), tx);
         let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut s = Server {
-            child,
+            backend: Backend::Process(child),
             public: unbound,
             private: unbound,
             logs,
@@ -137,9 +176,128 @@ impl Server {
         s
     }
 
-    /// The server's pid.
+    /// `image` under `docker run -d` with the documented privileges, `serve` and `args` (after
+    /// listeners on the container's 8080 and 9090, published on loopback ports Docker picks),
+    /// the secret or `--insecure-no-auth` as `opts` says; wait until `/readyz` answers 200.
+    pub fn start_container(image: &str, args: &[&str], opts: Options) -> Server {
+        assert!(
+            !opts.own_group,
+            "own_group: a container's processes are not in the test's session"
+        );
+        let mut run: Vec<String> = ["run", "-d", "--label", LABEL]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        run.extend(documented_flags());
+        run.extend(
+            [
+                "-p",
+                "127.0.0.1::8080",
+                "-p",
+                "127.0.0.1::9090",
+                "-e",
+                "RUST_LOG=info",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        if !opts.no_auth {
+            run.extend(["-e".into(), format!("APP_JWT_SECRET={SECRET}")]);
+        }
+        if !args.contains(&"--runtimes-dir") && !opts.default_runtimes {
+            // As on the host: only the built-in Python (the full image's runtimes are tested by
+            // tests/docker.rs).
+            run.extend([
+                "-e".into(),
+                "EXECBOX_RUNTIMES_DIR=/nonexistent/execbox-runtimes".into(),
+            ]);
+        }
+        for w in args.windows(2) {
+            if FILE_FLAGS.contains(&w[0]) {
+                run.extend(["-v".into(), format!("{0}:{0}:ro", w[1])]);
+            }
+        }
+        run.push(image.into());
+        run.extend(
+            [
+                "serve",
+                "--listen",
+                "0.0.0.0:8080",
+                "--private-listen",
+                "0.0.0.0:9090",
+                "--log-json",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        if !args.contains(&"--shutdown-grace-secs") {
+            run.extend(["--shutdown-grace-secs".into(), "2".into()]);
+        }
+        if opts.no_auth {
+            run.push("--insecure-no-auth".into());
+        }
+        run.extend(args.iter().map(|s| s.to_string()));
+        let out = docker(&run);
+        assert!(
+            out.status.success(),
+            "docker {}: {}",
+            run.join(" "),
+            text(&out.stderr)
+        );
+        let id = text(&out.stdout).trim().to_owned();
+        let mut follower = Command::new("docker")
+            .args(["logs", "--follow", &id])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("docker logs --follow");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        // The addresses come from `docker port`; the `listening` lines name the container's.
+        let (tx, _rx) = mpsc::channel();
+        collect_lines(follower.stdout.take().unwrap(), logs.clone(), tx.clone());
+        collect_lines(follower.stderr.take().unwrap(), logs.clone(), tx);
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut s = Server {
+            backend: Backend::Container {
+                id: id.clone(),
+                follower,
+            },
+            public: unbound,
+            private: unbound,
+            logs,
+        };
+        s.public = published_addr(&id, "8080/tcp");
+        s.private = published_addr(&id, "9090/tcp");
+        s.wait_ready(Duration::from_secs(180));
+        s
+    }
+
+    /// Whether this server runs in a container.
+    pub fn in_container(&self) -> bool {
+        matches!(self.backend, Backend::Container { .. })
+    }
+
+    /// `Some` once the server has exited.
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        match &mut self.backend {
+            Backend::Process(child) => child.try_wait().ok().flatten(),
+            Backend::Container { id, .. } => {
+                exit_code(id).map(|c| ExitStatus::from_raw((c & 0xff) << 8))
+            }
+        }
+    }
+
+    /// The server's pid (on the host only: a container's processes are not the test's to
+    /// inspect, see [`super::docker::skip_in_container`]).
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        match &self.backend {
+            Backend::Process(child) => child.id(),
+            Backend::Container { id, .. } => panic!(
+                "the server runs in container {id}: a test that needs its host pid must skip \
+                 in container mode (support::skip_in_container)"
+            ),
+        }
     }
 
     /// `http://public/path`.
@@ -156,11 +314,15 @@ impl Server {
     /// Poll `GET /readyz` on the private listener until 200.
     fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        // `docker inspect` is a process of its own: asked less often.
+        let pause = Duration::from_millis(if self.in_container() { 200 } else { 50 });
         loop {
             if status_of(self.private, "/readyz") == Some(200) {
                 return;
             }
-            if let Ok(Some(st)) = self.child.try_wait() {
+            if let Some(st) = self.try_wait() {
+                // Let the log follower catch the last lines.
+                std::thread::sleep(Duration::from_millis(300));
                 panic!("execbox serve exited ({st}):\n{}", self.log_tail(40));
             }
             assert!(
@@ -168,7 +330,7 @@ impl Server {
                 "not ready after {timeout:?}:\n{}",
                 self.log_tail(40)
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(pause);
         }
     }
 
@@ -176,7 +338,7 @@ impl Server {
     pub async fn exited_within(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
+            if let Some(st) = self.try_wait() {
                 return Some(st);
             }
             if Instant::now() >= deadline {
@@ -200,8 +362,13 @@ impl Server {
             .collect()
     }
 
-    /// Send `sig` to the server (not its group).
+    /// Send `sig` to the server (not its group; in a container, its PID 1).
     pub fn signal(&self, sig: Signal) {
+        if let Backend::Container { id, .. } = &self.backend {
+            let out = docker(&["kill", "--signal", sig.as_str(), id]);
+            assert!(out.status.success(), "docker kill: {}", text(&out.stderr));
+            return;
+        }
         kill(Pid::from_raw(self.pid() as i32), sig).expect("signal the server");
     }
 }
@@ -215,19 +382,31 @@ impl Drop for Server {
                 self.log_tail(60)
             );
         }
-        if let Ok(Some(_)) = self.child.try_wait() {
+        let child = match &mut self.backend {
+            Backend::Process(child) => child,
+            Backend::Container { id, follower } => {
+                // SIGTERM to PID 1 (execbox), SIGKILL after 10 s; then the container is removed
+                // and the follower sees its log end.
+                let _ = docker(&["stop", "-t", "10", id]);
+                let _ = docker(&["rm", "-f", id]);
+                let _ = follower.kill();
+                let _ = follower.wait();
+                return;
+            }
+        };
+        if let Ok(Some(_)) = child.try_wait() {
             return;
         }
-        let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!("server {} ignored SIGTERM for 10 s: SIGKILL", self.public);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
