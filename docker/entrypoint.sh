@@ -11,8 +11,9 @@
 #     container's /proc; the kernel refuses a fresh proc mount inside a user namespace (the
 #     jail's) unless some proc in the mount namespace is fully visible. The jail detaches this
 #     one with the rest of the container's tree after pivot_root.
-#  3. Drop CAP_SYS_ADMIN (and CAP_SETPCAP, needed for the drop) from the bounding set: the
-#     server, the spawner and the jails never get them back.
+#  3. Shrink the bounding set to CAP_SETUID and CAP_SETGID (what the server needs to write the
+#     jails' id maps), whatever the container was granted (CAP_SETPCAP is needed for the drop):
+#     the server, the spawner and the jails never get anything else back.
 #
 # Nothing here is fatal: when a step cannot be done (a flag was not given), execbox's own host
 # check names the missing layer and refuses to start unless EXECBOX_ALLOW_DEGRADED=1.
@@ -63,12 +64,12 @@ has_cap() { # bit number, in the bounding set
 
 rw_cgroups
 spare_proc
-if has_cap 21; then # CAP_SYS_ADMIN
-  if ! has_cap 8; then # CAP_SETPCAP
-    warn "CAP_SYS_ADMIN was given without CAP_SETPCAP, so it cannot be dropped before the" \
-      "server starts: add --cap-add SETPCAP (see docs/security.md, 'In a container')"
-    exit 1
-  fi
-  exec setpriv --bounding-set -sys_admin,-setpcap --inh-caps -all -- "$@"
+if has_cap 8; then # CAP_SETPCAP: keep only what the server needs, whatever was granted
+  exec setpriv --bounding-set -all,+setuid,+setgid --inh-caps -all -- "$@"
+fi
+if has_cap 21; then # CAP_SYS_ADMIN without CAP_SETPCAP cannot be dropped
+  warn "CAP_SYS_ADMIN was given without CAP_SETPCAP, so it cannot be dropped before the" \
+    "server starts: add --cap-add SETPCAP (see docs/security.md, 'In a container')"
+  exit 1
 fi
 exec "$@"
