@@ -5,6 +5,7 @@
 //! jails with `clone3`. Only `serve` starts tokio, and it never forks: it asks its spawner.
 #![forbid(unsafe_code)]
 
+mod child_spawner;
 mod limits;
 mod serve;
 mod token;
@@ -18,10 +19,12 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use execbox_jail::{check, HostConfig, Jailer};
-use execbox_proto::spawner::{Event, HostSettings, SpawnerConfig};
-use execbox_proto::{defaults, new_run_id, now_rfc3339, Mode};
+use execbox_proto::runtime::select;
+use execbox_proto::spawner::{Event, HostSettings, Order, RunOrder, SpawnerConfig};
+use execbox_proto::{defaults, new_run_id, now_rfc3339, validate_file_name, Mode, SourceFile};
 use execbox_runtime::{build_record, PythonRuntime, RunMeta};
 
+use crate::child_spawner::ChildSpawner;
 use crate::limits::LimitArgs;
 
 #[derive(Debug, Parser)]
@@ -37,7 +40,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run one Python file in a fresh jail and print its run record as JSON.
+    /// Run one file in a fresh jail and print its run record as JSON: Python by default, or
+    /// any installed runtime with `--language`.
     Run(Box<RunArgs>),
     /// Report which isolation layers this host supports and whether execbox will run here.
     Check {
@@ -57,6 +61,9 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Smoke-test and list only this language (name or alias); repeatable.
+        #[arg(long = "language", value_name = "NAME")]
+        languages: Vec<String>,
         #[command(flatten)]
         host: HostArgs,
     },
@@ -115,11 +122,21 @@ fn mode_parser() -> impl clap::builder::TypedValueParser<Value = Mode> {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// The Python file to run.
+    /// The file to run (Python, unless `--language` names another language).
     file: PathBuf,
     /// main: call main() and return its JSON value; program: run as `python3 FILE`.
-    #[arg(long, value_parser = mode_parser(), default_value = "main")]
-    mode: Mode,
+    /// Default: main without `--language`, program with it.
+    #[arg(long, value_parser = mode_parser())]
+    mode: Option<Mode>,
+    /// Run in this installed runtime (name or alias: `c`, `js`, `c++`, `python`, ...), through
+    /// a spawner as the server does: compiled languages compile in one jail and run in
+    /// another. Without it the file runs as Python, straight in a jail.
+    #[arg(long, value_name = "NAME")]
+    language: Option<String>,
+    /// Semver selector for `--language`'s version (`3.11`, `3`, `>=1.21`, `*`); the highest
+    /// matching version wins. Default: the highest installed.
+    #[arg(long, value_name = "SELECTOR", requires = "language")]
+    version: Option<String>,
     /// Text fed to the program's stdin.
     #[arg(long, conflicts_with = "stdin_file")]
     stdin: Option<String>,
@@ -143,7 +160,11 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve::serve(*a),
         Cmd::Token(a) => token::token(a),
         Cmd::Openapi => openapi(),
-        Cmd::Runtimes { json, host } => runtimes(json, &host),
+        Cmd::Runtimes {
+            json,
+            languages,
+            host,
+        } => runtimes(json, languages, &host),
         Cmd::Spawner => spawner(),
     };
     match r {
@@ -157,6 +178,9 @@ fn main() -> ExitCode {
 
 fn run(a: RunArgs) -> Result<ExitCode> {
     let created_at = now_rfc3339();
+    if let Some(language) = a.language.clone() {
+        return run_in_runtime(a, &language, created_at);
+    }
     let limits = match a.limits.resolve() {
         Ok(l) => l,
         Err(e) => {
@@ -172,7 +196,7 @@ fn run(a: RunArgs) -> Result<ExitCode> {
     };
     let runtime = PythonRuntime::discover(&a.host.python_env)?;
     let jailer = Jailer::new(&execbox_spawner::host_config(&a.host.settings()))?;
-    let mode = a.mode;
+    let mode = a.mode.unwrap_or(Mode::Main);
     let payload = runtime.payload(source, mode, stdin, &a.args);
     if let Err(e) = payload.validate(&limits) {
         eprintln!("execbox: {e}");
@@ -217,35 +241,14 @@ fn spawner() -> Result<ExitCode> {
 }
 
 /// Start a spawner (this binary) as the server does, read its hello, print its runtimes.
-fn runtimes(json: bool, host: &HostArgs) -> Result<ExitCode> {
-    use std::io::BufRead;
-    use std::process::{Command, Stdio};
+fn runtimes(json: bool, languages: Vec<String>, host: &HostArgs) -> Result<ExitCode> {
     let cfg = SpawnerConfig {
         host: host.settings(),
         pool: 0,
+        languages,
         ..SpawnerConfig::default()
     };
-    let mut child = Command::new(std::env::current_exe()?)
-        .arg("spawner")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the spawner")?;
-    let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-        bail!("spawner pipes missing");
-    };
-    stdin.write_all(&cfg.to_line())?;
-    let mut line = String::new();
-    std::io::BufReader::new(stdout).read_line(&mut line)?;
-    drop(stdin); // EOF: the spawner exits
-    let _ = child.wait();
-    let event: Event =
-        serde_json::from_str(&line).with_context(|| format!("the spawner answered {line:?}"))?;
-    let runtimes = match event {
-        Event::Hello { runtimes, .. } => runtimes,
-        Event::Fatal { message } => bail!("{message}"),
-        other => bail!("unexpected first event {other:?}"),
-    };
+    let (_spawner, runtimes) = ChildSpawner::start(&cfg)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&runtimes)?);
         return Ok(ExitCode::SUCCESS);
@@ -267,6 +270,115 @@ fn runtimes(json: bool, host: &HostArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `execbox run --language`: one order to a spawner that offers only that language (so only
+/// its smoke tests run), the runtime picked by [`select`] as the server picks it, every stage
+/// in its own jail with every layer; prints the record the spawner returns.
+fn run_in_runtime(a: RunArgs, language: &str, created_at: String) -> Result<ExitCode> {
+    let usage = |msg: String| {
+        eprintln!("execbox: {msg}");
+        Ok(ExitCode::from(2))
+    };
+    let (limits, max_limits) = match a.limits.resolve_pair() {
+        Ok(l) => l,
+        Err(e) => return usage(e.to_string()),
+    };
+    let source = std::fs::read(&a.file).with_context(|| format!("reading {}", a.file.display()))?;
+    let Ok(content) = String::from_utf8(source) else {
+        return usage(format!("{} is not UTF-8 text", a.file.display()));
+    };
+    let stdin = match (&a.stdin, &a.stdin_file) {
+        (Some(s), _) => s.clone(),
+        (None, Some(p)) => {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            match String::from_utf8(bytes) {
+                Ok(s) => s,
+                Err(_) => return usage(format!("{} is not UTF-8 text", p.display())),
+            }
+        }
+        (None, None) => String::new(),
+    };
+    // An unknown language is the caller's mistake: say what is installed, start nothing.
+    let installed = execbox_runtime::discover(&a.host.runtimes_dir, &a.host.python_env).packages;
+    let answers = |p: &execbox_runtime::Package| {
+        let m = &p.manifest;
+        m.language.eq_ignore_ascii_case(language)
+            || m.aliases.iter().any(|x| x.eq_ignore_ascii_case(language))
+    };
+    if !installed.iter().any(answers) {
+        let mut names: Vec<&str> = installed
+            .iter()
+            .map(|p| p.manifest.language.as_str())
+            .collect();
+        names.dedup();
+        return usage(format!(
+            "language {language:?} is not installed in {} (or its toolchain is missing); \
+             installed: {}",
+            a.host.runtimes_dir.display(),
+            names.join(", ")
+        ));
+    }
+    let cfg = SpawnerConfig {
+        host: a.host.settings(),
+        pool: 0,
+        max_limits,
+        languages: vec![language.to_owned()],
+        ..SpawnerConfig::default()
+    };
+    let (mut spawner, runtimes) = ChildSpawner::start(&cfg)?;
+    let runtime = match select(&runtimes, language, a.version.as_deref()) {
+        Ok(r) => r.clone(),
+        Err(e) => return usage(e.to_string()),
+    };
+    let mode = a.mode.unwrap_or(Mode::Program);
+    if !runtime.modes.contains(&mode) {
+        return usage(format!(
+            "{} {} does not support mode {}",
+            runtime.language,
+            runtime.version,
+            mode.as_str()
+        ));
+    }
+    let order = RunOrder {
+        id: new_run_id(),
+        created_at,
+        mode,
+        files: vec![SourceFile {
+            name: entry_name(&a.file, &runtime.entry),
+            content,
+        }],
+        stdin,
+        args: a.args,
+        limits,
+        runtime: Some(runtime.to_ref()),
+        cases: vec![],
+        compare: Default::default(),
+    };
+    spawner.send(&Order::Run(order))?;
+    let record = loop {
+        match spawner.next_event()? {
+            Event::Finished { record, .. } => break record,
+            Event::Failed { message, .. } => bail!("the run failed: {message}"),
+            _ => {}
+        }
+    };
+    drop(spawner);
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, &record)?;
+    writeln!(out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The name the file gets in the jail: its own, when that is a valid name with the runtime's
+/// extension (Java's class name follows it), else the runtime's entry name (`main.c`).
+fn entry_name(file: &std::path::Path, entry: &str) -> String {
+    let ext = |n: &str| n.rsplit_once('.').map(|(_, e)| e.to_owned());
+    file.file_name()
+        .and_then(|n| n.to_str())
+        .filter(|n| validate_file_name(n).is_ok() && !n.starts_with('.') && *n != "out")
+        .filter(|n| ext(n).is_some() && ext(n) == ext(entry))
+        .map_or_else(|| entry.to_owned(), str::to_owned)
 }
 
 fn openapi() -> Result<ExitCode> {

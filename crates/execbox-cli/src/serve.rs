@@ -209,6 +209,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
             max_limits,
             max_output_files: a.max_output_files,
             max_output_files_bytes: a.max_output_files_bytes,
+            languages: Vec::new(),
         },
         max_body_bytes: a.max_body_bytes,
         shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),

@@ -194,6 +194,115 @@ fn program_mode_reads_stdin_and_args() {
     assert!(ok.get("result").is_none());
 }
 
+/// A file with its own name (its extension picks nothing: `--language` does).
+fn named(name: &str, src: &str) -> Script {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, src).unwrap();
+    Script { _dir: dir, path }
+}
+
+/// Whether `language`'s toolchain is installed (`execbox runtimes --language` offers it);
+/// otherwise a failure in CI and a visible skip elsewhere.
+fn offered(language: &str) -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_execbox"))
+        .args(["runtimes", "--json", "--language", language])
+        .output()
+        .unwrap();
+    let listed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    if !listed.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "no {language} runtime is offered here: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    assert!(!support::in_ci(), "CI is set but {why}");
+    support::report_skip(&format!("{why} (with CI=true this fails)"));
+    false
+}
+
+#[test]
+fn language_flag_runs_c_and_javascript_through_compile_and_run_jails() {
+    if !privileged() {
+        return;
+    }
+    if offered("c") {
+        let c = named(
+            "hello.c",
+            "#include <stdio.h>\nint main(int argc, char **argv) {\n  char line[64];\n  \
+             if (fgets(line, sizeof line, stdin)) printf(\"hello %s\", line);\n  \
+             printf(\"args %d %s\\n\", argc - 1, argc > 1 ? argv[1] : \"-\");\n  return 0;\n}\n",
+        );
+        let out = execbox(
+            &["--language", "c", "--stdin", "world\n", "--", "x"],
+            &c.path,
+            &[],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: Value = serde_json::from_str(&text).unwrap();
+        assert_status!(r, "ok");
+        assert_eq!(r["language"], "c");
+        assert_eq!(r["run"]["stdout"], "hello world\nargs 1 x\n");
+        assert_eq!(r["compile"]["exit_code"], 0, "two stages: {r}");
+        assert!(r.get("degraded").is_none(), "full isolation expected here");
+        // A compile error is the compile stage's record.
+        let broken = named("broken.c", "int main(void) { return x; }\n");
+        let r: Value =
+            serde_json::from_slice(&execbox(&["--language", "gcc"], &broken.path, &[]).stdout)
+                .unwrap();
+        assert_status!(r, "compile_error");
+        assert!(
+            r["compile"]["stderr"].as_str().unwrap().contains("x"),
+            "{r}"
+        );
+    }
+    if offered("javascript") {
+        let js = named(
+            "hello.js",
+            "console.log('hello from ' + process.release.name);\n",
+        );
+        let r = {
+            let out = execbox(&["--language", "js", "--version", "*"], &js.path, &[]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<Value>(&out.stdout).unwrap()
+        };
+        assert_status!(r, "ok");
+        assert_eq!(r["language"], "javascript");
+        assert_eq!(r["run"]["stdout"], "hello from node\n");
+        assert!(r.get("compile").is_none() || r["compile"].is_null(), "{r}");
+        // The selector picks among what is installed; no match is the caller's mistake.
+        let out = execbox(&["--language", "node", "--version", ">=999"], &js.path, &[]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no javascript runtime matches"), "{err}");
+        // Main mode is Python's.
+        let out = execbox(&["--language", "js", "--mode", "main"], &js.path, &[]);
+        assert_eq!(out.status.code(), Some(2));
+    }
+    // An unknown language names what is installed and starts nothing.
+    let s = script("print(1)\n");
+    let out = execbox(&["--language", "cobol"], &s.path, &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"cobol\" is not installed") && err.contains("python"),
+        "{err}"
+    );
+    // --version needs --language.
+    let out = execbox(&["--version", "3"], &s.path, &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
 #[test]
 fn timeout_keeps_what_was_printed() {
     if !privileged() {

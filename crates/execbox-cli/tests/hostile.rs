@@ -47,6 +47,13 @@ const MAX_JAILS: usize = 4;
 const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// Extra time a run may take beyond its own limit (jail set-up, pandas import on a busy CI).
 const WAIT_SLACK: Duration = Duration::from_secs(30);
+/// More for another language: its spawner smoke-tests the runtime first, and a compiled one
+/// compiles (smoke test and fixture) in jails of their own.
+const OTHER_LANGUAGE_SLACK: Duration = Duration::from_secs(40);
+/// The language a case without a `language` key is written in (run by the Python fast path).
+const PYTHON: &str = "python";
+/// Each language of the corpus and its fixtures' extension.
+const LANGUAGES: [(&str, &str); 3] = [(PYTHON, "py"), ("c", "c"), ("javascript", "js")];
 /// How long the partner of a concurrent pair runs alone before the attacker starts.
 const PARTNER_HEAD_START: Duration = Duration::from_millis(200);
 /// Replaced in a case's `stdin` by a port the test listens on at 127.0.0.1.
@@ -72,6 +79,8 @@ struct Corpus {
 #[serde(deny_unknown_fields)]
 struct Case {
     file: String,
+    #[serde(default = "python")]
+    language: String,
     attack: u32,
     mode: Mode,
     status: Statuses,
@@ -99,6 +108,10 @@ struct Case {
     distinct_from_partner: Option<String>,
     run_after: Option<String>,
     host_shmem_growth_max_mib: Option<u64>,
+}
+
+fn python() -> String {
+    PYTHON.to_owned()
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -157,6 +170,15 @@ impl Case {
 
     fn label(&self) -> String {
         format!("{} (attack {}: {})", self.file, self.attack, self.why)
+    }
+
+    /// How long past its own limit the test waits for the CLI.
+    fn slack(&self) -> Duration {
+        if self.language == PYTHON {
+            WAIT_SLACK
+        } else {
+            WAIT_SLACK + OTHER_LANGUAGE_SLACK
+        }
     }
 }
 
@@ -280,6 +302,10 @@ impl Runner {
             .arg(self.fixtures.join(&case.file))
             .arg("--mode")
             .arg(case.mode.as_str());
+        // Python takes the fast path (no flag); other languages go through a spawner.
+        if case.language != PYTHON {
+            cmd.arg("--language").arg(&case.language);
+        }
         if let Some(stdin) = &case.stdin {
             let mut text = stdin.clone();
             let kinds = [
@@ -312,7 +338,7 @@ impl Runner {
             stdout,
             stderr,
             started,
-            deadline: started + case.timeout() + WAIT_SLACK,
+            deadline: started + case.timeout() + case.slack(),
             listeners,
         })
     }
@@ -696,13 +722,51 @@ fn run_parallel<'a>(runner: &Runner, cases: &[&'a Case]) -> Vec<(&'a Case, Outco
     done.into_iter().map(|(i, out)| (cases[i], out)).collect()
 }
 
+/// The corpus's languages (other than Python) that cannot run here, with the reason: no
+/// runtime package in the runtimes directory (`EXECBOX_RUNTIMES_DIR`, as the CLI reads it) or
+/// its toolchain missing. A package that is present but fails its smoke test is not absent:
+/// its cases run and fail.
+fn absent_languages(cases: &[Case]) -> BTreeMap<String, String> {
+    let dir = std::env::var_os("EXECBOX_RUNTIMES_DIR").map_or_else(
+        || PathBuf::from(execbox_proto::defaults::RUNTIMES_DIR),
+        PathBuf::from,
+    );
+    let python_env = std::env::var_os("EXECBOX_PYTHON_ENV").map_or_else(
+        || PathBuf::from(execbox_proto::defaults::PYTHON_ENV),
+        PathBuf::from,
+    );
+    let found = execbox_runtime::discover(&dir, &python_env);
+    let wanted: BTreeSet<&str> = cases
+        .iter()
+        .map(|c| c.language.as_str())
+        .filter(|l| *l != PYTHON)
+        .collect();
+    wanted
+        .into_iter()
+        .filter(|l| !found.packages.iter().any(|p| p.manifest.language == *l))
+        .map(|l| {
+            let missing = found
+                .absent
+                .iter()
+                .filter(|(d, _)| d.parent().and_then(Path::file_name) == Some(l.as_ref()))
+                .map(|(d, m)| format!("{} needs {m}", d.display()))
+                .collect::<Vec<_>>();
+            let why = if missing.is_empty() {
+                format!("no {l} runtime package in {}", dir.display())
+            } else {
+                format!("its toolchain is not installed ({})", missing.join("; "))
+            };
+            (l.to_owned(), why)
+        })
+        .collect()
+}
+
 #[test]
 fn hostile_corpus() {
     if !support::privileged() {
         return;
     }
     let cases = load_corpus();
-    let by_file: BTreeMap<&str, &Case> = cases.iter().map(|c| (c.file.as_str(), c)).collect();
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
@@ -720,6 +784,24 @@ fn hostile_corpus() {
         "the host already holds execbox leftovers before the corpus ran; clean up first:\n{}",
         before.join("\n")
     );
+
+    // Cases in a language whose toolchain is absent cannot run: a failure in CI, a visible
+    // skip elsewhere; never a silent pass.
+    let absent = absent_languages(&cases);
+    for (language, why) in &absent {
+        let n = cases.iter().filter(|c| &c.language == language).count();
+        let what = format!("{n} case(s) in {language} cannot run: {why}");
+        if support::in_ci() {
+            report.failures.push(format!("✗ CI is set but {what}"));
+        } else {
+            support::report_skip(&format!("{what} (with CI=true this fails)"));
+        }
+    }
+    let cases: Vec<Case> = cases
+        .into_iter()
+        .filter(|c| !absent.contains_key(&c.language))
+        .collect();
+    let by_file: BTreeMap<&str, &Case> = cases.iter().map(|c| (c.file.as_str(), c)).collect();
 
     // 1. Canaries, one at a time.
     let mut contained = true;
@@ -865,7 +947,11 @@ fn corpus_is_complete() {
         .expect("fixtures/hostile exists")
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".py"))
+        .filter(|n| {
+            LANGUAGES
+                .iter()
+                .any(|(_, ext)| n.ends_with(&format!(".{ext}")))
+        })
         .collect();
     let mut seen = BTreeSet::new();
     for case in &cases {
@@ -874,6 +960,26 @@ fn corpus_is_complete() {
         }
         if !fixtures.contains(&case.file) {
             problems.push(format!("{}: no such fixture", case.file));
+        }
+        match LANGUAGES.iter().find(|(l, _)| *l == case.language) {
+            None => problems.push(format!(
+                "{}: language {:?} is not one of {LANGUAGES:?}",
+                case.file, case.language
+            )),
+            Some((_, ext)) if !case.file.ends_with(&format!(".{ext}")) => problems.push(format!(
+                "{}: a {} fixture ends in .{ext}",
+                case.file, case.language
+            )),
+            Some(_) => {}
+        }
+        if case.language != PYTHON && matches!(case.mode, Mode::Main) {
+            problems.push(format!("{}: main mode is Python's only", case.file));
+        }
+        if case.language != PYTHON && case.canary {
+            problems.push(format!(
+                "{}: canaries are Python (the fast path proves the jail)",
+                case.file
+            ));
         }
         if matches!(case.mode, Mode::Program)
             && (case.result.is_some() || case.result_contains.is_some())
@@ -929,6 +1035,19 @@ fn corpus_is_complete() {
     let attacks: BTreeSet<u32> = cases.iter().map(|c| c.attack).collect();
     for attack in (1..=25).filter(|a| !attacks.contains(a)) {
         problems.push(format!("attack {attack} has no fixture"));
+    }
+    // Issue 9: the bombs and the flood in C and JavaScript besides Python.
+    for language in ["c", "javascript"] {
+        for attack in [1, 2, 4] {
+            if !cases
+                .iter()
+                .any(|c| c.language == language && c.attack == attack && c.destructive)
+            {
+                problems.push(format!(
+                    "attack {attack} has no destructive {language} fixture"
+                ));
+            }
+        }
     }
     for control in ["00_control_harmless.py", "00_control_pandas.py"] {
         if !cases

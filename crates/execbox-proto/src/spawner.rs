@@ -64,6 +64,11 @@ pub struct SpawnerConfig {
     pub max_output_files: usize,
     /// Most bytes (all files together) a run returns from `/work/out`.
     pub max_output_files_bytes: u64,
+    /// Languages (names or aliases, ASCII case-insensitive) to offer; empty offers every
+    /// installed runtime. Packages of other languages are neither smoke-tested nor offered
+    /// (`execbox run --language` starts a spawner for one language).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub languages: Vec<String>,
 }
 
 impl Default for SpawnerConfig {
@@ -75,6 +80,7 @@ impl Default for SpawnerConfig {
             max_limits: Limits::default_maxima(),
             max_output_files: DEFAULT_MAX_OUTPUT_FILES,
             max_output_files_bytes: DEFAULT_MAX_OUTPUT_FILES_BYTES,
+            languages: Vec::new(),
         }
     }
 }
@@ -268,6 +274,7 @@ mod tests {
     fn config_is_one_line_and_nothing_after_it_is_read() {
         let cfg = SpawnerConfig {
             pool: 3,
+            languages: vec!["js".into()],
             host: HostSettings {
                 allow_degraded: true,
                 ..HostSettings::default()

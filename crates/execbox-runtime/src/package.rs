@@ -516,7 +516,9 @@ impl Package {
     /// The run stage's payload. For a compiled runtime `archive` holds the compile stage's
     /// artefacts, unpacked into `/work` before the program starts. With `files_out` (a byte
     /// cap; program mode) the program runs under a `sh` wrapper that creates `/work/out`, runs
-    /// it with fd 3 closed, then writes a tar of `/work/out` to fd 3 cut at that many bytes
+    /// it with fd 3 closed, kills what the program left running (`kill -9 -1`: every process
+    /// of the jail but its init and the wrapper, so a leftover can neither change the files
+    /// nor hold the pids the archive needs), then writes a tar of `/work/out` to fd 3 cut at that many bytes
     /// (see [`crate::outfiles`]) and exits with the program's status (a program killed by
     /// signal N exits the wrapper with 128+N: [`wrapped_status`] turns it back).
     pub fn run_payload(
@@ -541,7 +543,8 @@ impl Package {
         }
         match files_out {
             Some(cap) => script.push_str(&format!(
-                "mkdir -p {OUTPUT_DIR}; \"$@\" 3>&-; s=$?; cd {OUTPUT_DIR} && \
+                "mkdir -p {OUTPUT_DIR}; \"$@\" 3>&-; s=$?; kill -9 -1 2>/dev/null; \
+                 cd {OUTPUT_DIR} && \
                  /usr/bin/tar --format=pax -cf - . 2>/dev/null | /usr/bin/head -c {cap} >&3; \
                  exit $s"
             )),

@@ -40,6 +40,14 @@ pub enum SpawnerError {
     /// No runtime package is installed.
     #[error("no runtime package found in {0} (and the built-in Python's environment is missing: run `make runtime`)")]
     NoPackages(String),
+    /// The configuration names languages and no installed package is one of them.
+    #[error("no runtime package for {languages} in {dir} (or its toolchain is not installed)")]
+    NoLanguage {
+        /// The languages asked for.
+        languages: String,
+        /// The runtimes directory.
+        dir: String,
+    },
     /// No runtime passed its smoke test.
     #[error("no runtime passed its smoke test through the jail")]
     NoRuntime,

@@ -21,7 +21,7 @@ use std::os::fd::OwnedFd;
 
 use execbox_jail::{HostConfig, Jailer};
 use execbox_proto::spawner::{Event, HostSettings, SpawnerConfig};
-use execbox_runtime::discover;
+use execbox_runtime::{discover, Package};
 
 pub use event_loop::{Spawner, SpawnerError};
 
@@ -35,12 +35,29 @@ pub fn host_config(host: &HostSettings) -> HostConfig {
     }
 }
 
+/// Whether package `p` answers to one of `names` (language or alias, ASCII case-insensitive).
+fn offers_any(p: &Package, names: &[String]) -> bool {
+    let m = &p.manifest;
+    names.iter().any(|n| {
+        m.language.eq_ignore_ascii_case(n) || m.aliases.iter().any(|a| a.eq_ignore_ascii_case(n))
+    })
+}
+
 /// Start as `cfg` says and serve orders from `input` until EOF, writing events to `output`.
 /// If the runtime or the host cannot be used, say so in an [`Event::Fatal`] and return the
 /// error.
 pub fn run(cfg: SpawnerConfig, input: OwnedFd, output: OwnedFd) -> Result<(), SpawnerError> {
-    let found = discover(&cfg.host.runtimes_dir, &cfg.host.python_env);
-    for (dir, missing) in &found.absent {
+    let mut found = discover(&cfg.host.runtimes_dir, &cfg.host.python_env);
+    if !cfg.languages.is_empty() {
+        found.packages.retain(|p| offers_any(p, &cfg.languages));
+    }
+    // With a language filter, the other languages' absent toolchains are nobody's concern.
+    let absent = if cfg.languages.is_empty() {
+        &found.absent[..]
+    } else {
+        &[]
+    };
+    for (dir, missing) in absent {
         event_loop::log_line(&format!(
             "runtime {} skipped: its toolchain ({missing}) is not installed",
             dir.display()
@@ -49,7 +66,12 @@ pub fn run(cfg: SpawnerConfig, input: OwnedFd, output: OwnedFd) -> Result<(), Sp
     for e in &found.errors {
         event_loop::log_line(&format!("runtime package refused: {e}"));
     }
-    let started = if found.packages.is_empty() {
+    let started = if found.packages.is_empty() && !cfg.languages.is_empty() {
+        Err(SpawnerError::NoLanguage {
+            languages: cfg.languages.join(", "),
+            dir: cfg.host.runtimes_dir.display().to_string(),
+        })
+    } else if found.packages.is_empty() {
         Err(SpawnerError::NoPackages(
             cfg.host.runtimes_dir.display().to_string(),
         ))
