@@ -54,6 +54,21 @@ pub enum SpawnerError {
 }
 
 /// Smoke tests running at once at start-up.
+/// A smoke test's limits: the defaults, with time to spare (up to the operator's maxima).
+/// Start-up runs every smoke test at once on a machine that may be busy; a runtime that is
+/// merely slow to start (the JVM on a loaded 2-core host) must not be dropped for it.
+fn smoke_limits(defaults: Limits, max: &Limits) -> Limits {
+    const SMOKE_TIME_MS: u64 = 30_000;
+    Limits {
+        wall_time_ms: defaults
+            .wall_time_ms
+            .max(SMOKE_TIME_MS)
+            .min(max.wall_time_ms),
+        cpu_time_ms: defaults.cpu_time_ms.max(SMOKE_TIME_MS).min(max.cpu_time_ms),
+        ..defaults
+    }
+}
+
 fn smoke_parallelism() -> usize {
     execbox_proto::defaults::cpus().clamp(1, 4)
 }
@@ -422,7 +437,7 @@ impl Spawner {
                     .collect(),
                 stdin: String::new(),
                 args: vec![],
-                limits: self.default_limits,
+                limits: smoke_limits(self.default_limits, &self.max_limits),
                 runtime: None,
                 cases: vec![],
                 compare: Default::default(),
