@@ -19,10 +19,13 @@ pub const LOCKS: u64 = 1024;
 /// The rlimits of a run, as `(resource, soft, hard)`: all sixteen.
 pub fn plan(l: &Limits, have_cgroup: bool) -> Vec<(Resource, u64, u64)> {
     let cpu_s = l.cpu_time_ms.div_ceil(1000).max(1);
-    // With a memory cgroup the address-space limit only stops absurd mappings (numpy and
-    // OpenBLAS reserve far more virtual memory than they touch); without one it is the limit.
+    // With a memory cgroup the address-space limit only stops absurd mappings; without one it
+    // is the limit. Runtimes reserve far more address space than they touch (numpy and
+    // OpenBLAS; V8 about 700 MiB at start; the JVM its heap and code cache), so the floor is
+    // 4 GiB: below it a Node program got much less memory than its limit (RangeError at
+    // ~100 MiB of a 256 MiB limit, measured) while the cgroup, the real limit, never fired.
     let as_bytes = if have_cgroup {
-        l.memory_bytes.saturating_mul(4).max(1 << 30)
+        l.memory_bytes.saturating_mul(4).max(4 << 30)
     } else {
         l.memory_bytes
     };

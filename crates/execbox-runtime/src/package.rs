@@ -518,7 +518,9 @@ impl Package {
     /// cap; program mode) the program runs under a `sh` wrapper that creates `/work/out`, runs
     /// it with fd 3 closed, kills what the program left running (`kill -9 -1`: every process
     /// of the jail but its init and the wrapper, so a leftover can neither change the files
-    /// nor hold the pids the archive needs), then writes a tar of `/work/out` to fd 3 cut at that many bytes
+    /// nor hold the pids the archive needs), then, only if `/work/out` holds anything (a shell
+    /// glob, no fork: killed leftovers stay zombies of the wrapper until it exits, so a run that
+    /// used up its pids may have none left for `tar`), writes a tar of it to fd 3 cut at that many bytes
     /// (see [`crate::outfiles`]) and exits with the program's status (a program killed by
     /// signal N exits the wrapper with 128+N: [`wrapped_status`] turns it back).
     pub fn run_payload(
@@ -544,9 +546,9 @@ impl Package {
         match files_out {
             Some(cap) => script.push_str(&format!(
                 "mkdir -p {OUTPUT_DIR}; \"$@\" 3>&-; s=$?; kill -9 -1 2>/dev/null; \
-                 cd {OUTPUT_DIR} && \
+                 cd {OUTPUT_DIR} && for f in * .[!.]* ..?*; do [ -e \"$f\" ] || continue; \
                  /usr/bin/tar --format=pax -cf - . 2>/dev/null | /usr/bin/head -c {cap} >&3; \
-                 exit $s"
+                 break; done; exit $s"
             )),
             None if script.is_empty() => {
                 return Payload {
