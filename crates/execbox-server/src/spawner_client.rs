@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use execbox_proto::spawner::{Event, Order, RunOrder, SpawnerConfig};
 use execbox_proto::{Limits, Mode, RunStatus, SourceFile};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -174,7 +174,61 @@ async fn run_one(
     exit
 }
 
-type Events = Lines<BufReader<ChildStdout>>;
+/// Longest event line accepted from the spawner. A record is bounded by the run's output caps
+/// (cases share the per-run maximum) even after JSON escaping; past this the spawner is
+/// treated as broken (restarted, its in-flight runs fail) rather than read into memory.
+const MAX_EVENT_LINE: usize = 256 << 20;
+
+/// The spawner's event lines, read with a bound (`tokio`'s `Lines` has none). Cancel-safe
+/// like `Lines::next_line`: a partial line stays in `line` between calls.
+struct Events {
+    reader: BufReader<ChildStdout>,
+    line: Vec<u8>,
+    max: usize,
+}
+
+impl Events {
+    fn new(stdout: ChildStdout) -> Self {
+        Self::with_limit(stdout, MAX_EVENT_LINE)
+    }
+
+    fn with_limit(stdout: ChildStdout, max: usize) -> Self {
+        Self {
+            reader: BufReader::new(stdout),
+            line: Vec::new(),
+            max,
+        }
+    }
+
+    /// The next line without its newline; `None` at end of file.
+    async fn next_line(&mut self) -> std::io::Result<Option<String>> {
+        loop {
+            let buf = self.reader.fill_buf().await?;
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (buf.len(), false),
+            };
+            if self.line.len() + take > self.max {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("spawner event line over {} bytes", self.max),
+                ));
+            }
+            self.line.extend_from_slice(&buf[..take]);
+            self.reader.consume(take);
+            if done {
+                let mut line = std::mem::take(&mut self.line);
+                line.pop();
+                return String::from_utf8(line)
+                    .map(Some)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+            }
+        }
+    }
+}
 
 /// Start `execbox spawner` and send it its configuration line.
 async fn start_process(cmd: &SpawnerCommand) -> Result<(Child, ChildStdin, Events), Exit> {
@@ -202,7 +256,7 @@ async fn start_process(cmd: &SpawnerCommand) -> Result<(Child, ChildStdin, Event
             "write the spawner's configuration: {e}"
         )));
     }
-    Ok((child, stdin, BufReader::new(stdout).lines()))
+    Ok((child, stdin, Events::new(stdout)))
 }
 
 /// The spawner's first event: `hello` (the runtime it offers: now the status says up) or
@@ -295,11 +349,19 @@ impl Session<'_> {
                 }
                 line = events.next_line() => match line {
                     Ok(Some(l)) => self.event(&l),
-                    Ok(None) | Err(_) => {
+                    Ok(None) => {
                         return if self.orders.is_none() {
                             Exit::Closed
                         } else {
                             Exit::Died("spawner exited".into())
+                        };
+                    }
+                    // An unreadable or oversized event: the spawner is not trusted further.
+                    Err(e) => {
+                        return if self.orders.is_none() {
+                            Exit::Closed
+                        } else {
+                            Exit::Died(format!("spawner events: {e}"))
                         };
                     }
                 },
@@ -388,5 +450,39 @@ impl Session<'_> {
                 "the sandbox spawner died while the run was in flight".into()
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod event_line_tests {
+    use super::*;
+
+    async fn events_of(script: &str, max: usize) -> (Child, Events) {
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh");
+        let out = child.stdout.take().expect("piped");
+        (child, Events::with_limit(out, max))
+    }
+
+    #[tokio::test]
+    async fn lines_are_split_and_bounded() {
+        let (mut c, mut ev) = events_of("printf 'one\\ntwo\\npartial'", 64).await;
+        assert_eq!(ev.next_line().await.unwrap().as_deref(), Some("one"));
+        assert_eq!(ev.next_line().await.unwrap().as_deref(), Some("two"));
+        assert_eq!(
+            ev.next_line().await.unwrap(),
+            None,
+            "a partial last line is not an event"
+        );
+        c.wait().await.unwrap();
+
+        let (mut c, mut ev) = events_of("printf 'short\\n%0200d\\n' 0", 64).await;
+        assert_eq!(ev.next_line().await.unwrap().as_deref(), Some("short"));
+        let e = ev.next_line().await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        c.wait().await.unwrap();
     }
 }
