@@ -50,6 +50,7 @@ def main():
     serve = lib.execbox_warm_serve
     serve.restype = ctypes.c_int64
     serve.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+    lib.execbox_warm_fingerprint.restype = ctypes.c_uint64
     api = ctypes.pythonapi
     harness = {"__name__": "execbox_harness"}
     # Compiled as "<string>", like a cold run's `-c`, so the harness hides its own frames.
@@ -61,7 +62,8 @@ def main():
     # when they collect garbage.
     gc.collect()
     gc.freeze()
-    os.write(CTL, b"ready")
+    # The spawner checks that this library is the one it was built with.
+    os.write(CTL, b"ready %016x" % lib.execbox_warm_fingerprint())
 
     poller = select.poll()
     poller.register(CTL, select.POLLIN)

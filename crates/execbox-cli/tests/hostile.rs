@@ -288,24 +288,90 @@ struct Running {
     listeners: Vec<HostListener>,
 }
 
+/// How a case reaches the jail.
+enum Transport {
+    /// `execbox run` (the cold path).
+    Cli,
+    /// `POST /v1/runs` to a running `execbox serve` whose template serves main-mode Python
+    /// (the warm path), with curl so that each run is a child process like the CLI.
+    Warm {
+        /// The server's base URL.
+        base: String,
+        /// A token it accepts.
+        token: String,
+        /// Where request bodies are written.
+        dir: PathBuf,
+    },
+}
+
 struct Runner {
     bin: PathBuf,
     fixtures: PathBuf,
     sentinel: String,
+    transport: Transport,
 }
 
 impl Runner {
+    fn warm(&self) -> bool {
+        matches!(self.transport, Transport::Warm { .. })
+    }
+
+    /// The command of one case over the transport; `stdin` is the case's stdin, placeholders
+    /// replaced.
+    fn command(&self, case: &Case, stdin: Option<String>) -> Result<Command, String> {
+        let (base, token, dir) = match &self.transport {
+            Transport::Cli => {
+                let mut cmd = Command::new(&self.bin);
+                cmd.arg("run")
+                    .arg(self.fixtures.join(&case.file))
+                    .arg("--mode")
+                    .arg(case.mode.as_str());
+                // Python takes the fast path (no flag); other languages go through a spawner.
+                if case.language != PYTHON {
+                    cmd.arg("--language").arg(&case.language);
+                }
+                if let Some(text) = stdin {
+                    cmd.arg("--stdin").arg(text);
+                }
+                cmd.args(&case.args);
+                return Ok(cmd);
+            }
+            Transport::Warm { base, token, dir } => (base, token, dir),
+        };
+        let source = fs::read_to_string(self.fixtures.join(&case.file))
+            .map_err(|e| format!("read {}: {e}", case.file))?;
+        let mut limits = Map::new();
+        for pair in case.args.chunks(2) {
+            let value = pair.get(1).and_then(|v| v.parse::<u64>().ok());
+            match (pair[0].as_str(), value) {
+                ("--timeout-ms", Some(v)) => limits.insert("timeout_ms".into(), v.into()),
+                ("--memory-mb", Some(v)) => limits.insert("memory_mb".into(), v.into()),
+                (other, _) => return Err(format!("no API form for the CLI argument {other}")),
+            };
+        }
+        let body = serde_json::json!({
+            "language": case.language,
+            "mode": case.mode.as_str(),
+            "files": [{"name": "main.py", "content": source}],
+            "stdin": stdin.unwrap_or_default(),
+            "limits": limits,
+        });
+        let file = dir.join(format!("{}.json", case.file));
+        fs::write(&file, body.to_string()).map_err(|e| format!("write {}: {e}", file.display()))?;
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time"])
+            .arg((case.timeout() + case.slack()).as_secs().to_string())
+            .args(["-H", "content-type: application/json", "-H"])
+            .arg(format!("authorization: Bearer {token}"))
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()))
+            .arg(format!("{base}/v1/runs"));
+        Ok(cmd)
+    }
+
     fn start(&self, case: &Case) -> Result<Running, String> {
         let mut listeners = Vec::new();
-        let mut cmd = Command::new(&self.bin);
-        cmd.arg("run")
-            .arg(self.fixtures.join(&case.file))
-            .arg("--mode")
-            .arg(case.mode.as_str());
-        // Python takes the fast path (no flag); other languages go through a spawner.
-        if case.language != PYTHON {
-            cmd.arg("--language").arg(&case.language);
-        }
+        let mut stdin_text = None;
         if let Some(stdin) = &case.stdin {
             let mut text = stdin.clone();
             let kinds = [
@@ -320,10 +386,10 @@ impl Runner {
                     listeners.push(l);
                 }
             }
-            cmd.arg("--stdin").arg(text);
+            stdin_text = Some(text);
         }
-        cmd.args(&case.args)
-            .env("APP_JWT_SECRET", &self.sentinel)
+        let mut cmd = self.command(case, stdin_text)?;
+        cmd.env("APP_JWT_SECRET", &self.sentinel)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -361,7 +427,7 @@ impl Runner {
         if let Some(status) = status {
             if !status.success() {
                 problems.push(format!(
-                    "`execbox run` itself failed ({status}); its stderr:\n{}",
+                    "`execbox run` (or curl) itself failed ({status}); its stderr:\n{}",
                     indent(&stderr)
                 ));
             }
@@ -379,6 +445,15 @@ impl Runner {
             _ => None,
         };
         problems.extend(running.listeners.iter().filter_map(HostListener::intrusion));
+        if self.warm() {
+            if let Some(r) = &record {
+                if r.get("warm") != Some(&Value::Bool(true)) {
+                    problems.push(
+                        "the run did not take the warm path (record.warm is not true)".into(),
+                    );
+                }
+            }
+        }
         Outcome {
             record,
             stdout,
@@ -774,6 +849,7 @@ fn hostile_corpus() {
         bin: PathBuf::from(env!("CARGO_BIN_EXE_execbox")),
         fixtures: fixtures_dir(),
         sentinel: format!("sentinel-{}-{nanos:x}", std::process::id()),
+        transport: Transport::Cli,
     };
     let _secret = HostSecret::plant(&runner.sentinel);
     let mut report = Report::default();
@@ -801,8 +877,32 @@ fn hostile_corpus() {
         .into_iter()
         .filter(|c| !absent.contains_key(&c.language))
         .collect();
-    let by_file: BTreeMap<&str, &Case> = cases.iter().map(|c| (c.file.as_str(), c)).collect();
 
+    let contained = run_corpus(&runner, &cases, &mut report);
+
+    // The warm path: the same main-mode Python cases through a server whose template serves
+    // them (each record must say warm), then nothing may be left once it has stopped.
+    let warm_ok = contained && run_warm_corpus(&runner, &cases, &mut report);
+
+    println!("[hostile] summary:\n{}", indent(&report.lines.join("\n")));
+    if !contained || !warm_ok {
+        panic!(
+            "CONTAINMENT NOT PROVEN: a canary failed (cold, or on the warm path), so the destructive cases were NOT run there.\n\n{}",
+            report.failures.join("\n\n")
+        );
+    }
+    assert!(
+        report.failures.is_empty(),
+        "{} problem(s) in the hostile corpus:\n\n{}",
+        report.failures.len(),
+        report.failures.join("\n\n")
+    );
+}
+
+/// Run `cases` in the corpus's order (canaries, independent cases, pairs, cases alone) over
+/// `runner`; returns whether containment was proven (every canary passed).
+fn run_corpus(runner: &Runner, cases: &[Case], report: &mut Report) -> bool {
+    let by_file: BTreeMap<&str, &Case> = cases.iter().map(|c| (c.file.as_str(), c)).collect();
     // 1. Canaries, one at a time.
     let mut contained = true;
     for case in cases.iter().filter(|c| c.canary) {
@@ -828,10 +928,10 @@ fn hostile_corpus() {
         .filter(|c| !partners.contains(c.file.as_str()) && !firsts.contains(c.file.as_str()))
         .filter(|c| allowed(c))
         .collect();
-    for (case, out) in run_parallel(&runner, &independent) {
+    for (case, out) in run_parallel(runner, &independent) {
         report.judge(case, &out, &runner.sentinel);
     }
-    report.host_check("the independent cases");
+    host_check(report, runner, "the independent cases");
 
     // 3. Concurrent pairs (x2): the partner gets a short head start, then both run together.
     for attacker in cases.iter().filter(|c| c.concurrent_with.is_some()) {
@@ -869,7 +969,7 @@ fn hostile_corpus() {
             }
         }
     }
-    report.host_check("the concurrent pairs");
+    host_check(report, runner, "the concurrent pairs");
 
     // 4. Sequential pairs (x2 sequential): the second run looks for what the first left.
     for second in cases.iter().filter(|c| c.run_after.is_some()) {
@@ -920,21 +1020,60 @@ fn hostile_corpus() {
             report.fail_with_record(case, &out, &what);
         }
     }
-    report.host_check("the sequential cases");
+    host_check(report, runner, "the sequential cases");
+    contained
+}
 
-    println!("[hostile] summary:\n{}", indent(&report.lines.join("\n")));
-    if !contained {
-        panic!(
-            "CONTAINMENT NOT PROVEN: a canary failed, so the destructive cases were NOT run.\n\n{}",
-            report.failures.join("\n\n")
-        );
+/// Check the host between phases. With a warm server up its templates and prepared children
+/// are on the host by design: the warm corpus checks once the server has stopped.
+fn host_check(report: &mut Report, runner: &Runner, phase: &str) {
+    if !runner.warm() {
+        report.host_check(phase);
     }
-    assert!(
-        report.failures.is_empty(),
-        "{} problem(s) in the hostile corpus:\n\n{}",
-        report.failures.len(),
-        report.failures.join("\n\n")
+}
+
+/// The warm half of the corpus (Python, main mode) through a real `execbox serve` with its
+/// template up. Returns whether its canaries passed.
+fn run_warm_corpus(cold: &Runner, cases: &[Case], report: &mut Report) -> bool {
+    let dir = std::env::temp_dir().join(format!("execbox-hostile-warm-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("create the request directory");
+    // The sentinel is in the server's environment too: no record may show it (the template
+    // runs with an empty environment, nothing of the server's).
+    let server = support::Server::start_with_env(
+        &["--max-running", "4"],
+        support::Options::default(),
+        &[("EXECBOX_HOSTILE_SENTINEL", cold.sentinel.as_str())],
     );
+    server.wait_warm(Duration::from_secs(120));
+    let runner = Runner {
+        bin: cold.bin.clone(),
+        fixtures: cold.fixtures.clone(),
+        sentinel: cold.sentinel.clone(),
+        transport: Transport::Warm {
+            base: format!("http://{}", server.public),
+            token: support::tokens::token("hostile"),
+            dir: dir.clone(),
+        },
+    };
+    let warm_cases: Vec<Case> = load_corpus()
+        .into_iter()
+        .filter(|c| c.language == PYTHON && matches!(c.mode, Mode::Main))
+        .filter(|c| cases.iter().any(|k| k.file == c.file))
+        .collect();
+    println!(
+        "[hostile] warm path: {} main-mode Python cases",
+        warm_cases.len()
+    );
+    let contained = run_corpus(&runner, &warm_cases, report);
+    drop(server);
+    let _ = fs::remove_dir_all(&dir);
+    // Leftovers (templates, prepared children, runs) must be gone with the server.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !leftovers().is_empty() && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(200));
+    }
+    report.host_check("the warm corpus and the server's shutdown");
+    contained
 }
 
 /// The corpus is consistent: one case per fixture, every attack covered, pairs resolvable.

@@ -281,6 +281,11 @@ impl Preparing {
         Self { jail, t }
     }
 
+    /// Whether this is a template's child (see [`Prepared::is_warm`]).
+    pub fn is_warm(&self) -> bool {
+        self.jail.warm
+    }
+
     /// Readable once the child is ready (or has failed).
     pub fn ready_fd(&self) -> BorrowedFd<'_> {
         self.jail.status_r.as_fd()
@@ -399,41 +404,45 @@ impl JailProc {
 
     /// Kill, reap, empty and remove the cgroup, release the slot. Idempotent.
     pub(crate) fn teardown(&mut self) -> Result<()> {
+        // Every step runs whatever failed before it (the cgroup's removal kills what is left);
+        // the first failure is reported at the end.
+        let mut first_err = None;
         if !self.reaped {
-            // If the kill fails, the cgroup's removal below kills what is left; the failure is
-            // reported after that, so teardown always goes as far as it can.
             let killed = self.kill();
-            if let Some(report) = self.exit_report.as_mut() {
-                // The template reaps it: wait for its report (or the template's end). The
-                // slot stays taken until then, so its uid is never reused early.
-                if crate::template::wait_report(report, EXIT_REPORT_WAIT).is_err() {
-                    self.reaped = true;
-                    killed?;
-                    return Err(JailError::ChildVanished("no exit report from the template"));
-                }
-            } else {
-                match waitpid(self.pid, None) {
+            let waited = match self.exit_report.as_mut() {
+                // The template reaps it: wait for its report (or the template's end, which
+                // took the child with it).
+                Some(report) => match crate::template::wait_report(report, EXIT_REPORT_WAIT) {
+                    Ok(Some(_)) => Ok(()),
+                    Ok(None) => Err(JailError::ChildVanished("no exit report from the template")),
+                    // The template died: its children died with it (parent-death signal).
+                    Err(_) => Ok(()),
+                },
+                None => match waitpid(self.pid, None) {
                     // ECHILD: already reaped by someone else (cannot happen for our own
                     // child, but then there is nothing left to wait for)
-                    Ok(_) | Err(nix::errno::Errno::ECHILD) => {}
-                    Err(e) => return Err(JailError::sys(format!("waitpid {}", self.pid), e)),
-                }
-            }
+                    Ok(_) | Err(nix::errno::Errno::ECHILD) => Ok(()),
+                    Err(e) => Err(JailError::sys(format!("waitpid {}", self.pid), e)),
+                },
+            };
             self.reaped = true;
-            killed?;
+            first_err = killed.err().or(waited.err());
         }
         let removed = match self.cgroup.take() {
             Some(cg) => cg.remove(),
             None => Ok(()),
         };
         // Only free the uid once nothing can still run under it.
-        if removed.is_ok() {
+        if removed.is_ok() && first_err.is_none() {
             self.slot = None;
         } else if let Some(s) = self.slot.take() {
             // Keep the uid out of circulation for this process's life.
             std::mem::forget(s);
         }
-        removed
+        match first_err {
+            Some(e) => Err(e),
+            None => removed,
+        }
     }
 }
 
@@ -518,7 +527,15 @@ impl Prepared {
         // The message is length-framed: the child does not wait for end of file on it.
         let mut rest = Vec::new();
         match self.status_r.read_to_end(&mut rest) {
-            Ok(_) if rest.is_empty() => {}
+            // A cold jail's status pipe closes on execve; a warm child says `X` first (its end
+            // of file alone would also be what a child that died while pooled leaves).
+            Ok(_) if !self.warm && rest.is_empty() => {}
+            Ok(_) if self.warm && rest == crate::warm::LOCKED_DOWN => {}
+            Ok(_) if rest.is_empty() => {
+                return Err(JailError::ChildVanished(
+                    "the warm child died before its payload",
+                ))
+            }
             Ok(_) => {
                 return Err(match rest.strip_prefix(b"E").and_then(ChildError::decode) {
                     Some(e) => JailError::ChildSetup(e),

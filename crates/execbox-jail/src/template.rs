@@ -53,20 +53,24 @@ impl Template {
     /// Read what the template said. `Ok(true)`: it is ready; `Ok(false)`: nothing (yet);
     /// an error: it ended, or said something else.
     pub fn poll_ready(&self) -> Result<bool> {
-        if self.ready.get() {
-            return Ok(true);
-        }
         let mut buf = [0u8; 64];
         match nix::sys::socket::recv(self.ctl.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
             Ok(0) => Err(JailError::ChildVanished("the template ended")),
-            Ok(n) if &buf[..n] == b"ready" => {
+            Ok(_) if self.ready.get() => Err(JailError::ChildVanished(
+                "the template said something after ready",
+            )),
+            Ok(n) if buf[..n] == *format!("ready {:016x}", crate::warm::FINGERPRINT).as_bytes() => {
                 self.ready.set(true);
                 Ok(true)
             }
+            Ok(n) if buf[..n].starts_with(b"ready ") => Err(JailError::ChildVanished(
+                "the template's jail library is not the one this spawner was built with \
+                 (rebuild it: cargo build -p execbox-jail)",
+            )),
             Ok(_) => Err(JailError::ChildVanished(
                 "the template said something unexpected",
             )),
-            Err(nix::errno::Errno::EAGAIN) => Ok(false),
+            Err(nix::errno::Errno::EAGAIN) => Ok(self.ready.get()),
             Err(e) => Err(JailError::sys("recv from template", e)),
         }
     }

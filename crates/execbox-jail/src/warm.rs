@@ -36,6 +36,44 @@ use crate::{creds, launch_msg, sys};
 /// `INNER_BASE + n`; the template itself is uid 0.
 pub const INNER_BASE: u32 = 100_000;
 
+/// A fingerprint of the code both sides of the warm path must agree on (this file, the jail
+/// sequence it shares with cold jails, the messages): the spawner's copy is compiled into
+/// it, the template's into the library it loads; a template whose library differs (a stale
+/// build) is refused. FNV-1a over the sources, at compile time.
+pub const FINGERPRINT: u64 = {
+    const SOURCES: [&[u8]; 6] = [
+        include_bytes!("warm.rs"),
+        include_bytes!("init.rs"),
+        include_bytes!("rootfs.rs"),
+        include_bytes!("launch_msg.rs"),
+        include_bytes!("child_error.rs"),
+        include_bytes!("template.rs"),
+    ];
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut i = 0;
+    while i < SOURCES.len() {
+        let src = SOURCES[i];
+        let mut j = 0;
+        while j < src.len() {
+            h ^= src[j] as u64;
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+            j += 1;
+        }
+        i += 1;
+    }
+    h
+};
+
+/// The library's [`FINGERPRINT`], for the template to report with `ready`.
+#[no_mangle]
+pub extern "C" fn execbox_warm_fingerprint() -> u64 {
+    FINGERPRINT
+}
+
+/// What a warm child writes on its status socket once it is locked down, before it closes it
+/// and runs the payload (a cold jail's status pipe just closes on `execve`).
+pub const LOCKED_DOWN: &[u8] = b"X";
+
 /// `argv[0]` of a warm payload: the rest of argv goes to the template's program.
 pub const WARM_ARGV0: &str = "/execbox-warm";
 
@@ -308,11 +346,15 @@ fn child(
         seccomp: policy,
     })?;
 
-    // 12. Where a cold jail execs: close the status and sync channels (the spawner reads end
-    //     of file: the payload runs) and return to the interpreter.
+    // 12. Where a cold jail execs: say so, close the status and sync channels and return to
+    //     the interpreter.
     drop(ManuallyDrop::into_inner(sync));
     // SAFETY: fd 4 was placed above and nothing else refers to it; closed exactly once here.
-    drop(unsafe { OwnedFd::from_raw_fd(init::fdnum::STATUS) });
+    let mut status = File::from(unsafe { OwnedFd::from_raw_fd(init::fdnum::STATUS) });
+    status
+        .write_all(LOCKED_DOWN)
+        .step(Step::Exec, || "status socket".into())?;
+    drop(status);
     let mut argv = payload.argv;
     if argv.first().map(String::as_str) != Some(WARM_ARGV0) {
         return Err(ChildError::new(Step::Exec, "not a warm payload"));

@@ -174,6 +174,7 @@ impl Spawner {
         let pools = Pools {
             jailer,
             warm: std::cell::RefCell::new(Warm::new(cfg.warm.clone())),
+            cold_share: crate::warm::cold_share(cfg.pool),
         };
         Self {
             inflight: InFlight::new(pools, default_spec, cfg.pool),
@@ -561,7 +562,13 @@ impl Spawner {
                     Tag::Out => self.flush_some()?,
                     Tag::Prep(i) => ready_preps.push(i),
                     Tag::Template(i, next) => {
-                        self.inflight.jails().warm.borrow_mut().on_ctl(i, next);
+                        let serving = self.inflight.jails().warm.borrow_mut().on_ctl(i, next);
+                        if serving {
+                            // Pooled cold jails (prepared while no template was ready) beyond
+                            // the cold share make way for the template's children.
+                            let keep = self.inflight.jails().cold_share;
+                            self.inflight.trim_reserved(keep);
+                        }
                         self.send_warm_stats()?;
                     }
                     Tag::Run(i, role) => {

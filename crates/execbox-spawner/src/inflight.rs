@@ -37,6 +37,23 @@ pub(crate) trait Jails {
     fn fits(&self, _p: &Self::Prepared, _payload: &Self::Payload) -> bool {
         true
     }
+    /// Among pooled jails that fit, lower is taken first.
+    fn preference(&self, _p: &Self::Prepared, _payload: &Self::Payload) -> u8 {
+        0
+    }
+    /// Whether a pooled jail, prepared or being prepared, is of the kind the pool keeps a
+    /// share of (cold jails, beside a template's children).
+    fn reserved_kind(&self, _p: Result<&Self::Prepared, &Self::Preparing>) -> bool {
+        false
+    }
+    /// Begin preparing a pool jail, knowing how many of the reserved kind the pool has.
+    fn start_pool_prepare(
+        &self,
+        spec: &Self::Spec,
+        _reserved: usize,
+    ) -> Result<Self::Preparing, Self::Error> {
+        self.start_prepare(spec)
+    }
     /// Start a payload in a prepared jail.
     fn launch(
         &self,
@@ -119,6 +136,20 @@ impl<J: Jails> InFlight<J> {
         (self.pool.len(), self.preparing.len(), self.running.len())
     }
 
+    /// Drop pooled jails of the reserved kind beyond `keep` of them (they are torn down; the
+    /// refill prepares the other kind in their place).
+    pub(crate) fn trim_reserved(&mut self, keep: usize) {
+        let mut kept = 0;
+        let jails = &self.jails;
+        self.pool.retain(|p| {
+            if !jails.reserved_kind(Ok(p)) {
+                return true;
+            }
+            kept += 1;
+            kept <= keep
+        });
+    }
+
     /// The pooled jails.
     pub(crate) fn pool(&self) -> impl Iterator<Item = &J::Prepared> {
         self.pool.iter()
@@ -152,7 +183,17 @@ impl<J: Jails> InFlight<J> {
         }
         let in_flight = self.preparing.iter().filter(|p| p.order.is_none()).count();
         for _ in self.pool.len() + in_flight..self.pool_size {
-            match self.jails.start_prepare(&self.default_spec) {
+            let reserved = self
+                .pool
+                .iter()
+                .filter(|p| self.jails.reserved_kind(Ok(p)))
+                .count()
+                + self
+                    .preparing
+                    .iter()
+                    .filter(|p| p.order.is_none() && self.jails.reserved_kind(Err(&p.preparing)))
+                    .count();
+            match self.jails.start_pool_prepare(&self.default_spec, reserved) {
                 Ok(p) => self.preparing.push(Prep {
                     preparing: p,
                     order: None,
@@ -176,7 +217,14 @@ impl<J: Jails> InFlight<J> {
         out: &mut Vec<Report>,
     ) {
         if *spec == self.default_spec {
-            while let Some(i) = self.pool.iter().position(|p| self.jails.fits(p, &payload)) {
+            while let Some(i) = self
+                .pool
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| self.jails.fits(p, &payload))
+                .min_by_key(|(_, p)| self.jails.preference(p, &payload))
+                .map(|(i, _)| i)
+            {
                 let Some(p) = self.pool.remove(i) else { break };
                 match self.jails.launch(p, &payload) {
                     Ok(run) => return self.started(order, run, out),

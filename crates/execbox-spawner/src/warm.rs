@@ -160,17 +160,22 @@ impl Warm {
         v
     }
 
-    /// A template's control socket is readable: it is ready, or it ended.
-    pub(crate) fn on_ctl(&mut self, i: usize, next: bool) {
+    /// A template's control socket is readable: it is ready, or it ended. Returns true when
+    /// a template became the one serving (cold pooled jails may then make way for its
+    /// children).
+    pub(crate) fn on_ctl(&mut self, i: usize, next: bool) -> bool {
+        let mut serving = false;
         let Some(slot) = self.slots.get_mut(i) else {
-            return;
+            return false;
         };
         let which = if next {
             &mut slot.next
         } else {
             &mut slot.current
         };
-        let Some(t) = which.as_ref() else { return };
+        let Some(t) = which.as_ref() else {
+            return false;
+        };
         match t.poll_ready() {
             Ok(true) if next => {
                 log(&format!(
@@ -184,6 +189,7 @@ impl Warm {
                 // The old one lives on while its children do (they hold it).
                 slot.current = slot.next.take();
                 slot.failures = 0;
+                serving = true;
             }
             Ok(_) => {}
             Err(e) => {
@@ -199,6 +205,7 @@ impl Warm {
             .iter()
             .filter(|s| s.current.as_ref().is_some_and(|t| t.is_ready()))
             .count() as u64;
+        serving
     }
 }
 
@@ -207,6 +214,13 @@ impl Warm {
 pub(crate) struct Pools {
     pub(crate) jailer: Jailer,
     pub(crate) warm: RefCell<Warm>,
+    /// Cold jails the pool keeps beside a template's children.
+    pub(crate) cold_share: usize,
+}
+
+/// The pool's share of cold jails: a quarter, at least one.
+pub(crate) fn cold_share(pool: usize) -> usize {
+    (pool / 4).max(1).min(pool)
 }
 
 impl Jails for Pools {
@@ -236,6 +250,27 @@ impl Jails for Pools {
 
     fn fits(&self, p: &Prepared, payload: &StagePayload) -> bool {
         !p.is_warm() || payload.warm.is_some()
+    }
+
+    fn preference(&self, p: &Prepared, payload: &StagePayload) -> u8 {
+        // A warm-capable run takes a template's child first; a cold-only run a cold jail.
+        u8::from(p.is_warm() != payload.warm.is_some())
+    }
+
+    fn reserved_kind(&self, p: Result<&Prepared, &Preparing>) -> bool {
+        match p {
+            Ok(p) => !p.is_warm(),
+            Err(p) => !p.is_warm(),
+        }
+    }
+
+    fn start_pool_prepare(&self, spec: &StageSpec, cold: usize) -> Result<Preparing, JailError> {
+        // The pool keeps a share of cold jails for the runs the warm path does not serve
+        // (program mode, other languages with the default limits).
+        if cold < self.cold_share {
+            return self.jailer.start_prepare(&spec.jail);
+        }
+        self.start_prepare(spec)
     }
 
     fn launch(&self, p: Prepared, payload: &StagePayload) -> Result<Supervisor, JailError> {

@@ -114,10 +114,17 @@ impl Server {
     /// Start with `args` (after `serve`) and `opts`; wait until `/readyz` answers 200. In
     /// container mode (`EXECBOX_TEST_CONTAINER_IMAGE`), [`Server::start_container`].
     pub fn start_with(args: &[&str], opts: Options) -> Server {
+        Server::start_with_env(args, opts, &[])
+    }
+
+    /// [`Server::start_with`], with `env` added to the server's environment (host process
+    /// only).
+    pub fn start_with_env(args: &[&str], opts: Options, env: &[(&str, &str)]) -> Server {
         if let Some(image) = target_image() {
             return Server::start_container(&image, args, opts);
         }
         let mut cmd = serve_command();
+        cmd.envs(env.iter().copied());
         cmd.arg("--log-json");
         if !args.contains(&"--shutdown-grace-secs") {
             cmd.args(["--shutdown-grace-secs", "2"]);
@@ -312,6 +319,26 @@ impl Server {
     }
 
     /// Poll `GET /readyz` on the private listener until 200.
+    /// Wait until a warm template is ready (`execbox_warm{what="templates_ready"}` in
+    /// `/metrics`) and a child is prepared, so runs take the warm path.
+    pub fn wait_warm(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = super::http::raw_get(self.private, "/metrics").unwrap_or_default();
+            let ready = super::http::metric(&text, "execbox_warm", "what=\"templates_ready\"");
+            let pool = super::http::metric(&text, "execbox_warm", "what=\"pool_depth\"");
+            if ready.unwrap_or(0.0) >= 1.0 && pool.unwrap_or(0.0) >= 1.0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no warm template ready after {timeout:?}:\n{}",
+                self.log_tail(40)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn wait_ready(&mut self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         // `docker inspect` is a process of its own: asked less often.
