@@ -128,6 +128,19 @@ for _ in $(seq 300); do
 done
 (( ready )) || { tail -20 "$EXECBOX_LOG" >&2; die "execbox /readyz not 200 after 30 s"; }
 log "execbox ready: $(curl -s "http://127.0.0.1:$EXECBOX_PRIVATE_PORT/readyz")"
+# The warm path (on unless EXECBOX_ARGS has `--warm false`): wait for the template, so the
+# measured load meets the steady state, not the start-up's cold fallbacks.
+if [[ " ${EXECBOX_ARGS:-} " != *" --warm false "* ]]; then
+  warm=0
+  for _ in $(seq 600); do
+    if curl -s "http://127.0.0.1:$EXECBOX_PRIVATE_PORT/metrics" | grep -q '^execbox_warm{what="templates_ready"} [1-9]'; then
+      warm=1; break
+    fi
+    sleep 0.1
+  done
+  (( warm )) || log "warning: no warm template ready after 60 s; runs take the cold path"
+  log "warm template ready"
+fi
 
 # 4. The peer (installs its venv on first use), unless PEER=0.
 if [[ "$PEER" == 0 ]]; then
