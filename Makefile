@@ -14,7 +14,7 @@ CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
 
-.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check k8s-check vm-test image-bin image image-full docker-test docker-test-full check bench load-bench clean
+.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check k8s-env k8s-check k8s-docker-test vm-test image-bin image image-full docker-test docker-test-full check bench load-bench clean
 
 help:
 	@echo "make run     set up and start the service on 0.0.0.0:8080 (execbox serve)"
@@ -114,17 +114,28 @@ K8S_ENV     ?= $(PREFIX)/k8s-check
 K8S_REQS    := deploy/k8s/requirements-check.txt
 K8S_STAMP   := $(K8S_ENV)/.execbox-requirements
 K8S_VERSION ?= 1.32.0
-k8s-check: uv runtime
+k8s-env: uv
 	@if ! cmp -s $(K8S_REQS) $(K8S_STAMP); then \
 	  echo "creating $(K8S_ENV)"; \
 	  $(UV) venv -q --allow-existing --python $(BASE_PYTHON) $(K8S_ENV) && \
 	  $(UV) pip install -q --python $(K8S_ENV)/bin/python -r $(K8S_REQS) && \
 	  cp $(K8S_REQS) $(K8S_STAMP); \
 	fi
+
+k8s-check: k8s-env runtime
 	$(K8S_ENV)/bin/python deploy/k8s/check.py --kubernetes-version $(K8S_VERSION) --out target/k8s
 	$(CARGO) build -q -p execbox-cli
 	EXECBOX_BIN=target/debug/execbox unshare --net -- \
 	  $(K8S_ENV)/bin/python -m unittest -v deploy/k8s/tests/test_drift.py
+
+## The Deployment's pod spec under Docker: its capabilities, seccomp profile, no_new_privs,
+## read-only root, emptyDirs and memory/CPU limits as `docker run` flags derived from
+## deploy/k8s/base/deployment.yaml, on the light image; ready, a pandas run, every slot at its
+## memory maximum at once without an OOM kill, docker stop drains (deploy/k8s/tests/test_pod_docker.py).
+k8s-docker-test: k8s-env image
+	$(CARGO) build -q -p execbox-cli
+	EXECBOX_K8S_IMAGE=$(IMAGE):light EXECBOX_BIN=target/debug/execbox \
+	  $(K8S_ENV)/bin/python -m unittest -v deploy/k8s/tests/test_pod_docker.py
 
 ## The cgroup v2 proof: Debian 12's own kernel in a QEMU VM (software emulation, no network),
 ## the real binary and jail inside it (vm/README.md). Kernel and initramfs are cached in
@@ -177,6 +188,7 @@ test: runtime runtimes lint unit openapi-check k8s-check
 	$(CARGO) test --workspace
 	$(MAKE) vm-test
 	$(MAKE) docker-test
+	$(MAKE) k8s-docker-test
 	$(MAKE) docker-test-full
 
 check: build
