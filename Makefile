@@ -14,7 +14,7 @@ CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
 
-.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check vm-test image-bin image image-full docker-test docker-test-full check bench load-bench clean
+.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check k8s-env k8s-check k8s-docker-test vm-test image-bin image image-full docker-test docker-test-full check bench load-bench clean
 
 help:
 	@echo "make run     set up and start the service on 0.0.0.0:8080 (execbox serve)"
@@ -22,6 +22,7 @@ help:
 	@echo "make test    set up and run fmt, clippy and every test (privileged ones need root)"
 	@echo "make vm-test the cgroup v2 proof in a QEMU VM on Debian 12's kernel (vm/README.md)"
 	@echo "make image   the light container image execbox:light (docker/Dockerfile; image-full: execbox:full)"
+	@echo "make k8s-check  validate deploy/k8s (kubernetes-validate, checkov) and test it against the server"
 	@echo "make bench   execbox run vs nsjail vs the bare interpreter (bench/README.md)"
 
 ## Debian packages (only when root and something is missing).
@@ -103,6 +104,39 @@ openapi-check: uv
 	$(CARGO) run -q -p execbox-cli -- openapi > target/openapi.json
 	$(UV_ENV)/bin/openapi-spec-validator target/openapi.json
 
+## The Kubernetes manifests (deploy/k8s, docs/kubernetes.md), offline after the first install:
+## kubernetes-validate (strict, against K8S_VERSION's schemas) and checkov (manifests and
+## docker/Dockerfile; every skip annotated with its reason) from a venv made once by uv, then
+## the drift test: the real `execbox serve` started with the manifests' settings, in a network
+## namespace of its own (their ports are fixed), answering the probes, the Service's port and
+## the HPA's metric, and draining on SIGTERM within the pod's grace period.
+K8S_ENV     ?= $(PREFIX)/k8s-check
+K8S_REQS    := deploy/k8s/requirements-check.txt
+K8S_STAMP   := $(K8S_ENV)/.execbox-requirements
+K8S_VERSION ?= 1.32.0
+k8s-env: uv
+	@if ! cmp -s $(K8S_REQS) $(K8S_STAMP); then \
+	  echo "creating $(K8S_ENV)"; \
+	  $(UV) venv -q --allow-existing --python $(BASE_PYTHON) $(K8S_ENV) && \
+	  $(UV) pip install -q --python $(K8S_ENV)/bin/python -r $(K8S_REQS) && \
+	  cp $(K8S_REQS) $(K8S_STAMP); \
+	fi
+
+k8s-check: k8s-env runtime
+	$(K8S_ENV)/bin/python deploy/k8s/check.py --kubernetes-version $(K8S_VERSION) --out target/k8s
+	$(CARGO) build -q -p execbox-cli
+	EXECBOX_BIN=target/debug/execbox unshare --net -- \
+	  $(K8S_ENV)/bin/python -m unittest -v deploy/k8s/tests/test_drift.py
+
+## The Deployment's pod spec under Docker: its capabilities, seccomp profile, no_new_privs,
+## read-only root, emptyDirs and memory/CPU limits as `docker run` flags derived from
+## deploy/k8s/base/deployment.yaml, on the light image; ready, a pandas run, every slot at its
+## memory maximum at once without an OOM kill, docker stop drains (deploy/k8s/tests/test_pod_docker.py).
+k8s-docker-test: k8s-env image
+	$(CARGO) build -q -p execbox-cli
+	EXECBOX_K8S_IMAGE=$(IMAGE):light EXECBOX_BIN=target/debug/execbox \
+	  $(K8S_ENV)/bin/python -m unittest -v deploy/k8s/tests/test_pod_docker.py
+
 ## The cgroup v2 proof: Debian 12's own kernel in a QEMU VM (software emulation, no network),
 ## the real binary and jail inside it (vm/README.md). Kernel and initramfs are cached in
 ## /var/cache/execbox-vm (EXECBOX_VM_CACHE), so only the first run downloads anything.
@@ -150,10 +184,11 @@ docker-test-full: image-full
 
 ## Everything CI runs. Privileged tests run for real as root; with CI=true a missing
 ## capability fails instead of skipping.
-test: runtime runtimes lint unit openapi-check
+test: runtime runtimes lint unit openapi-check k8s-check
 	$(CARGO) test --workspace
 	$(MAKE) vm-test
 	$(MAKE) docker-test
+	$(MAKE) k8s-docker-test
 	$(MAKE) docker-test-full
 
 check: build
