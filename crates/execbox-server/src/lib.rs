@@ -27,7 +27,7 @@ pub mod quota;
 mod routes;
 mod runner;
 pub mod sandbox;
-pub mod shared;
+mod shared;
 mod spawner_client;
 mod state;
 mod store;
