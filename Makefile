@@ -14,7 +14,7 @@ CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
 
-.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check vm-test image-bin image image-full docker-test docker-test-full check bench load-bench clean
+.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check vm-test image-bin image image-full docker-test docker-test-full stack-images stack-test check bench load-bench clean
 
 help:
 	@echo "make run     set up and start the service on 0.0.0.0:8080 (execbox serve)"
@@ -148,6 +148,21 @@ docker-test: image
 docker-test-full: image-full
 	EXECBOX_DOCKER_TEST=1 EXECBOX_DOCKER_FULL_IMAGE=$(IMAGE):full $(CARGO) test -p execbox-cli --test docker full_image -- --nocapture
 
+## The multi-replica stack (deploy/compose): three replicas of the light image sharing Redis,
+## behind nginx terminating TLS. The load balancer's and Redis's images are built from
+## Debian's packages on the same base (no registry); Compose v2 is found or installed by
+## deploy/compose/compose.sh. The test brings the stack up under a project of its own, checks
+## failover, cancels across replicas, Redis outages, shared quotas, HTTP/2 and the WebSocket
+## through the load balancer, and takes it down (crates/execbox-cli/tests/stack.rs).
+stack-images: image
+	docker build -q -f deploy/compose/lb/Dockerfile --build-arg BASE=$(IMAGE_BASE) -t $(IMAGE)-lb:latest .
+	docker build -q -f deploy/compose/redis/Dockerfile --build-arg BASE=$(IMAGE_BASE) -t $(IMAGE)-redis:latest .
+	@deploy/compose/compose.sh version
+
+stack-test: stack-images
+	EXECBOX_STACK_TEST=1 EXECBOX_IMAGE=$(IMAGE):light EXECBOX_LB_IMAGE=$(IMAGE)-lb:latest \
+	  EXECBOX_REDIS_IMAGE=$(IMAGE)-redis:latest $(CARGO) test -p execbox-cli --test stack -- --nocapture
+
 ## Everything CI runs. Privileged tests run for real as root; with CI=true a missing
 ## capability fails instead of skipping.
 test: runtime runtimes lint unit openapi-check
@@ -155,6 +170,7 @@ test: runtime runtimes lint unit openapi-check
 	$(MAKE) vm-test
 	$(MAKE) docker-test
 	$(MAKE) docker-test-full
+	$(MAKE) stack-test
 
 check: build
 	$(EXECBOX) check
