@@ -146,6 +146,35 @@ impl Stack {
         format!("http://{}", self.addr(&format!("replica{n}"), "8080"))
     }
 
+    /// `redis-cli` in the Redis container (diagnostics for failure messages).
+    fn redis_cli(&self, args: &[&str]) -> String {
+        let mut a = vec!["exec", "-T", "-e", "REDISCLI_AUTH", "redis", "redis-cli"];
+        a.extend(args);
+        let out = Command::new(repo().join("deploy/compose/compose.sh"))
+            .current_dir(repo())
+            .args(["-p", &self.project])
+            .args([
+                "-f",
+                "deploy/compose/compose.yaml",
+                "-f",
+                "deploy/compose/compose.test.yaml",
+            ])
+            .args(&a)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env(
+                "REDISCLI_AUTH",
+                &self
+                    .env
+                    .iter()
+                    .find(|(k, _)| k == "REDIS_PASSWORD")
+                    .unwrap()
+                    .1,
+            )
+            .output()
+            .expect("compose exec redis");
+        text(&out.stdout) + &text(&out.stderr)
+    }
+
     fn docker(&self, verb: &str, service: &str) {
         let out = self.compose(&[verb, service]);
         assert!(
@@ -195,7 +224,7 @@ async fn send(req: reqwest::RequestBuilder) -> Got {
 }
 
 fn sleeper(secs: u32) -> Value {
-    json!({"language": "python", "wait": false, "limits": {"wall_time_ms": 60_000},
+    json!({"language": "python", "wait": false, "limits": {"timeout_ms": 60_000},
            "files": [{"content": format!("import time\nprint('start', flush=True)\ntime.sleep({secs})\nprint('woke')\n")}]})
 }
 
@@ -442,20 +471,29 @@ async fn load_balancer(s: &Stack) -> Duration {
         assert_eq!(
             (r.status, &r.json["result"]),
             (200, &json!({"n": i})),
-            "{:?}",
-            r.json
+            "{:?}; lbuser's places in Redis: {}",
+            r.json,
+            s.redis_cli(&[
+                "zrange",
+                "execbox:quota:runs:lbuser",
+                "0",
+                "-1",
+                "withscores"
+            ])
         );
+        // (another user: the stack's quota is one run at a time per user)
+        let user = format!("lbasync{i}");
         let acc = send(
             c.post(format!("{base}/v1/runs"))
-                .bearer_auth(token("lbuser"))
+                .bearer_auth(token(&user))
                 .json(&sleeper(0)),
         )
         .await;
         assert_eq!(acc.status, 202, "{:?}", acc.json);
-        ids.push(acc.json["id"].as_str().unwrap().to_owned());
+        ids.push((user, acc.json["id"].as_str().unwrap().to_owned()));
     }
-    for id in ids {
-        poll(&c, &format!("{base}/v1/runs/{id}"), "lbuser", |v| {
+    for (user, id) in ids {
+        poll(&c, &format!("{base}/v1/runs/{id}"), &user, |v| {
             status(v) == "ok"
         })
         .await;
