@@ -6,7 +6,7 @@
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use execbox_proto::{ErrorCode, RunRecord, RunStatus};
@@ -371,5 +371,30 @@ async fn unreachable_redis_is_unavailable_then_recovers_by_itself() {
         runs.get("u1", None).await.unwrap().unwrap().status,
         RunStatus::Queued
     );
-    let _ = Arc::new(());
+}
+
+#[tokio::test]
+async fn runs_lost_by_a_restarted_redis_are_written_again_by_their_driver() {
+    let Some(srv) = Server::start() else { return };
+    let (a, b) = (
+        replica(&srv.url(), Duration::from_secs(10)),
+        replica(&srv.url(), Duration::from_secs(10)),
+    );
+    a.insert(rec("lost"), Some("eve".into()), CancellationToken::new())
+        .await
+        .unwrap();
+    let client = redis::Client::open(srv.url()).unwrap();
+    let mut c = client.get_connection().unwrap();
+    redis::cmd("FLUSHALL").query::<()>(&mut c).unwrap();
+    assert!(
+        b.get("lost", Some("eve")).await.unwrap().is_none(),
+        "gone from Redis"
+    );
+    a.tick().await;
+    assert_eq!(
+        b.get("lost", Some("eve")).await.unwrap().unwrap().status,
+        RunStatus::Queued,
+        "the driver's lease renewal wrote it again"
+    );
+    assert!(ttl(&srv.url(), "execbox:lease:lost") > 0);
 }
