@@ -1,7 +1,8 @@
 //! The execbox HTTP service.
 //!
 //! ```text
-//! client ─HTTP─▶ router (validation) ─▶ admission (bounded queue) ─▶ run store
+//! client ─HTTP─▶ router (validation) ─▶ quotas, admission (bounded queue) ─▶ run store
+//!                                (quotas and run store: in memory, or Redis shared by replicas)
 //!                                          │ one JSON line per order
 //!                                          ▼
 //!                            spawner process (single-threaded, started and restarted here)
