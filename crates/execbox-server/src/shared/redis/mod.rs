@@ -61,8 +61,19 @@ pub struct RedisConfig {
 #[derive(Clone)]
 pub(crate) struct Conn {
     client: redis::Client,
-    mgr: Arc<tokio::sync::Mutex<Option<ConnectionManager>>>,
+    mgr: Arc<tokio::sync::Mutex<Slot>>,
 }
+
+/// The connection once made; until then, when the last attempt failed.
+#[derive(Default)]
+struct Slot {
+    mgr: Option<ConnectionManager>,
+    failed_at: Option<tokio::time::Instant>,
+}
+
+/// After a failed attempt to connect, requests fail at once for this long instead of each
+/// trying again in turn (the attempts are serialised).
+const RETRY_AFTER_FAILURE: Duration = Duration::from_millis(500);
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,23 +98,37 @@ impl Conn {
     /// The connection, made if needed.
     pub(crate) async fn get(&self) -> Result<ConnectionManager, Unavailable> {
         let mut slot = self.mgr.lock().await;
-        if let Some(m) = slot.as_ref() {
+        if let Some(m) = slot.mgr.as_ref() {
             return Ok(m.clone());
+        }
+        if slot
+            .failed_at
+            .is_some_and(|t| t.elapsed() < RETRY_AFTER_FAILURE)
+        {
+            return Err(Unavailable("Redis was unreachable a moment ago".into()));
         }
         let cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(1))
             .set_response_timeout(Duration::from_secs(2))
             .set_number_of_retries(1)
             .set_max_delay(500);
-        let m = tokio::time::timeout(
+        let made = tokio::time::timeout(
             OP_TIMEOUT,
             ConnectionManager::new_with_config(self.client.clone(), cfg),
         )
         .await
-        .map_err(|_| Unavailable("connecting to Redis timed out".into()))?
-        .map_err(unavailable)?;
-        *slot = Some(m.clone());
-        Ok(m)
+        .map_err(|_| Unavailable("connecting to Redis timed out".into()))
+        .and_then(|r| r.map_err(unavailable));
+        match made {
+            Ok(m) => {
+                slot.mgr = Some(m.clone());
+                Ok(m)
+            }
+            Err(e) => {
+                slot.failed_at = Some(tokio::time::Instant::now());
+                Err(e)
+            }
+        }
     }
 
     /// Run `op` on the connection within [`OP_TIMEOUT`].
