@@ -16,7 +16,9 @@
 //! (`deploy/compose/compose.sh` finds or installs it), so it runs only with
 //! `EXECBOX_STACK_TEST=1` (`make stack-test`, part of `make test`); otherwise it reports
 //! `SKIPPED`. Every port is published on loopback; the stack is a compose project of its own
-//! (`execbox-stack-<pid>`), taken down at the end, pass or fail.
+//! (`execbox-stack-<pid>`), taken down at the end, pass or fail (a test killed outright leaves
+//! it: `docker ps --filter label=com.docker.compose.project=execbox-stack-<pid>`, then
+//! `deploy/compose/compose.sh -p execbox-stack-<pid> down -v`).
 mod support;
 
 use std::net::SocketAddr;
