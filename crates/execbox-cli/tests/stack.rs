@@ -523,6 +523,11 @@ async fn load_balancer(s: &Stack) -> Duration {
         format!("wss://{LB_HOST}:{}/v1/ws", lb.port()),
     )
     .unwrap();
+    // As a browser on the service's own page would: its Origin (a non-default port here).
+    req.headers_mut().insert(
+        "origin",
+        format!("https://{LB_HOST}:{}", lb.port()).parse().unwrap(),
+    );
     req.headers_mut().insert(
         "sec-websocket-protocol",
         format!("execbox.v1, bearer.{}", token("wsuser"))
