@@ -7,10 +7,12 @@
 //! 2. two replicas enforce one user's concurrent-run quota together;
 //! 3. the load balancer serves HTTPS with HTTP/2 (ALPN `h2`), runs through it, passes the
 //!    WebSocket, and does not route the private endpoints;
-//! 4. a replica killed mid-run: its run ends `internal_error` (read through another replica),
-//!    neither stuck nor lost, and the load balancer keeps serving;
-//! 5. Redis stopped: the service answers 503 `state_unavailable` (and `/readyz` says why), then
-//!    recovers by itself once Redis is back.
+//! 4. a replica killed with two runs running and one queued: all three end `internal_error`
+//!    (read through another replica), neither stuck nor lost; the users' places lapse; the load
+//!    balancer keeps serving;
+//! 5. Redis stopped: the service answers 503 `state_unavailable` (and `/readyz` says why); a run
+//!    under way finishes meanwhile and its replica still answers for it; Redis started again
+//!    (empty): the service recovers by itself and that run's record reaches the other replicas.
 //!
 //! Needs the Docker engine, the images (`make stack-images`) and Compose v2
 //! (`deploy/compose/compose.sh` finds or installs it), so it runs only with
@@ -580,32 +582,47 @@ where
 async fn replica_killed(s: &Stack, c: &reqwest::Client) -> Duration {
     let t = Instant::now();
     let (r1, r3) = (s.replica(1), s.replica(3));
-    let acc = send(
-        c.post(format!("{r3}/v1/runs"))
-            .bearer_auth(token("kim"))
-            .json(&sleeper(50)),
-    )
-    .await;
-    assert_eq!(acc.status, 202, "{:?}", acc.json);
-    let id = acc.json["id"].as_str().unwrap().to_owned();
-    poll(c, &format!("{r1}/v1/runs/{id}"), "kim", |v| {
+    // Three users' runs on replica 3, which runs two at a time: two running, one queued.
+    let users = ["kim", "kim2", "kim3"];
+    let mut ids = Vec::new();
+    for u in users {
+        let acc = send(
+            c.post(format!("{r3}/v1/runs"))
+                .bearer_auth(token(u))
+                .json(&sleeper(50)),
+        )
+        .await;
+        assert_eq!(acc.status, 202, "{:?}", acc.json);
+        ids.push(acc.json["id"].as_str().unwrap().to_owned());
+    }
+    poll(c, &format!("{r1}/v1/runs/{}", ids[0]), "kim", |v| {
         status(v) == "running"
     })
     .await;
+    let before: Vec<String> = {
+        let mut v = Vec::new();
+        for (u, id) in users.iter().zip(&ids) {
+            let r = send(c.get(format!("{r1}/v1/runs/{id}")).bearer_auth(token(u))).await;
+            v.push(status(&r.json).to_owned());
+        }
+        v
+    };
     s.docker("kill", "replica3");
     let killed = Instant::now();
-    let end = poll(c, &format!("{r1}/v1/runs/{id}"), "kim", |v| {
-        status(v) != "running"
-    })
-    .await;
+    for (u, id) in users.iter().zip(&ids) {
+        let end = poll(c, &format!("{r1}/v1/runs/{id}"), u, |v| {
+            !["queued", "running"].contains(&status(v))
+        })
+        .await;
+        assert_eq!(status(&end), "internal_error", "{end}");
+        assert_eq!(end["error"]["code"], "internal_error");
+        assert!(end["finished_at"].is_string());
+    }
     eprintln!(
-        "a killed replica's run ended {} after {:.1?} (lease {LEASE_SECS} s)",
-        status(&end),
+        "a killed replica's runs ({}) all ended internal_error {:.1?} after the kill (lease {LEASE_SECS} s)",
+        before.join(", "),
         killed.elapsed()
     );
-    assert_eq!(status(&end), "internal_error", "{end}");
-    assert_eq!(end["error"]["code"], "internal_error");
-    assert!(end["finished_at"].is_string());
     // The user's place was the dead run's: it lapsed with the lease.
     let again = send(
         c.post(format!("{r1}/v1/runs"))
@@ -640,6 +657,16 @@ async fn redis_outage(s: &Stack, c: &reqwest::Client) -> Duration {
     let t = Instant::now();
     let (r1, r2) = (s.replica(1), s.replica(2));
     let private = s.addr("replica1", "9090");
+    // A run under way when Redis goes: it finishes during the outage, and its record reaches
+    // Redis once Redis is back (Redis restarts empty: the replica that ran it writes it again).
+    let acc = send(
+        c.post(format!("{r2}/v1/runs"))
+            .bearer_auth(token("rita"))
+            .json(&sleeper(3)),
+    )
+    .await;
+    assert_eq!(acc.status, 202, "{:?}", acc.json);
+    let under_way = acc.json["id"].as_str().unwrap().to_owned();
     s.docker("stop", "redis");
     let stopped = Instant::now();
     let hello = json!({"script": "def main():\n    return 'up'\n"});
@@ -677,6 +704,13 @@ async fn redis_outage(s: &Stack, c: &reqwest::Client) -> Duration {
     let ready = send(c.get(format!("http://{private}/readyz"))).await;
     assert_eq!(ready.status, 503);
     assert_eq!(ready.json["shared_state"], "unreachable");
+
+    // The run under way finishes meanwhile; the replica that ran it still answers for it.
+    let finished = poll(c, &format!("{r2}/v1/runs/{under_way}"), "rita", |v| {
+        status(v) == "ok"
+    })
+    .await;
+    assert!(finished["finished_at"].is_string());
 
     s.docker("start", "redis");
     let restarted = Instant::now();
@@ -716,6 +750,32 @@ async fn redis_outage(s: &Stack, c: &reqwest::Client) -> Duration {
         status(v) == "ok"
     })
     .await;
+    // (404 until the replica that ran it has written it into the emptied Redis again)
+    let back = Instant::now();
+    let done = loop {
+        let r = send(
+            c.get(format!("{r1}/v1/runs/{under_way}"))
+                .bearer_auth(token("rita")),
+        )
+        .await;
+        if r.status == 200 && status(&r.json) == "ok" {
+            break r.json;
+        }
+        assert!(
+            (r.status == 200 || r.code() == "run_not_found") && back.elapsed() < PATIENCE,
+            "{} {:?}",
+            r.status,
+            r.json
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        done["run"]["stdout"]
+            .as_str()
+            .unwrap_or("")
+            .contains("woke"),
+        "{done}"
+    );
     let ready = send(c.get(format!("http://{private}/readyz"))).await;
     assert_eq!(
         (ready.status, &ready.json["shared_state"]),
