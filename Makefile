@@ -22,6 +22,7 @@ help:
 	@echo "make test    set up and run fmt, clippy and every test (privileged ones need root)"
 	@echo "make vm-test the cgroup v2 proof in a QEMU VM on Debian 12's kernel (vm/README.md)"
 	@echo "make image   the light container image execbox:light (docker/Dockerfile; image-full: execbox:full)"
+	@echo "make stack-test  three replicas on Redis behind nginx/TLS (deploy/compose), failover tests"
 	@echo "make bench   execbox run vs nsjail vs the bare interpreter (bench/README.md)"
 
 ## Debian packages (only when root and something is missing).
