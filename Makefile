@@ -14,7 +14,7 @@ CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
 
-.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check k8s-env k8s-check k8s-docker-test vm-test image-bin image image-full docker-test docker-test-full check bench load-bench clean
+.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check k8s-env k8s-check k8s-docker-test vm-test image-bin image image-full docker-test docker-test-full stack-images stack-test check bench load-bench clean
 
 help:
 	@echo "make run     set up and start the service on 0.0.0.0:8080 (execbox serve)"
@@ -23,6 +23,7 @@ help:
 	@echo "make vm-test the cgroup v2 proof in a QEMU VM on Debian 12's kernel (vm/README.md)"
 	@echo "make image   the light container image execbox:light (docker/Dockerfile; image-full: execbox:full)"
 	@echo "make k8s-check  validate deploy/k8s (kubernetes-validate, checkov) and test it against the server"
+	@echo "make stack-test  three replicas on Redis behind nginx/TLS (deploy/compose), failover tests"
 	@echo "make bench   execbox run vs nsjail vs the bare interpreter (bench/README.md)"
 
 ## Debian packages (only when root and something is missing).
@@ -182,6 +183,21 @@ docker-test: image
 docker-test-full: image-full
 	EXECBOX_DOCKER_TEST=1 EXECBOX_DOCKER_FULL_IMAGE=$(IMAGE):full $(CARGO) test -p execbox-cli --test docker full_image -- --nocapture
 
+## The multi-replica stack (deploy/compose): three replicas of the light image sharing Redis,
+## behind nginx terminating TLS. The load balancer's and Redis's images are built from
+## Debian's packages on the same base (no registry); Compose v2 is found or installed by
+## deploy/compose/compose.sh. The test brings the stack up under a project of its own, checks
+## failover, cancels across replicas, Redis outages, shared quotas, HTTP/2 and the WebSocket
+## through the load balancer, and takes it down (crates/execbox-cli/tests/stack.rs).
+stack-images: image
+	docker build -q -f deploy/compose/lb/Dockerfile --build-arg BASE=$(IMAGE_BASE) -t $(IMAGE)-lb:latest .
+	docker build -q -f deploy/compose/redis/Dockerfile --build-arg BASE=$(IMAGE_BASE) -t $(IMAGE)-redis:latest .
+	@deploy/compose/compose.sh version
+
+stack-test: stack-images
+	EXECBOX_STACK_TEST=1 EXECBOX_IMAGE=$(IMAGE):light EXECBOX_LB_IMAGE=$(IMAGE)-lb:latest \
+	  EXECBOX_REDIS_IMAGE=$(IMAGE)-redis:latest $(CARGO) test -p execbox-cli --test stack -- --nocapture
+
 ## Everything CI runs. Privileged tests run for real as root; with CI=true a missing
 ## capability fails instead of skipping.
 test: runtime runtimes lint unit openapi-check k8s-check
@@ -190,6 +206,7 @@ test: runtime runtimes lint unit openapi-check k8s-check
 	$(MAKE) docker-test
 	$(MAKE) k8s-docker-test
 	$(MAKE) docker-test-full
+	$(MAKE) stack-test
 
 check: build
 	$(EXECBOX) check

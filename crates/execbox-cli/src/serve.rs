@@ -126,6 +126,14 @@ pub struct ServeArgs {
     /// Seconds of clock skew tolerated on a token's exp and nbf.
     #[arg(long, env = "EXECBOX_JWT_LEEWAY_SECS", default_value_t = execbox_server::auth::LEEWAY_SECS, hide = true)]
     jwt_leeway_secs: u64,
+    /// Keep run state and per-user quotas in Redis (`redis://host:6379/0`), shared by every
+    /// replica that names the same Redis; default: in this process's memory.
+    #[arg(long, env = "EXECBOX_REDIS_URL")]
+    redis_url: Option<String>,
+    /// With --redis-url: seconds after which a run whose replica stopped renewing its lease
+    /// (the replica died) ends internal_error.
+    #[arg(long, env = "EXECBOX_LEASE_SECS", default_value_t = 10)]
+    lease_secs: u64,
     /// Log as JSON lines.
     #[arg(long, env = "EXECBOX_LOG_JSON", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]
@@ -213,6 +221,12 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
         ws_auth_timeout: Duration::from_secs(a.ws_auth_timeout_secs.max(1)),
         allowed_origins,
         jwt_leeway: Duration::from_secs(a.jwt_leeway_secs),
+        redis: a.redis_url.clone().filter(|u| !u.is_empty()).map(|url| {
+            execbox_server::config::RedisConfig {
+                url,
+                lease: Duration::from_secs(a.lease_secs.max(3)),
+            }
+        }),
         jwt_secret,
         private_listen: a.private_listen,
         tls: a.tls_cert.clone().zip(a.tls_key.clone()),

@@ -796,7 +796,8 @@ async fn health_readiness_openapi_and_request_ids() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(
         r.json,
-        json!({"status": "ready", "spawner_up": true, "canary_ok": true, "missing_layers": []})
+        json!({"status": "ready", "spawner_up": true, "canary_ok": true, "missing_layers": [],
+               "shared_state": "memory"})
     );
 
     // A caller's request id is kept; otherwise each request gets its own.

@@ -91,6 +91,8 @@ pub enum ErrorCode {
     // ---- service
     /// The sandbox is not ready (starting, or its spawner is restarting).
     NotReady,
+    /// The shared state store (Redis, with `--redis-url`) is unreachable; retry shortly.
+    StateUnavailable,
     /// No such endpoint.
     NotFound,
     /// The endpoint does not take this method.
@@ -200,6 +202,7 @@ impl ErrorCode {
         ErrorCode::QueueFull,
         ErrorCode::TooManyWebsockets,
         ErrorCode::NotReady,
+        ErrorCode::StateUnavailable,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
         ErrorCode::RunNotFound,
@@ -274,6 +277,7 @@ impl ErrorCode {
             ErrorCode::QueueFull => "queue_full",
             ErrorCode::TooManyWebsockets => "too_many_websockets",
             ErrorCode::NotReady => "not_ready",
+            ErrorCode::StateUnavailable => "state_unavailable",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::RunNotFound => "run_not_found",

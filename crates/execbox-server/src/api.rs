@@ -147,4 +147,6 @@ pub struct Readiness {
     pub canary_ok: bool,
     /// Isolation layers missing (degraded mode).
     pub missing_layers: Vec<String>,
+    /// Where run state and quotas live: `memory`, or Redis `up` / `unreachable` (not ready).
+    pub shared_state: String,
 }

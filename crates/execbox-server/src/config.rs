@@ -8,6 +8,7 @@ use execbox_proto::spawner::SpawnerConfig;
 use execbox_proto::{defaults, Limits};
 
 use crate::quota::QuotaConfig;
+pub use crate::shared::redis::RedisConfig;
 
 /// Everything `execbox serve` can be told.
 #[derive(Debug, Clone)]
@@ -64,6 +65,8 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     /// Clock skew tolerated on a token's `exp` and `nbf`.
     pub jwt_leeway: Duration,
+    /// Run state and quotas in Redis, shared by replicas (`--redis-url`); `None`: in memory.
+    pub redis: Option<RedisConfig>,
 }
 
 /// Default per-user WebSocket cap: every place the server has for runs (running plus queued),
@@ -113,6 +116,7 @@ impl Default for ServerConfig {
             ws_auth_timeout: Duration::from_secs(10),
             allowed_origins: Vec::new(),
             jwt_leeway: Duration::from_secs(crate::auth::LEEWAY_SECS),
+            redis: None,
         }
     }
 }

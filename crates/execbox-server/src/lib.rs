@@ -1,7 +1,8 @@
 //! The execbox HTTP service.
 //!
 //! ```text
-//! client ─HTTP─▶ router (validation) ─▶ admission (bounded queue) ─▶ run store
+//! client ─HTTP─▶ router (validation) ─▶ quotas, admission (bounded queue) ─▶ run store
+//!                                (quotas and run store: in memory, or Redis shared by replicas)
 //!                                          │ one JSON line per order
 //!                                          ▼
 //!                            spawner process (single-threaded, started and restarted here)
@@ -27,6 +28,7 @@ pub mod quota;
 mod routes;
 mod runner;
 pub mod sandbox;
+mod shared;
 mod spawner_client;
 mod state;
 mod store;
@@ -57,6 +59,9 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
+    /// The Redis URL is not one.
+    #[error("{0}")]
+    Redis(String),
     /// Metrics registry.
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
@@ -200,13 +205,19 @@ pub async fn serve_on(
     // at shutdown so the spawner's order channel closes.
     let gc_store = state.store.clone();
     let gc_state = std::sync::Arc::downgrade(&state.0);
+    // Each second the store's own work (with Redis: leases, cancels requested through other
+    // replicas, the sweep of runs whose replica died); every ten, the garbage collection.
     let gc = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
-        loop {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for n in 0u64.. {
             tick.tick().await;
-            gc_store.gc(retention, max_runs);
-            if let Some(s) = gc_state.upgrade() {
-                s.quotas.gc();
+            gc_store.tick().await;
+            if n % 10 == 0 {
+                gc_store.gc(retention, max_runs);
+                if let Some(s) = gc_state.upgrade() {
+                    s.quotas.gc();
+                }
             }
         }
     });

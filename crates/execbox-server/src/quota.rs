@@ -24,6 +24,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::shared::QuotaBackend;
 use crate::state::AppState;
 
 /// Quota settings; `None` turns a quota off.
@@ -91,7 +92,7 @@ impl Drop for RunSlot {
     }
 }
 
-fn over(code: ErrorCode, message: String, limit: u64, reset: Duration) -> ApiError {
+pub(crate) fn over(code: ErrorCode, message: String, limit: u64, reset: Duration) -> ApiError {
     let secs = reset.as_secs_f64().ceil().max(1.0) as u64;
     let mut e = ApiError::too_many(code, message, secs);
     e.rate_limit = Some((limit, 0, secs));
@@ -210,13 +211,15 @@ impl Quotas {
 
 /// One request by `caller` against its request-rate quota, counted in the metrics when
 /// refused. Every HTTP request ([`rate_limit`]) and every WebSocket message goes through here.
-pub(crate) fn charge_request(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+pub(crate) async fn charge_request(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
     let Some(user) = &caller.user else {
         return Ok(());
     };
-    state.quotas.check_rate(user).inspect_err(|_| {
-        state.metrics.reject(ErrorCode::RateQuota);
-    })
+    state
+        .quotas
+        .check_rate(user)
+        .await
+        .inspect_err(|e| state.metrics.reject(e.body.error.code))
 }
 
 /// Middleware, inside [`crate::auth::require_auth`]: the caller's request-rate quota.
@@ -226,7 +229,7 @@ pub(crate) async fn rate_limit(
     next: Next,
 ) -> Response {
     if let Some(caller) = req.extensions().get::<Caller>() {
-        if let Err(e) = charge_request(&state, caller) {
+        if let Err(e) = charge_request(&state, caller).await {
             return e.into_response();
         }
     }
@@ -234,31 +237,58 @@ pub(crate) async fn rate_limit(
 }
 
 /// A run's hold on its user's quotas: a concurrent-run place for the run's life, and whom to
-/// charge its CPU time to when it ends.
+/// charge its CPU time to when it ends. Dropped unsettled (the run was refused after its
+/// place was taken), the place is given back in the background.
 #[derive(Debug)]
 pub(crate) struct RunQuota {
     owner: Option<String>,
-    _slot: Option<RunSlot>,
+    run: String,
+    backend: Arc<dyn QuotaBackend>,
+    settled: bool,
 }
 
-/// Take a place in `owner`'s concurrent-run quota, if its CPU window allows a run at all
-/// (refusals are counted in the metrics). Anonymous runs have no quota.
-pub(crate) fn reserve_run(state: &AppState, owner: Option<&str>) -> Result<RunQuota, ApiError> {
-    let slot = owner
-        .map(|u| state.quotas.start_run(u))
-        .transpose()
-        .inspect_err(|e| state.metrics.reject(e.body.error.code))?;
+/// Take a place in `owner`'s concurrent-run quota for run `run`, if its CPU window allows a
+/// run at all (refusals are counted in the metrics). Anonymous runs have no quota.
+pub(crate) async fn reserve_run(
+    state: &AppState,
+    owner: Option<&str>,
+    run: &str,
+) -> Result<RunQuota, ApiError> {
+    if let Some(u) = owner {
+        state
+            .quotas
+            .start_run(u, run)
+            .await
+            .inspect_err(|e| state.metrics.reject(e.body.error.code))?;
+    }
     Ok(RunQuota {
         owner: owner.map(str::to_owned),
-        _slot: slot,
+        run: run.to_owned(),
+        backend: state.quotas.clone(),
+        settled: false,
     })
 }
 
 impl RunQuota {
-    /// The run ended as `rec`: charge its CPU time, and give its place back.
-    pub(crate) fn settle(self, quotas: &Quotas, rec: &RunRecord) {
+    /// The run ended as `rec`: give its place back, and charge its CPU time.
+    pub(crate) async fn settle(mut self, rec: &RunRecord) {
+        self.settled = true;
         if let Some(user) = &self.owner {
-            quotas.charge_cpu(user, rec.cpu_time_ms());
+            self.backend
+                .end_run(user, &self.run, rec.cpu_time_ms())
+                .await;
+        }
+    }
+}
+
+impl Drop for RunQuota {
+    fn drop(&mut self) {
+        let Some(user) = self.owner.take().filter(|_| !self.settled) else {
+            return;
+        };
+        let (backend, run) = (self.backend.clone(), std::mem::take(&mut self.run));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { backend.end_run(&user, &run, 0.0).await });
         }
     }
 }

@@ -81,20 +81,22 @@ fn final_record(
 }
 
 /// Submit a validated run for `owner`: its user's quotas (or 429), readiness (or 503), a
-/// place in admission (or 429), then it is stored as queued and driven to its end in a task
-/// of its own. An HTTP request brings the `room` it waited for before its body was read
+/// place in admission (or 429), then it is stored as queued (or 503 `state_unavailable` when
+/// the shared store cannot take it) and driven to its end in a task of its own. An HTTP
+/// request brings the `room` it waited for before its body was read
 /// ([`crate::extract::RunRoom`]); a WebSocket message has none and is admitted or refused at
 /// once.
-pub fn submit(
+pub async fn submit(
     state: &AppState,
     req: RunRequest,
     owner: Option<String>,
     room: Option<Room>,
 ) -> Result<Submitted, ApiError> {
-    let quota = quota::reserve_run(state, owner.as_deref())?;
+    let id = new_run_id();
+    let quota = quota::reserve_run(state, owner.as_deref(), &id).await?;
     ready(state)?;
     let ticket = admit(state, owner.as_deref().unwrap_or(""), room)?;
-    let (order, cancel) = enqueue(state, req, owner);
+    let (order, cancel) = enqueue(state, id, req, owner).await?;
     let id = order.id.clone();
     let (tx, done) = oneshot::channel();
     tokio::spawn(drive(
@@ -143,13 +145,13 @@ fn admit(state: &AppState, user: &str, room: Option<Room>) -> Result<Ticket, Api
     ticket.ok_or_else(|| queue_full(state))
 }
 
-/// Give the run an id, store it as queued with its cancellation token, and make its order.
-fn enqueue(
+/// Store the run as queued with its cancellation token, and make its order.
+async fn enqueue(
     state: &AppState,
+    id: String,
     req: RunRequest,
     owner: Option<String>,
-) -> (RunOrder, CancellationToken) {
-    let id = new_run_id();
+) -> Result<(RunOrder, CancellationToken), ApiError> {
     let created_at = now_rfc3339();
     let cancel = CancellationToken::new();
     let queued = record(
@@ -158,7 +160,7 @@ fn enqueue(
         req.runtime.as_ref(),
         RunStatus::Queued,
     );
-    state.store.insert(queued, owner, cancel.clone());
+    state.store.insert(queued, owner, cancel.clone()).await?;
     let order = RunOrder {
         id,
         created_at,
@@ -171,7 +173,7 @@ fn enqueue(
         cases: req.cases,
         compare: req.compare,
     };
-    (order, cancel)
+    Ok((order, cancel))
 }
 
 /// A run's life after admission: wait for a slot, execute in the sandbox, settle the quotas,
@@ -200,8 +202,8 @@ async fn drive(
         ),
     };
     drop(ticket);
-    quota.settle(&state.quotas, &rec);
-    conclude(&state, rec, done);
+    quota.settle(&rec).await;
+    conclude(&state, rec, done).await;
 }
 
 /// Wait for an execution slot; `None` when the run is cancelled first.
@@ -258,14 +260,14 @@ async fn execute(state: &AppState, order: RunOrder, cancel: &CancellationToken) 
 }
 
 /// Publish the final record: metrics, log, store, and the waiting caller.
-fn conclude(state: &AppState, rec: RunRecord, done: oneshot::Sender<RunRecord>) {
+async fn conclude(state: &AppState, rec: RunRecord, done: oneshot::Sender<RunRecord>) {
     state.metrics.run_finished(
         rec.status,
         &rec.language,
         rec.run.as_ref().map(|r| r.wall_time_ms / 1000.0),
     );
     tracing::info!(run = %rec.id, status = rec.status.as_str(), "run finished");
-    state.store.finish(rec.clone());
+    state.store.finish(rec.clone()).await;
     let _ = done.send(rec);
 }
 

@@ -8,10 +8,13 @@ use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
 use crate::metrics::Metrics;
-use crate::quota::Quotas;
 use crate::routes::ws::slots::WsSlots;
 use crate::sandbox::Sandbox;
+use crate::shared::memory::MemoryQuotas;
+use crate::shared::redis::{Conn, RedisQuotas, RedisRuns};
+use crate::shared::{QuotaBackend, RunBackend};
 use crate::store::RunStore;
+use crate::ServerError;
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Debug, Clone)]
@@ -22,8 +25,8 @@ pub struct AppState(pub(crate) Arc<Inner>);
 pub struct Inner {
     /// Settings.
     pub(crate) cfg: ServerConfig,
-    /// Runs.
-    pub(crate) store: Arc<RunStore>,
+    /// Runs: in memory, or in Redis with `--redis-url`.
+    pub(crate) store: Arc<dyn RunBackend>,
     /// The admission gate.
     pub(crate) admission: Admission,
     /// The sandbox: the spawner client, or a fake in tests.
@@ -32,8 +35,8 @@ pub struct Inner {
     pub(crate) metrics: Metrics,
     /// Token checking; `None` only with `--insecure-no-auth`.
     pub(crate) auth: Option<Authenticator>,
-    /// Per-user quotas.
-    pub(crate) quotas: Quotas,
+    /// Per-user quotas: in memory, or in Redis with `--redis-url`.
+    pub(crate) quotas: Arc<dyn QuotaBackend>,
     /// Open WebSockets, in total and per user.
     pub(crate) websockets: WsSlots,
     /// Cancelled when the server starts shutting down (listeners stop accepting; WebSocket
@@ -43,8 +46,26 @@ pub struct Inner {
 
 impl AppState {
     /// The state of a server with `cfg` whose runs go to `sandbox`.
-    pub fn new(cfg: ServerConfig, sandbox: Arc<dyn Sandbox>) -> Result<Self, prometheus::Error> {
+    pub fn new(cfg: ServerConfig, sandbox: Arc<dyn Sandbox>) -> Result<Self, ServerError> {
         let metrics = Metrics::new()?;
+        let (store, quotas): (Arc<dyn RunBackend>, Arc<dyn QuotaBackend>) = match &cfg.redis {
+            None => (
+                Arc::new(RunStore::with_max_bytes(cfg.max_stored_bytes)),
+                Arc::new(MemoryQuotas::new(cfg.quotas.clone())),
+            ),
+            Some(r) => {
+                let conn = Conn::new(&r.url).map_err(ServerError::Redis)?;
+                (
+                    Arc::new(RedisRuns::new(
+                        conn.clone(),
+                        r,
+                        cfg.retention,
+                        cfg.max_stored_bytes,
+                    )),
+                    Arc::new(RedisQuotas::new(conn, cfg.quotas.clone(), r.lease)),
+                )
+            }
+        };
         Ok(Self(Arc::new(Inner {
             auth: cfg
                 .jwt_secret
@@ -55,9 +76,9 @@ impl AppState {
                 cfg.max_websockets_per_user,
                 metrics.websockets_open.clone(),
             ),
-            quotas: Quotas::new(cfg.quotas.clone()),
+            quotas,
             admission: Admission::new(cfg.max_running, cfg.max_queued),
-            store: Arc::new(RunStore::with_max_bytes(cfg.max_stored_bytes)),
+            store,
             shutdown: CancellationToken::new(),
             metrics,
             sandbox,

@@ -1,5 +1,6 @@
 //! The run store: every run's record, who owns it, and how to cancel it. In memory; finished
-//! runs are forgotten after the retention period (and beyond a count cap, oldest first).
+//! runs are forgotten after the retention period (and beyond a count cap, oldest first). With
+//! Redis (`crate::shared::redis`) it holds the runs this replica drives.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -161,6 +162,30 @@ impl RunStore {
             e.cancel.cancel();
         }
         Some(e.record.clone())
+    }
+
+    /// Cancel run `id` if it is not final, whoever owns it (a cancel requested through
+    /// another replica).
+    pub fn cancel_local(&self, id: &str) {
+        if let Some(e) = self.lock().get(id) {
+            if !e.record.status.is_final() {
+                e.cancel.cancel();
+            }
+        }
+    }
+
+    /// The runs that are not final, with their owners.
+    pub fn in_flight(&self) -> Vec<(String, Option<String>)> {
+        self.lock()
+            .iter()
+            .filter(|(_, e)| !e.record.status.is_final())
+            .map(|(k, e)| (k.clone(), e.owner.clone()))
+            .collect()
+    }
+
+    /// Who owns run `id` (`None`: anonymous or unknown).
+    pub fn owner(&self, id: &str) -> Option<String> {
+        self.lock().get(id).and_then(|e| e.owner.clone())
     }
 
     /// Cancel every run that is not final (shutdown).

@@ -85,6 +85,10 @@ const COVERAGE: &[(ErrorCode, &str)] = &[
         ErrorCode::NotReady,
         "not_ready_before_the_sandbox_says_hello",
     ),
+    (
+        ErrorCode::StateUnavailable,
+        "unreachable_redis_is_503_state_unavailable",
+    ),
     (ErrorCode::NotFound, "unknown_paths_and_methods"),
     (ErrorCode::MethodNotAllowed, "unknown_paths_and_methods"),
     (
@@ -1259,6 +1263,65 @@ async fn not_ready_before_the_sandbox_says_hello() {
         app.fake.orders().is_empty(),
         "nothing ran before the canary passed"
     );
+}
+
+/// With `--redis-url` naming a Redis that is not there (a loopback port nobody listens on),
+/// every request that needs the shared state answers 503 `state_unavailable` with
+/// `Retry-After`, and `/readyz` says why. (The Redis backends themselves, and the recovery
+/// once Redis is back, are tested against a real redis-server: `shared::redis::tests`, and the
+/// compose stack: crates/execbox-cli/tests/stack.rs.)
+#[tokio::test]
+async fn unreachable_redis_is_503_state_unavailable() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let app = TestApp::with(|c| {
+        c.redis = Some(execbox_server::config::RedisConfig {
+            url: format!("redis://127.0.0.1:{port}/0"),
+            lease: Duration::from_secs(10),
+        });
+        c.quotas.concurrent_runs = Some(4);
+    });
+    for (path, body) in [
+        ("/execute", json!({"script": "1"})),
+        ("/run-json/?wait=false", json!({"code": "1"})),
+        (
+            "/v1/runs",
+            json!({"language": "python", "version": "3", "files": [{"content": "1"}]}),
+        ),
+    ] {
+        let r = app.post(path, "u", body).await;
+        assert_error(
+            &r,
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::StateUnavailable,
+        );
+        assert_eq!(r.header("retry-after"), Some("2"));
+    }
+    let r = app.get("/v1/runs/some-id", "u").await;
+    assert_error(
+        &r,
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::StateUnavailable,
+    );
+    let r = app.delete("/v1/runs/some-id", "u").await;
+    assert_error(
+        &r,
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::StateUnavailable,
+    );
+    assert!(
+        app.fake.orders().is_empty(),
+        "nothing ran without the shared state"
+    );
+    let r = app.call_private(req(Method::GET, "/readyz").empty()).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.json["shared_state"], "unreachable");
+    let r = TestApp::new()
+        .call_private(req(Method::GET, "/readyz").empty())
+        .await;
+    assert_eq!(r.json["shared_state"], "memory");
 }
 
 // ---- operations, fallbacks, the WebSocket's HTTP answers

@@ -27,6 +27,7 @@ use crate::validate;
         (status = 413, description = "script or body too large", body = ErrorResponse),
         (status = 422, description = "the script failed: no_main, main_not_callable, exception, result_not_json, syntax_error, timeout, memory_limit, output_limit, …", body = ErrorResponse),
         (status = 429, description = "queue full; see Retry-After", body = ErrorResponse),
+        (status = 503, description = "the sandbox is not ready (not_ready), or the shared state store is unreachable (state_unavailable); see Retry-After", body = ErrorResponse),
         (status = 500, description = "execbox failed", body = ErrorResponse),
     ),
     tag = "seed"
@@ -38,7 +39,7 @@ pub async fn execute(
     Json(req): Json<ExecuteRequest>,
 ) -> Result<Response, ApiError> {
     let run = validate::script(&state, req.script)?;
-    let submitted = runner::submit(&state, run, caller.user, Some(room))?;
+    let submitted = runner::submit(&state, run, caller.user, Some(room)).await?;
     let rec = runner::wait(submitted).await?;
     let step = rec.run.clone().unwrap_or_default();
     if rec.status == RunStatus::Ok {

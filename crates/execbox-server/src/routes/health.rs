@@ -15,7 +15,8 @@ pub async fn healthz() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// Ready to run code: the spawner is up and its start-up canary run succeeded.
+/// Ready to run code: the spawner is up, its start-up canary run succeeded, and the shared
+/// state (Redis, with `--redis-url`) answers.
 #[utoipa::path(
     get,
     path = "/readyz",
@@ -26,13 +27,15 @@ pub async fn healthz() -> StatusCode {
     tag = "ops"
 )]
 pub async fn readyz(State(state): State<AppState>) -> Response {
+    let shared = state.store.health().await;
     let s = state.sandbox.status();
-    let ready = s.ready();
+    let ready = s.ready() && shared.ok();
     let body = Readiness {
         status: if ready { "ready" } else { "not_ready" }.into(),
         spawner_up: s.up,
         canary_ok: s.canary_ok,
         missing_layers: s.missing_layers,
+        shared_state: shared.as_str().into(),
     };
     let code = if ready {
         StatusCode::OK

@@ -24,7 +24,7 @@ async fn start(
     wait: bool,
     status_prefix: &str,
 ) -> Result<Response, ApiError> {
-    let submitted = runner::submit(state, req, caller.user, Some(room))?;
+    let submitted = runner::submit(state, req, caller.user, Some(room)).await?;
     respond(submitted, wait, status_prefix).await
 }
 
@@ -71,6 +71,7 @@ fn query(
         (status = 400, description = "malformed request", body = ErrorResponse),
         (status = 413, description = "too large", body = ErrorResponse),
         (status = 429, description = "queue full; see Retry-After", body = ErrorResponse),
+        (status = 503, description = "the sandbox is not ready (not_ready), or the shared state store is unreachable (state_unavailable); see Retry-After", body = ErrorResponse),
     ),
     tag = "seed"
 )]
@@ -98,6 +99,7 @@ pub async fn run_json(
         (status = 400, description = "not one .py file, or not UTF-8", body = ErrorResponse),
         (status = 413, description = "too large", body = ErrorResponse),
         (status = 429, description = "queue full", body = ErrorResponse),
+        (status = 503, description = "the sandbox is not ready (not_ready), or the shared state store is unreachable (state_unavailable); see Retry-After", body = ErrorResponse),
     ),
     tag = "seed"
 )]
@@ -172,6 +174,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     responses(
         (status = 200, description = "the record", body = RunRecord),
         (status = 404, description = "unknown or expired id", body = ErrorResponse),
+        (status = 503, description = "the shared state store is unreachable (state_unavailable)", body = ErrorResponse),
     ),
     tag = "seed"
 )]
@@ -183,6 +186,7 @@ pub async fn status(
     state
         .store
         .get(&id, caller.user.as_deref())
+        .await?
         .map(axum::Json)
         .ok_or_else(|| ApiError::run_not_found(&id))
 }
@@ -198,6 +202,7 @@ pub async fn status(
         (status = 400, description = "malformed request, unknown language or version, limit above maximum", body = ErrorResponse),
         (status = 413, description = "too large", body = ErrorResponse),
         (status = 429, description = "queue full; see Retry-After", body = ErrorResponse),
+        (status = 503, description = "the sandbox is not ready (not_ready), or the shared state store is unreachable (state_unavailable); see Retry-After", body = ErrorResponse),
     ),
     tag = "v1"
 )]
@@ -220,6 +225,7 @@ pub async fn create_run(
     responses(
         (status = 200, description = "the record", body = RunRecord),
         (status = 404, description = "unknown or expired id", body = ErrorResponse),
+        (status = 503, description = "the shared state store is unreachable (state_unavailable)", body = ErrorResponse),
     ),
     tag = "v1"
 )]
@@ -241,6 +247,7 @@ pub async fn get_run(
         (status = 202, description = "cancellation requested", body = RunRecord),
         (status = 200, description = "the run had already finished", body = RunRecord),
         (status = 404, description = "unknown or expired id", body = ErrorResponse),
+        (status = 503, description = "the shared state store is unreachable (state_unavailable)", body = ErrorResponse),
     ),
     tag = "v1"
 )]
@@ -252,6 +259,7 @@ pub async fn cancel_run(
     let rec = state
         .store
         .cancel(&id, caller.user.as_deref())
+        .await?
         .ok_or_else(|| ApiError::run_not_found(&id))?;
     let code = if rec.status.is_final() {
         StatusCode::OK

@@ -141,7 +141,7 @@ pub async fn ws(
         (Some(_), None) => None, // must authenticate with its first message
     };
     if let Some(c) = &caller {
-        if let Err(e) = charge_request(&state, c) {
+        if let Err(e) = charge_request(&state, c).await {
             return e.into_response();
         }
     }

@@ -160,13 +160,15 @@ async fn authenticate(
         }
     };
     // The auth message is this session's "request": the rate quota, then the user's cap.
-    let bound = charge_request(state, &caller).and_then(|()| match &caller.user {
-        Some(u) => slot.bind_user(u).map_err(|e| {
-            state.metrics.reject(ErrorCode::TooManyWebsockets);
-            ApiError::from(e)
-        }),
-        None => Ok(()),
-    });
+    let bound = charge_request(state, &caller)
+        .await
+        .and_then(|()| match &caller.user {
+            Some(u) => slot.bind_user(u).map_err(|e| {
+                state.metrics.reject(ErrorCode::TooManyWebsockets);
+                ApiError::from(e)
+            }),
+            None => Ok(()),
+        });
     if let Err(e) = bound {
         close_with(socket, CLOSE_POLICY, &e).await;
         return None;
@@ -249,7 +251,7 @@ async fn serve(state: &AppState, socket: &mut WebSocket, caller: &Caller) -> Res
         };
         idle_deadline = Instant::now() + idle;
         // Every client message is a request for the rate quota, a run active or not.
-        if let Err(e) = charge_request(state, caller) {
+        if let Err(e) = charge_request(state, caller).await {
             send(socket, &(&e).into()).await?;
             continue;
         }
@@ -289,8 +291,10 @@ async fn serve(state: &AppState, socket: &mut WebSocket, caller: &Caller) -> Res
                         "one run at a time; send {\"type\": \"cancel\"} to stop it",
                     ))
                 } else {
-                    let submitted = validate::run_request(state, request)
-                        .and_then(|run| runner::submit(state, run, caller.user.clone(), None));
+                    let submitted = match validate::run_request(state, request) {
+                        Ok(run) => runner::submit(state, run, caller.user.clone(), None).await,
+                        Err(e) => Err(e),
+                    };
                     match submitted {
                         Ok(s) => {
                             active = Some(ActiveRun {
