@@ -152,9 +152,11 @@ IMAGE_BASE  ?= debian:bookworm-slim
 IMAGE       ?= execbox
 
 image-bin: runtime
-	$(CARGO) build --release -p execbox-cli
+	$(CARGO) build --release -p execbox-cli -p execbox-jail
 	@mkdir -p target/docker
 	strip -o target/docker/execbox $(EXECBOX)
+	@# The warm path's jail library, loaded by templates; beside the binary, where it looks.
+	strip -o target/docker/libexecbox_jail.so target/release/libexecbox_jail.so
 	@# The runtime as `make runtime` made it, minus the packages' test suites (about 60 MB).
 	@rm -rf target/docker/python && cp -a $(PYTHON_ENV) target/docker/python && \
 	  site=$$(echo target/docker/python/lib/python3*/site-packages) && \

@@ -72,8 +72,8 @@ fi
 PREBUILT=""
 [[ -n "${EXECBOX_BIN:-}" ]] && PREBUILT=" (EXECBOX_BIN=$EXECBOX_BIN, not built from this tree)"
 if [[ -z "${EXECBOX_BIN:-}" ]]; then
-  log "cargo build --release -p execbox-cli"
-  (cd "$REPO" && cargo build --release -p execbox-cli) || die "cargo build failed"
+  log "cargo build --release -p execbox-cli -p execbox-jail"
+  (cd "$REPO" && cargo build --release -p execbox-cli -p execbox-jail) || die "cargo build failed"
   EXECBOX_BIN="${CARGO_TARGET_DIR:-$REPO/target}/release/execbox"
 fi
 [[ -x "$EXECBOX_BIN" ]] || die "$EXECBOX_BIN is not executable"

@@ -220,30 +220,22 @@ impl Jailer {
         Ok(Preparing { jail, t })
     }
 
-    /// A template's uid/gid map: itself as root (host uid `own`), and every run slot but its
-    /// own at [`crate::warm::INNER_BASE`] + slot index, so it can map one of them into each
-    /// child's user namespace. At most three lines.
+    /// A template's uid/gid map: itself as root (host uid `own`), and every other run slot
+    /// at its own host uid, so it can map one of them into each child's user namespace (and a
+    /// child's `/proc/self/uid_map` shows its host uid, as a cold run's does). At most three
+    /// lines.
     fn template_id_map(&self, own: u32) -> String {
         let (base, count) = (self.slots.base(), self.slots.count());
         let s = own - base;
         let mut m = format!("0 {own} 1\n");
         if s > 0 {
-            m.push_str(&format!("{} {base} {s}\n", crate::warm::INNER_BASE));
+            m.push_str(&format!("{base} {base} {s}\n"));
         }
         if s + 1 < count {
-            let rest = count - s - 1;
-            m.push_str(&format!(
-                "{} {} {rest}\n",
-                crate::warm::INNER_BASE + s + 1,
-                own + 1
-            ));
+            let next = own + 1;
+            m.push_str(&format!("{next} {next} {}\n", count - s - 1));
         }
         m
-    }
-
-    /// The host uid range of run slots: (first uid, count).
-    pub(crate) fn slot_range(&self) -> (u32, u32) {
-        (self.slots.base(), self.slots.count())
     }
 
     /// Take a uid slot (warm children take theirs here; see [`crate::template`]).

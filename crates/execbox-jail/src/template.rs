@@ -6,7 +6,7 @@
 //! request over a `SOCK_SEQPACKET` socket (JSON and the run's descriptors); the template
 //! clones a child into new namespaces, and the child builds a run's jail around itself
 //! ([`crate::warm`]) before it runs the user's code in the interpreter it inherited, without
-//! `execve`. To the spawner a warm child is a [`Prepared`](crate::Prepared) jail like any
+//! `execve`. To the spawner a warm child is a [`Prepared`] jail like any
 //! other; only its exit is reported by the template (its parent) on a pipe, and its status
 //! channel is a socket that also carries a pidfd for it. See docs/security.md, "Templates".
 
@@ -31,7 +31,7 @@ use crate::config::{JailSpec, Payload};
 use crate::error::{JailError, Result};
 use crate::init::{Kind, READY_LEN};
 use crate::spawn::{JailProc, Jailer, Prepared, Preparing, Timer};
-use crate::warm::{WarmRequest, INNER_BASE};
+use crate::warm::WarmRequest;
 
 /// A running template. Dropping the last reference (each of its children holds one) kills it,
 /// and with it any child it still has (their parent-death signal).
@@ -136,8 +136,8 @@ impl Jailer {
         spec: &JailSpec,
     ) -> Result<Preparing> {
         let slot = self.acquire_slot()?;
-        let (base, _) = self.slot_range();
-        let inner_uid = INNER_BASE + (slot.uid - base);
+        // The template's namespace maps run slots at their host uids (template_id_map).
+        let inner_uid = slot.uid;
         let p = |what| pipe2(OFlag::O_CLOEXEC).map_err(|e| JailError::sys(what, e));
         let (stdin_r, stdin_w) = p("pipe stdin")?;
         let (stdout_r, stdout_w) = p("pipe stdout")?;

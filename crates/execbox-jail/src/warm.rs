@@ -32,10 +32,6 @@ use crate::rootfs::{self, RootKind, CHILD_ROOT};
 use crate::seccomp::{self, SeccompPolicy};
 use crate::{creds, launch_msg, sys};
 
-/// Inside a template's user namespace, run slot `n` (host uid `uid_base + n`) is uid
-/// `INNER_BASE + n`; the template itself is uid 0.
-pub const INNER_BASE: u32 = 100_000;
-
 /// A fingerprint of the code both sides of the warm path must agree on (this file, the jail
 /// sequence it shares with cold jails, the messages): the spawner's copy is compiled into
 /// it, the template's into the library it loads; a template whose library differs (a stale
