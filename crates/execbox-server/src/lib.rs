@@ -20,6 +20,7 @@ pub mod config;
 mod error;
 mod extract;
 mod listener;
+pub mod live;
 mod metrics;
 pub mod openapi;
 pub mod origin;
@@ -199,12 +200,14 @@ pub async fn serve_on(
     // Background tasks hold the store, not the state: the last AppState clone must go away
     // at shutdown so the spawner's order channel closes.
     let gc_store = state.store.clone();
+    let gc_live = state.live.clone();
     let gc_state = std::sync::Arc::downgrade(&state.0);
     let gc = tokio::spawn(async move {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {
             tick.tick().await;
             gc_store.gc(retention, max_runs);
+            gc_live.gc(retention, max_runs);
             if let Some(s) = gc_state.upgrade() {
                 s.quotas.gc();
             }

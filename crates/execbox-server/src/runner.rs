@@ -8,12 +8,15 @@ use execbox_proto::{
 };
 use std::time::Duration;
 
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{Permit, Room, Ticket};
 use crate::error::ApiError;
+use crate::live::{LiveLog, LiveMessage};
 use crate::quota::{self, RunQuota};
+use crate::sandbox::LiveEvent;
 use crate::state::AppState;
 
 /// A validated run request.
@@ -35,6 +38,10 @@ pub struct RunRequest {
     pub cases: Vec<TestCase>,
     /// How cases' stdout is compared.
     pub compare: Compare,
+    /// Stream its stages and output into a [`LiveLog`] (`/v1/runs`, the WebSocket).
+    pub live: bool,
+    /// Keep its stdin open for the client (a live WebSocket run without cases).
+    pub interactive: bool,
 }
 
 /// A run that was accepted.
@@ -46,6 +53,8 @@ pub struct Submitted {
     pub done: oneshot::Receiver<RunRecord>,
     /// Cancels the run.
     pub cancel: CancellationToken,
+    /// Its events, for a live run.
+    pub live: Option<Arc<LiveLog>>,
 }
 
 /// A record the server writes itself (queued, cancelled before it started, internal error),
@@ -94,18 +103,32 @@ pub fn submit(
     let quota = quota::reserve_run(state, owner.as_deref())?;
     ready(state)?;
     let ticket = admit(state, owner.as_deref().unwrap_or(""), room)?;
+    let live = req.live.then(|| {
+        let log = Arc::new(LiveLog::new(LiveLog::bound_for(req.limits.output_bytes)));
+        (log, owner.clone())
+    });
     let (order, cancel) = enqueue(state, req, owner);
     let id = order.id.clone();
+    let live = live.map(|(log, owner)| {
+        log.push(LiveMessage::Accepted { id: id.clone() });
+        state.live.insert(&id, owner, log.clone());
+        log
+    });
     let (tx, done) = oneshot::channel();
     tokio::spawn(drive(
         state.clone(),
         ticket,
         quota,
-        order,
+        (order, live.clone()),
         cancel.clone(),
         tx,
     ));
-    Ok(Submitted { id, done, cancel })
+    Ok(Submitted {
+        id,
+        done,
+        cancel,
+        live,
+    })
 }
 
 /// 503 unless the sandbox is up and passed its canary.
@@ -170,6 +193,8 @@ fn enqueue(
         runtime: req.runtime,
         cases: req.cases,
         compare: req.compare,
+        live: req.live,
+        interactive: req.interactive,
     };
     (order, cancel)
 }
@@ -181,13 +206,13 @@ async fn drive(
     state: AppState,
     ticket: Ticket,
     quota: RunQuota,
-    order: RunOrder,
+    (order, live): (RunOrder, Option<Arc<LiveLog>>),
     cancel: CancellationToken,
     done: oneshot::Sender<RunRecord>,
 ) {
     let rec = match acquire_slot(&ticket, &cancel).await {
         Some(permit) => {
-            let rec = execute(&state, order, &cancel).await;
+            let rec = execute(&state, order, live.clone(), &cancel).await;
             drop(permit);
             rec
         }
@@ -201,6 +226,11 @@ async fn drive(
     };
     drop(ticket);
     quota.settle(&state.quotas, &rec);
+    if let Some(log) = live {
+        log.push(LiveMessage::Exit {
+            record: Box::new(rec.clone()),
+        });
+    }
     conclude(&state, rec, done);
 }
 
@@ -217,7 +247,12 @@ async fn acquire_slot(ticket: &Ticket, cancel: &CancellationToken) -> Option<Per
 /// limits (a compile within the operator's maximum, then each case) plus teardown; if no
 /// record comes well after that, something inside execbox failed: conclude it as an internal
 /// error rather than hold its slot forever.
-async fn execute(state: &AppState, order: RunOrder, cancel: &CancellationToken) -> RunRecord {
+async fn execute(
+    state: &AppState,
+    order: RunOrder,
+    live: Option<Arc<LiveLog>>,
+    cancel: &CancellationToken,
+) -> RunRecord {
     let runs = order.cases.len().max(1) as u64;
     let backstop = Duration::from_millis(order.limits.wall_time_ms.saturating_mul(runs))
         + Duration::from_millis(state.cfg.max_limits.wall_time_ms)
@@ -227,7 +262,22 @@ async fn execute(state: &AppState, order: RunOrder, cancel: &CancellationToken) 
     let store = state.store.clone();
     let started = id.clone();
     let on_started = Box::new(move || store.set_running(&started));
-    let mut rx = state.sandbox.run(order, on_started);
+    let mut rx = match live {
+        Some(log) => {
+            let on_event = Box::new(move |e: LiveEvent| {
+                log.push(match e {
+                    LiveEvent::Stage { stage, case } => LiveMessage::Stage { stage, case },
+                    LiveEvent::Output {
+                        stream,
+                        data,
+                        truncated,
+                    } => LiveMessage::output(stream, data, truncated),
+                })
+            });
+            state.sandbox.run_live(order, on_started, on_event)
+        }
+        None => state.sandbox.run(order, on_started),
+    };
     let result = tokio::select! {
         r = &mut rx => r,
         _ = cancel.cancelled() => {

@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
+use crate::live::LiveRuns;
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
 use crate::routes::ws::slots::WsSlots;
@@ -24,6 +25,8 @@ pub struct Inner {
     pub(crate) cfg: ServerConfig,
     /// Runs.
     pub(crate) store: Arc<RunStore>,
+    /// The event logs of live runs.
+    pub(crate) live: Arc<LiveRuns>,
     /// The admission gate.
     pub(crate) admission: Admission,
     /// The sandbox: the spawner client, or a fake in tests.
@@ -59,6 +62,7 @@ impl AppState {
             admission: Admission::new(cfg.max_running, cfg.max_queued),
             store: Arc::new(RunStore::with_max_bytes(cfg.max_stored_bytes)),
             shutdown: CancellationToken::new(),
+            live: Arc::default(),
             metrics,
             sandbox,
             cfg,

@@ -366,6 +366,8 @@ mod tests {
             runtime: None,
             cases: vec![],
             compare: Default::default(),
+            live: false,
+            interactive: false,
         }
     }
 

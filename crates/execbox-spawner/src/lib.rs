@@ -15,6 +15,7 @@
 pub mod event_loop;
 mod framing;
 mod inflight;
+mod live;
 
 use std::io::Write;
 use std::os::fd::OwnedFd;

@@ -50,6 +50,8 @@
 //!
 //! Closing the socket cancels its active run.
 
+mod live;
+pub mod live_protocol;
 pub mod protocol;
 mod session;
 pub mod slots;
@@ -151,9 +153,13 @@ pub async fn ws(
         Err(e) => return reject(&state, e.into()),
     };
     let max = state.cfg.max_body_bytes;
+    // A client that offers execbox.v2 gets the live protocol; any other, execbox.v1.
+    let upgrade = upgrade.protocols([live_protocol::PROTOCOL_V2, PROTOCOL]);
+    let live = upgrade
+        .selected_protocol()
+        .is_some_and(|p| p == live_protocol::PROTOCOL_V2);
     upgrade
-        .protocols([PROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(state, socket, caller, slot))
+        .on_upgrade(move |socket| session::run(state, socket, caller, slot, live))
 }

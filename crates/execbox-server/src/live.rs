@@ -1,0 +1,335 @@
+//! The events of live runs (`docs/live-protocol.md`): each live run has one append-only
+//! [`LiveLog`] (accepted, stages, output chunks, exit), shared by every reader — its WebSocket
+//! session and any number of `GET /v1/runs/{id}/events` streams. A reader holds only a
+//! cursor into it, so a slow or stalled reader costs no memory of its own: it just falls
+//! behind. The log is bounded: its output chunks are the run's output, which the spawner caps
+//! per stream (`output_bytes`); past [`LiveLog::max_bytes`] (a backstop, see there) chunks
+//! are dropped and the stream is marked `truncated`. Logs are forgotten with their runs
+//! (`--retention-secs`, and the same count cap as the run store).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use execbox_proto::live::{OutputStream, Stage};
+use execbox_proto::RunRecord;
+use serde::Serialize;
+use tokio::sync::watch;
+use utoipa::ToSchema;
+
+/// One event of a live run, as a WebSocket `execbox.v2` message and an SSE event's data (the
+/// SSE event's name is its `type`, its id its index in the run's log).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LiveMessage {
+    /// The run was admitted.
+    Accepted {
+        /// Run id.
+        id: String,
+    },
+    /// A stage started (compile, then run; with cases, one run stage per case).
+    Stage {
+        /// Which.
+        stage: Stage,
+        /// The case's index, for a run with cases.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        case: Option<usize>,
+    },
+    /// Output on stdout, as it was read.
+    Stdout {
+        /// The text (never split inside a character; invalid UTF-8 as U+FFFD).
+        data: String,
+        /// The stream reached its cap: nothing more of it follows.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    /// Output on stderr, as it was read.
+    Stderr {
+        /// The text.
+        data: String,
+        /// The stream reached its cap: nothing more of it follows.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        truncated: bool,
+    },
+    /// The run ended: its final record (with the whole output, as `GET /v1/runs/{id}`).
+    Exit {
+        /// The record.
+        record: Box<RunRecord>,
+    },
+}
+
+impl LiveMessage {
+    /// The `type` (the SSE event name).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LiveMessage::Accepted { .. } => "accepted",
+            LiveMessage::Stage { .. } => "stage",
+            LiveMessage::Stdout { .. } => "stdout",
+            LiveMessage::Stderr { .. } => "stderr",
+            LiveMessage::Exit { .. } => "exit",
+        }
+    }
+
+    /// An output chunk.
+    pub fn output(stream: OutputStream, data: String, truncated: bool) -> Self {
+        match stream {
+            OutputStream::Stdout => LiveMessage::Stdout { data, truncated },
+            OutputStream::Stderr => LiveMessage::Stderr { data, truncated },
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    events: Vec<Arc<LiveMessage>>,
+    /// Bytes of output held.
+    bytes: usize,
+    /// A stream marked truncated by the backstop: later chunks of it are dropped.
+    cut: [bool; 2],
+    done: bool,
+}
+
+/// One live run's events.
+#[derive(Debug)]
+pub struct LiveLog {
+    inner: Mutex<Inner>,
+    /// The number of events, for readers to wait on.
+    len: watch::Sender<usize>,
+    max_bytes: usize,
+}
+
+impl LiveLog {
+    /// An empty log holding at most `max_bytes` of output text.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            len: watch::channel(0).0,
+            max_bytes,
+        }
+    }
+
+    /// The backstop for a run whose streams are capped at `output_bytes` each: both streams
+    /// full, each byte decoded at worst as U+FFFD (3 bytes), plus a chunk. The spawner never
+    /// sends more than the caps; this only holds if it misbehaved.
+    pub fn bound_for(output_bytes: u64) -> usize {
+        let out = usize::try_from(output_bytes).unwrap_or(usize::MAX / 8);
+        out.saturating_mul(6)
+            .saturating_add(execbox_proto::live::MAX_CHUNK_BYTES)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Append an event (nothing after `exit`).
+    pub fn push(&self, msg: LiveMessage) {
+        let n = {
+            let mut g = self.lock();
+            if g.done {
+                return;
+            }
+            let msg = match msg {
+                LiveMessage::Stdout { data, truncated } => self.chunk(&mut g, 0, data, truncated),
+                LiveMessage::Stderr { data, truncated } => self.chunk(&mut g, 1, data, truncated),
+                LiveMessage::Exit { .. } => {
+                    g.done = true;
+                    Some(msg)
+                }
+                other => Some(other),
+            };
+            let Some(msg) = msg else { return };
+            g.events.push(Arc::new(msg));
+            g.events.len()
+        };
+        self.len.send_replace(n);
+    }
+
+    fn chunk(&self, g: &mut Inner, i: usize, data: String, truncated: bool) -> Option<LiveMessage> {
+        let stream = [OutputStream::Stdout, OutputStream::Stderr][i];
+        if g.cut[i] {
+            return None;
+        }
+        if g.bytes + data.len() > self.max_bytes {
+            g.cut[i] = true;
+            return Some(LiveMessage::output(stream, String::new(), true));
+        }
+        g.bytes += data.len();
+        Some(LiveMessage::output(stream, data, truncated))
+    }
+
+    /// The event at `index`, if it was pushed.
+    pub fn get(&self, index: usize) -> Option<Arc<LiveMessage>> {
+        self.lock().events.get(index).cloned()
+    }
+
+    /// The event at `index`, once it is pushed; `None` if the log is complete before it.
+    pub async fn next(&self, index: usize) -> Option<Arc<LiveMessage>> {
+        let mut rx = self.len.subscribe();
+        loop {
+            if let Some(e) = self.get(index) {
+                return Some(e);
+            }
+            if self.lock().done {
+                return None;
+            }
+            // The sender lives as long as the log: changed() cannot fail while we hold it.
+            if rx.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+
+    /// Bytes of output text held.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Whether the `exit` event is in.
+    pub fn is_done(&self) -> bool {
+        self.lock().done
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    log: Arc<LiveLog>,
+    owner: Option<String>,
+    created: Instant,
+}
+
+/// The logs of live runs, by run id.
+#[derive(Debug, Default)]
+pub struct LiveRuns {
+    logs: Mutex<HashMap<String, Entry>>,
+}
+
+impl LiveRuns {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Register run `id`'s log.
+    pub fn insert(&self, id: &str, owner: Option<String>, log: Arc<LiveLog>) {
+        let e = Entry {
+            log,
+            owner,
+            created: Instant::now(),
+        };
+        self.lock().insert(id.to_owned(), e);
+    }
+
+    /// Run `id`'s log, if it exists and `owner` may see it.
+    pub fn get(&self, id: &str, owner: Option<&str>) -> Option<Arc<LiveLog>> {
+        let logs = self.lock();
+        let e = logs.get(id)?;
+        (e.owner.as_deref() == owner).then(|| e.log.clone())
+    }
+
+    /// Forget the logs of runs that ended more than `retention` ago (by their creation: a run
+    /// cannot outlive its limits by much), then the oldest complete ones beyond `max`.
+    pub fn gc(&self, retention: Duration, max: usize) -> usize {
+        let mut logs = self.lock();
+        let before = logs.len();
+        let now = Instant::now();
+        logs.retain(|_, e| !e.log.is_done() || now.duration_since(e.created) < retention);
+        if logs.len() > max {
+            let mut done: Vec<(Instant, String)> = logs
+                .iter()
+                .filter(|(_, e)| e.log.is_done())
+                .map(|(k, e)| (e.created, k.clone()))
+                .collect();
+            done.sort();
+            let excess = logs.len() - max;
+            for (_, k) in done.into_iter().take(excess) {
+                logs.remove(&k);
+            }
+        }
+        before - logs.len()
+    }
+
+    /// How many logs are held.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no log is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use execbox_proto::RunStatus;
+
+    fn out(s: &str) -> LiveMessage {
+        LiveMessage::output(OutputStream::Stdout, s.into(), false)
+    }
+
+    #[tokio::test]
+    async fn readers_wait_for_events_and_stop_after_exit() {
+        let log = Arc::new(LiveLog::new(1000));
+        log.push(LiveMessage::Accepted { id: "r".into() });
+        let reader = tokio::spawn({
+            let log = log.clone();
+            async move {
+                let mut seen = Vec::new();
+                let mut i = 0;
+                while let Some(e) = log.next(i).await {
+                    seen.push(e.kind());
+                    i += 1;
+                }
+                seen
+            }
+        });
+        tokio::task::yield_now().await;
+        log.push(out("a"));
+        let rec = RunRecord::new("r", "python", "3", RunStatus::Ok, "t");
+        log.push(LiveMessage::Exit {
+            record: Box::new(rec),
+        });
+        log.push(out("late"));
+        assert_eq!(reader.await.unwrap(), ["accepted", "stdout", "exit"]);
+        let json = serde_json::to_value(&*log.get(1).unwrap()).unwrap();
+        assert_eq!(json, serde_json::json!({"type": "stdout", "data": "a"}));
+    }
+
+    #[test]
+    fn output_beyond_the_bound_is_cut_with_a_marker() {
+        let log = LiveLog::new(5);
+        log.push(out("abc"));
+        log.push(out("def"));
+        log.push(out("ghi"));
+        log.push(LiveMessage::output(OutputStream::Stderr, "x".into(), false));
+        let kinds: Vec<String> = (0..4)
+            .filter_map(|i| log.get(i))
+            .map(|e| serde_json::to_string(&*e).unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                r#"{"type":"stdout","data":"abc"}"#,
+                r#"{"type":"stdout","data":"","truncated":true}"#,
+                r#"{"type":"stderr","data":"x"}"#,
+            ]
+        );
+        assert_eq!(log.bytes(), 4);
+    }
+
+    #[test]
+    fn logs_are_seen_by_their_owner_and_forgotten_after_retention() {
+        let runs = LiveRuns::default();
+        let log = Arc::new(LiveLog::new(10));
+        runs.insert("a", Some("alice".into()), log.clone());
+        assert!(runs.get("a", Some("bob")).is_none());
+        assert!(runs.get("a", Some("alice")).is_some());
+        assert_eq!(runs.gc(Duration::ZERO, 10), 0, "a running log is kept");
+        log.push(LiveMessage::Exit {
+            record: Box::new(RunRecord::new("a", "p", "3", RunStatus::Ok, "t")),
+        });
+        assert_eq!(runs.gc(Duration::from_secs(60), 10), 0);
+        assert_eq!(runs.gc(Duration::ZERO, 10), 1);
+        assert!(runs.is_empty());
+    }
+}
