@@ -706,3 +706,62 @@ async fn without_execbox_v2_the_session_speaks_v1() {
     send(&mut ws, json!({"type": "stdin", "data": "x"})).await;
     assert_eq!(next(&mut ws).await["error"]["code"], "invalid_message");
 }
+
+/// The example client's interpreter (`make examples-env`), or a skip (outside CI) or a failure
+/// (in CI) when it is missing.
+fn examples_python() -> Option<PathBuf> {
+    let p = std::env::var_os("EXECBOX_EXAMPLES_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/execbox/examples/bin/python"));
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        !support::in_ci(),
+        "{} is missing: `make examples-env` installs it",
+        p.display()
+    );
+    support::report_skip(&format!(
+        "{} is missing (run `make examples-env`)",
+        p.display()
+    ));
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_client_drives_an_interactive_program() {
+    use tokio::io::AsyncWriteExt;
+    if !privileged() {
+        return;
+    }
+    let Some(python) = examples_python() else {
+        return;
+    };
+    let s = Server::start(&[]);
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/live");
+    let mut child = tokio::process::Command::new(python)
+        .arg(examples.join("client.py"))
+        .args(["--url", &format!("ws://{}/v1/ws", s.public)])
+        .arg(examples.join("doubler.py"))
+        .env("EXECBOX_TOKEN", token("example"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the example client");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"21\n5\n").await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(PATIENCE, child.wait_with_output())
+        .await
+        .expect("the example client ended in time")
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(stdout, "> 42\n> 10\n> bye\n", "stderr: {stderr}");
+    assert_eq!(stderr, "[ok, exit code 0]\n");
+    assert!(out.status.success());
+}
