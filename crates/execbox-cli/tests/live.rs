@@ -355,6 +355,20 @@ async fn sigint_reaches_python_as_keyboard_interrupt() {
         }
     }
 
+    // In main mode the harness is the jail's init: INT reaches it (Python handles it).
+    let main = "def main():\n    import time\n    print('ready')\n    time.sleep(60)\n";
+    let mut req = program(main);
+    req["mode"] = json!("main");
+    send(&mut ws, json!({"type": "run", "request": req})).await;
+    assert_eq!(next(&mut ws).await["type"], "accepted");
+    until_stdout(&mut ws, "ready\n").await;
+    send(&mut ws, json!({"type": "signal", "signal": "INT"})).await;
+    let got = until_exit(&mut ws).await;
+    let rec = &got.last().unwrap().1["record"];
+    assert_eq!(rec["error"]["code"], "exception", "{rec}");
+    let err = rec["run"]["stderr"].as_str().unwrap_or_default();
+    assert!(err.contains("KeyboardInterrupt"), "{err}");
+
     // At most MAX_SIGNALS (64) per run.
     let src = "import signal, time\nsignal.signal(signal.SIGUSR2, lambda *a: None)\nprint('ready')\ntime.sleep(60)\n";
     send(&mut ws, run(src)).await;

@@ -3,7 +3,7 @@
 //! session and any number of `GET /v1/runs/{id}/events` streams. A reader holds only a
 //! cursor into it, so a slow or stalled reader costs no memory of its own: it just falls
 //! behind. The log is bounded: its output chunks are the run's output, which the spawner caps
-//! per stream (`output_bytes`); past [`LiveLog::max_bytes`] (a backstop, see there) chunks
+//! per stream (`output_bytes`); past [`LiveLog::bound_for`] (a backstop, see there) chunks
 //! are dropped and the stream is marked `truncated`. Logs are forgotten with their runs
 //! (`--retention-secs`, and the same count cap as the run store).
 

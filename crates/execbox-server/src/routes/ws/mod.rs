@@ -19,7 +19,15 @@
 //! message), within `--ws-auth-timeout-secs` (10 s). It counts against the total cap, then
 //! against its user's once the token checks out.
 //!
-//! # Messages (JSON text, tagged by `type`; [`protocol`])
+//! # Two protocols, chosen by subprotocol
+//!
+//! A client that offers `execbox.v2` gets the live protocol ([`live_protocol`], the session in
+//! `live.rs`, specified in `docs/live-protocol.md`): output streamed as it is printed,
+//! `stdin`, `signal`. Any other client (offering `execbox.v1`, or no subprotocol) gets
+//! `execbox.v1`, described below and unchanged. Authentication, caps, quotas and close codes
+//! are the same for both.
+//!
+//! # Messages of `execbox.v1` (JSON text, tagged by `type`; [`protocol`])
 //!
 //! Client → server: `auth` (above), `run` (`{"type": "run", "request": <the POST /v1/runs
 //! body>}`, one run at a time), `cancel` (kills the current run).
@@ -100,7 +108,7 @@ fn header_token(headers: &HeaderMap) -> Option<String> {
     get,
     path = "/v1/ws",
     responses(
-        (status = 101, description = "WebSocket session: messages are `ClientMessage` and `ServerMessage`; close codes in the README"),
+        (status = 101, description = "WebSocket session. Subprotocol `execbox.v1` (or none): messages `ClientMessage` and `ServerMessage`. Subprotocol `execbox.v2` (live runs, docs/live-protocol.md): client messages `LiveClientMessage`, server messages `LiveMessage` plus `ready` and `error` of `ServerMessage`. Close codes in the README and docs/live-protocol.md"),
         (status = 400, description = "`not_a_websocket`: not a WebSocket handshake (also 405, 426)", body = ErrorResponse),
         (status = 401, description = "a token was sent in a header and is invalid", body = ErrorResponse),
         (status = 403, description = "`origin_not_allowed`: the Origin header is not allowed", body = ErrorResponse),
