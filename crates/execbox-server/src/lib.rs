@@ -194,6 +194,7 @@ pub async fn serve_on(
     let grace = cfg.shutdown_grace;
     let retention = cfg.retention;
     let max_runs = cfg.max_stored_runs;
+    let max_stored_bytes = cfg.max_stored_bytes;
     let max_connections = cfg.max_connections;
     let (state, mut spawner_status, spawner_task) = build_state(cfg)?;
 
@@ -207,7 +208,7 @@ pub async fn serve_on(
         loop {
             tick.tick().await;
             gc_store.gc(retention, max_runs);
-            gc_live.gc(retention, max_runs);
+            gc_live.gc(retention, max_runs, max_stored_bytes);
             if let Some(s) = gc_state.upgrade() {
                 s.quotas.gc();
             }

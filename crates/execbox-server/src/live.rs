@@ -86,7 +86,8 @@ struct Inner {
     bytes: usize,
     /// A stream marked truncated by the backstop: later chunks of it are dropped.
     cut: [bool; 2],
-    done: bool,
+    /// When the `exit` event came.
+    done: Option<Instant>,
 }
 
 /// One live run's events.
@@ -125,14 +126,14 @@ impl LiveLog {
     pub fn push(&self, msg: LiveMessage) {
         let n = {
             let mut g = self.lock();
-            if g.done {
+            if g.done.is_some() {
                 return;
             }
             let msg = match msg {
                 LiveMessage::Stdout { data, truncated } => self.chunk(&mut g, 0, data, truncated),
                 LiveMessage::Stderr { data, truncated } => self.chunk(&mut g, 1, data, truncated),
                 LiveMessage::Exit { .. } => {
-                    g.done = true;
+                    g.done = Some(Instant::now());
                     Some(msg)
                 }
                 other => Some(other),
@@ -169,7 +170,7 @@ impl LiveLog {
             if let Some(e) = self.get(index) {
                 return Some(e);
             }
-            if self.lock().done {
+            if self.lock().done.is_some() {
                 return None;
             }
             // The sender lives as long as the log: changed() cannot fail while we hold it.
@@ -186,6 +187,10 @@ impl LiveLog {
 
     /// Whether the `exit` event is in.
     pub fn is_done(&self) -> bool {
+        self.lock().done.is_some()
+    }
+
+    fn done_at(&self) -> Option<Instant> {
         self.lock().done
     }
 }
@@ -194,7 +199,6 @@ impl LiveLog {
 struct Entry {
     log: Arc<LiveLog>,
     owner: Option<String>,
-    created: Instant,
 }
 
 /// The logs of live runs, by run id.
@@ -210,11 +214,7 @@ impl LiveRuns {
 
     /// Register run `id`'s log.
     pub fn insert(&self, id: &str, owner: Option<String>, log: Arc<LiveLog>) {
-        let e = Entry {
-            log,
-            owner,
-            created: Instant::now(),
-        };
+        let e = Entry { log, owner };
         self.lock().insert(id.to_owned(), e);
     }
 
@@ -225,23 +225,33 @@ impl LiveRuns {
         (e.owner.as_deref() == owner).then(|| e.log.clone())
     }
 
-    /// Forget the logs of runs that ended more than `retention` ago (by their creation: a run
-    /// cannot outlive its limits by much), then the oldest complete ones beyond `max`.
-    pub fn gc(&self, retention: Duration, max: usize) -> usize {
+    /// Forget the logs of runs that ended more than `retention` ago (as the run store forgets
+    /// their records), then the oldest complete ones while more than `max` logs or more than
+    /// `max_bytes` of output are held (0: no byte bound).
+    pub fn gc(&self, retention: Duration, max: usize, max_bytes: usize) -> usize {
         let mut logs = self.lock();
         let before = logs.len();
         let now = Instant::now();
-        logs.retain(|_, e| !e.log.is_done() || now.duration_since(e.created) < retention);
-        if logs.len() > max {
+        logs.retain(|_, e| {
+            e.log
+                .done_at()
+                .is_none_or(|t| now.duration_since(t) < retention)
+        });
+        let mut total: usize = logs.values().map(|e| e.log.bytes()).sum();
+        let over = |n: usize, total: usize| n > max || (max_bytes > 0 && total > max_bytes);
+        if over(logs.len(), total) {
             let mut done: Vec<(Instant, String)> = logs
                 .iter()
-                .filter(|(_, e)| e.log.is_done())
-                .map(|(k, e)| (e.created, k.clone()))
+                .filter_map(|(k, e)| e.log.done_at().map(|t| (t, k.clone())))
                 .collect();
             done.sort();
-            let excess = logs.len() - max;
-            for (_, k) in done.into_iter().take(excess) {
-                logs.remove(&k);
+            for (_, k) in done {
+                if !over(logs.len(), total) {
+                    break;
+                }
+                if let Some(e) = logs.remove(&k) {
+                    total -= e.log.bytes();
+                }
             }
         }
         before - logs.len()
@@ -324,12 +334,27 @@ mod tests {
         runs.insert("a", Some("alice".into()), log.clone());
         assert!(runs.get("a", Some("bob")).is_none());
         assert!(runs.get("a", Some("alice")).is_some());
-        assert_eq!(runs.gc(Duration::ZERO, 10), 0, "a running log is kept");
+        assert_eq!(runs.gc(Duration::ZERO, 10, 0), 0, "a running log is kept");
         log.push(LiveMessage::Exit {
             record: Box::new(RunRecord::new("a", "p", "3", RunStatus::Ok, "t")),
         });
-        assert_eq!(runs.gc(Duration::from_secs(60), 10), 0);
-        assert_eq!(runs.gc(Duration::ZERO, 10), 1);
+        assert_eq!(runs.gc(Duration::from_secs(60), 10, 0), 0);
+        assert_eq!(runs.gc(Duration::ZERO, 10, 0), 1);
         assert!(runs.is_empty());
+        // Beyond the byte bound, the oldest complete logs go first.
+        let exit = || LiveMessage::Exit {
+            record: Box::new(RunRecord::new("x", "p", "3", RunStatus::Ok, "t")),
+        };
+        for id in ["a", "b", "c"] {
+            let log = Arc::new(LiveLog::new(100));
+            log.push(out("0123456789"));
+            log.push(exit());
+            runs.insert(id, None, log);
+        }
+        runs.insert("live", None, Arc::new(LiveLog::new(100)));
+        assert_eq!(runs.gc(Duration::from_secs(60), 10, 25), 1);
+        assert!(runs.get("a", None).is_none() && runs.get("b", None).is_some());
+        assert_eq!(runs.gc(Duration::from_secs(60), 2, 0), 1);
+        assert!(runs.get("c", None).is_some() && runs.get("live", None).is_some());
     }
 }

@@ -230,6 +230,11 @@ async fn drive(
         log.push(LiveMessage::Exit {
             record: Box::new(rec.clone()),
         });
+        // Completed logs beyond the caps go now, not at the next periodic collection.
+        let cfg = &state.cfg;
+        state
+            .live
+            .gc(cfg.retention, cfg.max_stored_runs, cfg.max_stored_bytes);
     }
     conclude(&state, rec, done);
 }
