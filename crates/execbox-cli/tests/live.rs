@@ -779,3 +779,53 @@ async fn the_example_client_drives_an_interactive_program() {
     assert_eq!(stderr, "[ok, exit code 0]\n");
     assert!(out.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compiled_run_reports_both_stages_and_gets_stdin_sent_while_it_compiles() {
+    if !privileged() {
+        return;
+    }
+    // Only C (and the built-in Python): one smoke test more at start.
+    let dir = tempfile::tempdir().unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../runtimes/c");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let s = Server::start(&["--runtimes-dir", dir.path().to_str().unwrap()]);
+    let api = Api::new(&s).with_token(&token("compiler"));
+    let offered = api.get("/v1/runtimes").await.json;
+    if !offered.to_string().contains("\"c\"") {
+        assert!(!support::in_ci(), "the C runtime is not offered: {offered}");
+        support::report_skip("the C runtime is not offered here (gcc missing?)");
+        return;
+    }
+    let mut ws = live(&s, "compiler").await;
+    let c = "#include <stdio.h>\nint main(void) {\n  int x;\n  printf(\"n? \");\n  fflush(stdout);\n  if (scanf(\"%d\", &x) == 1) printf(\"%d\\n\", 3 * x);\n  return 0;\n}\n";
+    send(
+        &mut ws,
+        json!({"type": "run", "request": {"language": "c", "files": [{"content": c}]}}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await["type"], "accepted");
+    // Sent while the compiler runs: kept for the program.
+    send(
+        &mut ws,
+        json!({"type": "stdin", "data": "7\n", "eof": true}),
+    )
+    .await;
+    let got = until_exit(&mut ws).await;
+    let stages: Vec<&str> = got
+        .iter()
+        .filter(|(_, m)| m["type"] == "stage")
+        .map(|(_, m)| m["stage"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["compile", "run"], "{got:?}");
+    assert_eq!(stdout_of(&got), "n? 21\n");
+    let rec = &got.last().unwrap().1["record"];
+    assert_eq!(rec["status"], "ok", "{rec}");
+    assert!(rec["compile"].is_object(), "{rec}");
+}
