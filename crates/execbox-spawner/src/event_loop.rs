@@ -612,6 +612,9 @@ impl Spawner {
             }
             wake = wake.min(a.run.next_wakeup());
         }
+        if let Some(t) = self.live.next_deadline() {
+            wake = wake.min(t);
+        }
         let mut fds = Vec::new();
         let mut tags = Vec::new();
         if !eof {
@@ -733,11 +736,12 @@ impl Spawner {
 
     /// Output events for what every live run read since the last call.
     fn send_live_output(&mut self) -> io::Result<()> {
+        let now = Instant::now();
         let mut events = Vec::new();
         for a in self.inflight.running() {
             if a.order.live {
                 let run = &a.run;
-                events.extend(self.live.chunks(&a.order.id, |i| run.output(i)));
+                events.extend(self.live.chunks(&a.order.id, now, |i| run.output(i)));
             }
         }
         for e in events {

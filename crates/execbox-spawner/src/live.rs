@@ -1,22 +1,31 @@
 //! Live runs in the spawner: the output a stage has read so far, cut into
 //! [`Event::Output`] chunks as it arrives (never inside a UTF-8 character, at most
-//! [`MAX_CHUNK_BYTES`] each, the last one of a stream cut at its cap marked `truncated`), and
-//! the stdin that arrives before the run stage is running.
+//! [`MAX_CHUNK_BYTES`] each, the last one of a stream cut at its cap marked `truncated`; a
+//! partial line waits up to [`LINE_HOLD`] for its end), and the stdin that arrives before the
+//! run stage is running.
 //!
 //! The supervisor keeps every byte it read (up to the caps) for the record anyway; a tap only
 //! remembers how much of it was sent, so streaming costs no second copy here.
 
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use execbox_proto::live::{utf8_complete_prefix, LiveSignal, OutputStream, MAX_CHUNK_BYTES};
 use execbox_proto::spawner::Event;
 use nix::sys::signal::Signal;
+
+/// How long output that does not end a line waits for the rest of it. Programs often write a
+/// line in two calls (Python's `print` writes the text, then the newline): the two reads then
+/// go out as one chunk. A prompt without a newline still goes out within this.
+pub(crate) const LINE_HOLD: Duration = Duration::from_millis(5);
 
 /// How much of one stage's stdout and stderr was sent.
 #[derive(Debug, Default)]
 struct Tap {
     sent: [usize; 2],
     finished: [bool; 2],
+    /// Since when a partial line waits.
+    held_since: [Option<Instant>; 2],
 }
 
 /// Stdin received for an interactive run whose run stage is not running yet.
@@ -74,11 +83,21 @@ impl Live {
         self.held.remove(id)
     }
 
-    /// The output events for what run `id`'s stage read since the last call. `output(i)` is
-    /// the supervisor's [`execbox_jail::Supervisor::output`].
+    /// When a held partial line must go out at the latest.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.taps
+            .values()
+            .flat_map(|t| t.held_since.iter().flatten())
+            .min()
+            .map(|t| *t + LINE_HOLD)
+    }
+
+    /// The output events for what run `id`'s stage read since the last call, at `now`.
+    /// `output(i)` is the supervisor's [`execbox_jail::Supervisor::output`].
     pub(crate) fn chunks<'a>(
         &mut self,
         id: &str,
+        now: Instant,
         output: impl Fn(usize) -> (&'a [u8], bool, bool),
     ) -> Vec<Event> {
         let Some(tap) = self.taps.get_mut(id) else {
@@ -94,11 +113,25 @@ impl Live {
             }
             let (buf, over, closed) = output(i);
             let from = tap.sent[i].min(buf.len());
-            let end = if closed {
+            let ready = if closed {
                 buf.len()
             } else {
                 from + utf8_complete_prefix(&buf[from..])
             };
+            let mut end = ready;
+            if !closed && end > from && buf[end - 1] != b'\n' {
+                let since = *tap.held_since[i].get_or_insert(now);
+                if now < since + LINE_HOLD {
+                    // The complete lines now, the partial one later.
+                    end = buf[from..end]
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(from, |p| from + p + 1);
+                }
+            }
+            if end == ready {
+                tap.held_since[i] = None;
+            }
             let mut pieces = split(&buf[from..end]);
             if over && pieces.is_empty() {
                 pieces.push(String::new());
@@ -158,55 +191,68 @@ mod tests {
 
     #[test]
     fn output_is_sent_once_split_at_characters_and_marked_when_cut() {
+        let t0 = Instant::now();
+        let later = t0 + LINE_HOLD;
         let mut live = Live::default();
-        let mut out: Vec<u8> = "a€".as_bytes()[..2].to_vec(); // 'a' and half of '€'
-        let err = b"oops".to_vec();
+        let mut out: Vec<u8> = b"one\na".to_vec();
+        out.extend_from_slice(&"€".as_bytes()[..2]); // half of '€'
+        let err = b"oops\n".to_vec();
+        let both =
+            |out: &[u8], err: &[u8], over: bool, closed: bool| -> Vec<(Vec<u8>, bool, bool)> {
+                vec![(out.to_vec(), over, closed), (err.to_vec(), false, closed)]
+            };
         // Not a live stage (yet): nothing.
-        assert!(live.chunks("r", |_| (&out[..], false, false)).is_empty());
+        assert!(live
+            .chunks("r", t0, |_| (&out[..], false, false))
+            .is_empty());
         live.stage_started("r");
-        let ev = live.chunks("r", |i| {
-            if i == 0 {
-                (&out[..], false, false)
-            } else {
-                (&err[..], false, false)
-            }
-        });
+        let s = both(&out, &err, false, false);
+        let ev = live.chunks("r", t0, |i| (&s[i].0[..], s[i].1, s[i].2));
+        // The complete line at once; the partial one waits for its end.
         assert_eq!(
             texts(&ev),
             [
-                (OutputStream::Stdout, "a".into(), false),
-                (OutputStream::Stderr, "oops".into(), false)
+                (OutputStream::Stdout, "one\n".into(), false),
+                (OutputStream::Stderr, "oops\n".into(), false)
             ]
         );
-        out.extend_from_slice(&"a€".as_bytes()[2..]);
-        out.extend_from_slice(b"!");
-        let ev = live.chunks("r", |i| {
-            if i == 0 {
-                (&out[..], false, false)
-            } else {
-                (&err[..], false, false)
-            }
-        });
-        assert_eq!(texts(&ev), [(OutputStream::Stdout, "€!".into(), false)]);
-        // Cut at the cap: the rest, then nothing more.
+        assert_eq!(live.next_deadline(), Some(t0 + LINE_HOLD));
+        // Its end came: one chunk.
+        out.extend_from_slice(&"€".as_bytes()[2..]);
+        out.extend_from_slice(b"!\n");
+        let s = both(&out, &err, false, false);
+        let ev = live.chunks("r", t0, |i| (&s[i].0[..], s[i].1, s[i].2));
+        assert_eq!(texts(&ev), [(OutputStream::Stdout, "a€!\n".into(), false)]);
+        assert_eq!(live.next_deadline(), None);
+        // A prompt without a newline goes out once held long enough (but never half a
+        // character).
+        out.extend_from_slice(b"name? ");
+        out.extend_from_slice(&"é".as_bytes()[..1]);
+        let s = both(&out, &err, false, false);
+        assert!(live
+            .chunks("r", t0, |i| (&s[i].0[..], s[i].1, s[i].2))
+            .is_empty());
+        let ev = live.chunks("r", later, |i| (&s[i].0[..], s[i].1, s[i].2));
+        assert_eq!(texts(&ev), [(OutputStream::Stdout, "name? ".into(), false)]);
+        // Cut at the cap: the rest at once, then nothing more.
+        out.extend_from_slice(&"é".as_bytes()[1..]);
         out.extend_from_slice(b"xyz");
-        let ev = live.chunks("r", |i| {
-            if i == 0 {
-                (&out[..], true, true)
-            } else {
-                (&err[..], false, true)
-            }
-        });
-        assert_eq!(texts(&ev), [(OutputStream::Stdout, "xyz".into(), true)]);
-        assert!(live.chunks("r", |_| (&out[..], true, true)).is_empty());
+        let s = both(&out, &err, true, true);
+        let ev = live.chunks("r", later, |i| (&s[i].0[..], s[i].1, s[i].2));
+        assert_eq!(texts(&ev), [(OutputStream::Stdout, "éxyz".into(), true)]);
+        assert!(live
+            .chunks("r", later, |_| (&out[..], true, true))
+            .is_empty());
         // A new stage counts from zero.
         live.stage_started("r");
-        let ev = live.chunks("r", |i| {
-            (if i == 0 { &b"2"[..] } else { &b""[..] }, false, false)
+        let ev = live.chunks("r", later, |i| {
+            (if i == 0 { &b"2\n"[..] } else { &b""[..] }, false, false)
         });
-        assert_eq!(texts(&ev), [(OutputStream::Stdout, "2".into(), false)]);
+        assert_eq!(texts(&ev), [(OutputStream::Stdout, "2\n".into(), false)]);
         live.forget("r");
-        assert!(live.chunks("r", |_| (&out[..], false, false)).is_empty());
+        assert!(live
+            .chunks("r", later, |_| (&out[..], false, false))
+            .is_empty());
     }
 
     #[test]
