@@ -66,7 +66,10 @@ where
         match m {
             Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
             Some(Ok(Message::Close(f))) => {
-                return json!({"type": "closed", "frame": format!("{f:?}")})
+                let (code, reason) = f.map_or((0, String::new()), |f| {
+                    (u16::from(f.code), f.reason.as_str().to_owned())
+                });
+                return json!({"type": "closed", "code": code, "reason": reason});
             }
             Some(Ok(_)) => {}
             other => panic!("the session ended: {other:?}"),
@@ -828,4 +831,86 @@ async fn a_compiled_run_reports_both_stages_and_gets_stdin_sent_while_it_compile
     let rec = &got.last().unwrap().1["record"];
     assert_eq!(rec["status"], "ok", "{rec}");
     assert!(rec["compile"].is_object(), "{rec}");
+}
+
+/// The next messages are an `error` with `code`, then a close frame with `close` and `code`.
+async fn expect_closed_with<S>(ws: &mut Ws<S>, code: &str, close: u16)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let e = next(ws).await;
+    assert_eq!(
+        (e["type"].as_str(), e["error"]["code"].as_str()),
+        (Some("error"), Some(code)),
+        "{e}"
+    );
+    let c = next(ws).await;
+    assert_eq!(c, json!({"type": "closed", "code": close, "reason": code}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_sessions_close_with_1001_on_shutdown_once_their_run_has_exited() {
+    if !privileged() {
+        return;
+    }
+    let mut s = Server::start(&[]);
+    let mut idle = live(&s, "a").await;
+    let mut busy = live(&s, "b").await;
+    send(
+        &mut busy,
+        run("import time\ntime.sleep(1)\nprint('done')\n"),
+    )
+    .await;
+    assert_eq!(next(&mut busy).await["type"], "accepted");
+    s.signal(nix::sys::signal::Signal::SIGTERM);
+    expect_closed_with(&mut idle, "shutting_down", 1001).await;
+    // The run ends (finished, or cancelled when the server stops serving) and is reported
+    // first.
+    let got = until_exit(&mut busy).await;
+    let status = &got.last().unwrap().1["record"]["status"];
+    assert!(status == "ok" || status == "cancelled", "{got:?}");
+    expect_closed_with(&mut busy, "shutting_down", 1001).await;
+    assert!(
+        s.exited_within(PATIENCE).await.is_some(),
+        "the server did not exit"
+    );
+}
+
+/// `/metrics`' value of `name` (0 when absent).
+fn metric(s: &Server, name: &str) -> f64 {
+    let text = support::http::raw_get(s.private, "/metrics").expect("GET /metrics");
+    support::metric(&text, name, "").unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_session_is_closed_once_its_run_is_over() {
+    if !privileged() {
+        return;
+    }
+    let s = Server::start(&["--ws-idle-secs", "1"]);
+    let api = Api::new(&s).with_token(&token("stalled"));
+    let stream = small_window(&s).await;
+    let (mut ws, _) = tokio_tungstenite::client_async(request(&s, "stalled", "execbox.v2"), stream)
+        .await
+        .expect("upgrade");
+    assert_eq!(next(&mut ws).await["type"], "ready");
+    // More output than the socket buffers take, then the client stops reading.
+    let src = "import sys\nline = 'y' * 1023 + '\\n'\nfor _ in range(8 * 1024 - 8):\n    sys.stdout.write(line)\n";
+    let req = json!({"type": "run", "request": {"language": "python",
+                     "limits": {"output_limit_bytes": 8 << 20}, "files": [{"content": src}]}});
+    send(&mut ws, req).await;
+    let id = next(&mut ws).await["id"].as_str().unwrap().to_owned();
+    let rec = api.wait_final(&format!("/v1/runs/{id}"), PATIENCE).await;
+    assert_eq!(rec["status"], "ok", "{}", rec["error"]);
+    assert_eq!(metric(&s, "execbox_websockets_open"), 1.0);
+    // Idle (1 s) once the run is over, then the writer's 5 s to flush: the socket is given up.
+    let deadline = Instant::now() + PATIENCE;
+    while metric(&s, "execbox_websockets_open") > 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled socket is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(ws);
 }

@@ -180,6 +180,16 @@ impl LiveLog {
         }
     }
 
+    /// Returns once the `exit` event is in.
+    pub async fn done(&self) {
+        let mut rx = self.len.subscribe();
+        while !self.is_done() {
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Bytes of output text held.
     pub fn bytes(&self) -> usize {
         self.lock().bytes

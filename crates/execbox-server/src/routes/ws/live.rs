@@ -72,8 +72,13 @@ fn text(v: &impl serde::Serialize) -> Message {
 /// The socket went away.
 struct Gone;
 
+/// Queue a reply or a close. A client that leaves the queue full for [`CLOSE_GRACE`] (it
+/// stopped reading but still sends) is treated as gone.
 async fn send(tx: &mpsc::Sender<Message>, m: Message) -> Result<(), Gone> {
-    tx.send(m).await.map_err(|_| Gone)
+    match tokio::time::timeout(CLOSE_GRACE, tx.send(m)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(Gone),
+    }
 }
 
 /// An `error` message, then a close frame with `code` and the error's code as reason.
@@ -120,9 +125,14 @@ async fn wake<'a>(
     idle_deadline: Instant,
     shutdown: &CancellationToken,
 ) -> Wake<'a> {
-    // The idle timer runs when no run is going, or the run is over and only its events are
-    // still unsent (a client that stopped reading does not hold the socket forever).
-    let idle_armed = active.as_ref().is_none_or(|a| a.log.is_done());
+    // The idle timer runs when no run is going, or once the run is over and only its events
+    // are still unsent (a client that stopped reading does not hold the socket forever).
+    let idle = async {
+        if let Some(a) = active {
+            a.log.done().await;
+        }
+        tokio::time::sleep_until(idle_deadline).await
+    };
     let next = async {
         match active {
             Some(a) => {
@@ -135,7 +145,7 @@ async fn wake<'a>(
     tokio::select! {
         m = stream.next() => Wake::Message(m),
         (permit, e) = next => Wake::Event(permit, e),
-        _ = tokio::time::sleep_until(idle_deadline), if idle_armed => Wake::Idle,
+        _ = idle => Wake::Idle,
         _ = shutdown.cancelled(), if active.is_none() => Wake::ShuttingDown,
     }
 }
