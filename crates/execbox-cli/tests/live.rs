@@ -914,3 +914,43 @@ async fn a_stalled_session_is_closed_once_its_run_is_over() {
     }
     drop(ws);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_sent_while_the_run_is_queued_reaches_it() {
+    if !privileged() {
+        return;
+    }
+    let s = Server::start(&["--max-running", "1"]);
+    let api = Api::new(&s).with_token(&token("queuer"));
+    // The one running place is taken.
+    let r = api
+        .post(
+            "/v1/runs",
+            json!({"language": "python", "wait": false,
+               "files": [{"content": "import time\ntime.sleep(30)\n"}]}),
+        )
+        .await;
+    let blocker = format!("/v1/runs/{}", r.json["id"].as_str().unwrap());
+    let deadline = Instant::now() + PATIENCE;
+    while api.get(&blocker).await.json["status"] != "running" {
+        assert!(Instant::now() < deadline, "the first run never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ws = live(&s, "queuer").await;
+    send(&mut ws, run("while True:\n    try:\n        print(int(input()) * 2)\n    except EOFError:\n        break\n")).await;
+    let id = next(&mut ws).await["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.get(&format!("/v1/runs/{id}")).await.json["status"],
+        "queued"
+    );
+    send(&mut ws, json!({"type": "stdin", "data": "4\n"})).await;
+    send(
+        &mut ws,
+        json!({"type": "stdin", "data": "5\n", "eof": true}),
+    )
+    .await;
+    assert_eq!(api.delete(&blocker).await.status, 202);
+    let got = until_exit(&mut ws).await;
+    assert_eq!(stdout_of(&got), "8\n10\n");
+    assert_eq!(got.last().unwrap().1["record"]["status"], "ok");
+}

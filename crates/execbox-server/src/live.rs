@@ -90,10 +90,19 @@ struct Inner {
     done: Option<Instant>,
 }
 
-/// One live run's events.
+/// Stdin for a run whose order has not reached the sandbox yet (it is queued): kept until
+/// it has, then passed on in order.
+#[derive(Debug, Default)]
+struct StdinGate {
+    open: bool,
+    held: Vec<(String, bool)>,
+}
+
+/// One live run's events (and the gate its stdin passes).
 #[derive(Debug)]
 pub struct LiveLog {
     inner: Mutex<Inner>,
+    stdin: Mutex<StdinGate>,
     /// The number of events, for readers to wait on.
     len: watch::Sender<usize>,
     max_bytes: usize,
@@ -104,6 +113,7 @@ impl LiveLog {
     pub fn new(max_bytes: usize) -> Self {
         Self {
             inner: Mutex::default(),
+            stdin: Mutex::default(),
             len: watch::channel(0).0,
             max_bytes,
         }
@@ -177,6 +187,26 @@ impl LiveLog {
             if rx.changed().await.is_err() {
                 return None;
             }
+        }
+    }
+
+    /// Pass stdin on with `forward`, or hold it until [`LiveLog::open_stdin`].
+    pub fn stdin(&self, data: String, eof: bool, forward: impl FnOnce(String, bool)) {
+        let mut g = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
+        if g.open {
+            forward(data, eof);
+        } else {
+            g.held.push((data, eof));
+        }
+    }
+
+    /// The run's order reached the sandbox: pass on what was held (with `forward`, in order),
+    /// and from now on all stdin at once.
+    pub fn open_stdin(&self, mut forward: impl FnMut(String, bool)) {
+        let mut g = self.stdin.lock().unwrap_or_else(|p| p.into_inner());
+        g.open = true;
+        for (data, eof) in std::mem::take(&mut g.held) {
+            forward(data, eof);
         }
     }
 
@@ -313,6 +343,20 @@ mod tests {
         assert_eq!(reader.await.unwrap(), ["accepted", "stdout", "exit"]);
         let json = serde_json::to_value(&*log.get(1).unwrap()).unwrap();
         assert_eq!(json, serde_json::json!({"type": "stdout", "data": "a"}));
+    }
+
+    #[test]
+    fn stdin_is_held_until_the_order_is_sent_then_passed_on_in_order() {
+        let log = LiveLog::new(10);
+        let sent = std::cell::RefCell::new(Vec::new());
+        let fwd = |d: String, e: bool| sent.borrow_mut().push((d, e));
+        log.stdin("a".into(), false, fwd);
+        log.stdin("b".into(), true, fwd);
+        assert!(sent.borrow().is_empty());
+        log.open_stdin(fwd);
+        log.stdin("c".into(), false, fwd);
+        let want = [("a", false), ("b", true), ("c", false)].map(|(d, e)| (d.to_owned(), e));
+        assert_eq!(*sent.borrow(), want);
     }
 
     #[test]

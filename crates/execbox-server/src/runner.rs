@@ -269,6 +269,7 @@ async fn execute(
     let on_started = Box::new(move || store.set_running(&started));
     let mut rx = match live {
         Some(log) => {
+            let input = log.clone();
             let on_event = Box::new(move |e: LiveEvent| {
                 log.push(match e {
                     LiveEvent::Stage { stage, case } => LiveMessage::Stage { stage, case },
@@ -279,7 +280,10 @@ async fn execute(
                     } => LiveMessage::output(stream, data, truncated),
                 })
             });
-            state.sandbox.run_live(order, on_started, on_event)
+            let rx = state.sandbox.run_live(order, on_started, on_event);
+            // Stdin sent while the run was queued follows its order.
+            input.open_stdin(|data, eof| state.sandbox.stdin(&id, data, eof));
+            rx
         }
         None => state.sandbox.run(order, on_started),
     };

@@ -325,6 +325,8 @@ fn stdin(state: &AppState, a: &mut Active, data: String, eof: bool) -> Result<()
     check_stdin(data.len(), a.stdin_used, a.stdin_max)?;
     a.stdin_used += data.len() as u64;
     a.stdin_open = !eof;
-    state.sandbox.stdin(&a.id, data, eof);
+    let id = &a.id;
+    a.log
+        .stdin(data, eof, |data, eof| state.sandbox.stdin(id, data, eof));
     Ok(())
 }
