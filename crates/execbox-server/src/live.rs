@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use execbox_proto::live::{OutputStream, Stage};
-use execbox_proto::RunRecord;
+use execbox_proto::live::{OutputStream, Stage, MAX_CHUNK_BYTES};
+use execbox_proto::{Limits, RunRecord};
 use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::ToSchema;
@@ -79,6 +79,9 @@ impl LiveMessage {
     }
 }
 
+/// What an output event costs the log besides its text (its allocations), in the bound.
+pub const EVENT_OVERHEAD: usize = 128;
+
 #[derive(Debug, Default)]
 struct Inner {
     events: Vec<Arc<LiveMessage>>,
@@ -119,13 +122,19 @@ impl LiveLog {
         }
     }
 
-    /// The backstop for a run whose streams are capped at `output_bytes` each: both streams
-    /// full, each byte decoded at worst as U+FFFD (3 bytes), plus a chunk. The spawner never
-    /// sends more than the caps; this only holds if it misbehaved.
-    pub fn bound_for(output_bytes: u64) -> usize {
-        let out = usize::try_from(output_bytes).unwrap_or(usize::MAX / 8);
+    /// The backstop for a run of `stages` stages with `limits`: per stage both streams at
+    /// their cap, each byte decoded at worst as U+FFFD (3 bytes), and [`EVENT_OVERHEAD`] for
+    /// each chunk the spawner may send (one per stream per 5 ms of wall time, plus one per
+    /// full 64 KiB); plus a chunk. The spawner never sends more; this only holds if it
+    /// misbehaved.
+    pub fn bound_for(limits: &Limits, stages: usize) -> usize {
+        let out = usize::try_from(limits.output_bytes).unwrap_or(usize::MAX / 16);
+        let wall = usize::try_from(limits.wall_time_ms).unwrap_or(usize::MAX / 16);
+        let events = 2 * (wall / 5 + out / MAX_CHUNK_BYTES + 4);
         out.saturating_mul(6)
-            .saturating_add(execbox_proto::live::MAX_CHUNK_BYTES)
+            .saturating_add(events.saturating_mul(EVENT_OVERHEAD))
+            .saturating_mul(stages)
+            .saturating_add(MAX_CHUNK_BYTES)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -160,11 +169,12 @@ impl LiveLog {
         if g.cut[i] {
             return None;
         }
-        if g.bytes + data.len() > self.max_bytes {
+        let cost = data.len() + EVENT_OVERHEAD;
+        if g.bytes + cost > self.max_bytes {
             g.cut[i] = true;
             return Some(LiveMessage::output(stream, String::new(), true));
         }
-        g.bytes += data.len();
+        g.bytes += cost;
         Some(LiveMessage::output(stream, data, truncated))
     }
 
@@ -220,7 +230,7 @@ impl LiveLog {
         }
     }
 
-    /// Bytes of output text held.
+    /// Bytes of output held (text and [`EVENT_OVERHEAD`] per chunk).
     pub fn bytes(&self) -> usize {
         self.lock().bytes
     }
@@ -361,7 +371,7 @@ mod tests {
 
     #[test]
     fn output_beyond_the_bound_is_cut_with_a_marker() {
-        let log = LiveLog::new(5);
+        let log = LiveLog::new(2 * EVENT_OVERHEAD + 4);
         log.push(out("abc"));
         log.push(out("def"));
         log.push(out("ghi"));
@@ -378,7 +388,7 @@ mod tests {
                 r#"{"type":"stderr","data":"x"}"#,
             ]
         );
-        assert_eq!(log.bytes(), 4);
+        assert_eq!(log.bytes(), 2 * EVENT_OVERHEAD + 4);
     }
 
     #[test]
@@ -400,13 +410,16 @@ mod tests {
             record: Box::new(RunRecord::new("x", "p", "3", RunStatus::Ok, "t")),
         };
         for id in ["a", "b", "c"] {
-            let log = Arc::new(LiveLog::new(100));
+            let log = Arc::new(LiveLog::new(1000));
             log.push(out("0123456789"));
             log.push(exit());
             runs.insert(id, None, log);
         }
         runs.insert("live", None, Arc::new(LiveLog::new(100)));
-        assert_eq!(runs.gc(Duration::from_secs(60), 10, 25), 1);
+        assert_eq!(
+            runs.gc(Duration::from_secs(60), 10, 2 * (EVENT_OVERHEAD + 10) + 5),
+            1
+        );
         assert!(runs.get("a", None).is_none() && runs.get("b", None).is_some());
         assert_eq!(runs.gc(Duration::from_secs(60), 2, 0), 1);
         assert!(runs.get("c", None).is_some() && runs.get("live", None).is_some());

@@ -104,7 +104,9 @@ pub fn submit(
     ready(state)?;
     let ticket = admit(state, owner.as_deref().unwrap_or(""), room)?;
     let live = req.live.then(|| {
-        let log = Arc::new(LiveLog::new(LiveLog::bound_for(req.limits.output_bytes)));
+        // Stages: a compile, then one run per case.
+        let stages = req.cases.len().max(1) + 1;
+        let log = Arc::new(LiveLog::new(LiveLog::bound_for(&req.limits, stages)));
         (log, owner.clone())
     });
     let (order, cancel) = enqueue(state, req, owner);

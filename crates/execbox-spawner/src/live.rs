@@ -1,8 +1,8 @@
 //! Live runs in the spawner: the output a stage has read so far, cut into
 //! [`Event::Output`] chunks as it arrives (never inside a UTF-8 character, at most
-//! [`MAX_CHUNK_BYTES`] each, the last one of a stream cut at its cap marked `truncated`; a
-//! partial line waits up to [`LINE_HOLD`] for its end), and the stdin that arrives before the
-//! run stage is running.
+//! [`MAX_CHUNK_BYTES`] each, the last one of a stream cut at its cap marked `truncated`; at
+//! most one chunk per stream every [`HOLD`] unless a chunk is full; a partial line waits up to
+//! [`HOLD`] for its end), and the stdin that arrives before the run stage is running.
 //!
 //! The supervisor keeps every byte it read (up to the caps) for the record anyway; a tap only
 //! remembers how much of it was sent, so streaming costs no second copy here.
@@ -14,18 +14,45 @@ use execbox_proto::live::{utf8_complete_prefix, LiveSignal, OutputStream, MAX_CH
 use execbox_proto::spawner::Event;
 use nix::sys::signal::Signal;
 
-/// How long output that does not end a line waits for the rest of it. Programs often write a
-/// line in two calls (Python's `print` writes the text, then the newline): the two reads then
-/// go out as one chunk. A prompt without a newline still goes out within this.
-pub(crate) const LINE_HOLD: Duration = Duration::from_millis(5);
+/// The longest output waits before it is sent, and the shortest time between two chunks of a
+/// stream (unless a chunk is full). Programs often write a line in two calls (Python's `print`
+/// writes the text, then the newline): a partial line waits this long for its end, so the two
+/// go out as one chunk; a prompt without a newline still goes out within it. And a program that
+/// writes tiny lines as fast as it can makes at most one event per stream per `HOLD` (plus one
+/// per full chunk), so the number of events of a run is bounded by its wall time and caps.
+pub(crate) const HOLD: Duration = Duration::from_millis(5);
 
 /// How much of one stage's stdout and stderr was sent.
 #[derive(Debug, Default)]
 struct Tap {
     sent: [usize; 2],
     finished: [bool; 2],
-    /// Since when a partial line waits.
-    held_since: [Option<Instant>; 2],
+    /// Since when unsent output waits.
+    waiting: [Option<Instant>; 2],
+    /// When the last chunk went.
+    last: [Option<Instant>; 2],
+}
+
+impl Tap {
+    /// How many bytes of `pending` (stream `i`'s unsent output, not ending inside a
+    /// character) to send at `now`.
+    fn due(&self, i: usize, pending: &[u8], now: Instant) -> usize {
+        if pending.is_empty() {
+            return 0;
+        }
+        let waited = self.waiting[i].is_some_and(|t| now >= t + HOLD);
+        if waited || pending.len() >= MAX_CHUNK_BYTES {
+            return pending.len();
+        }
+        if self.last[i].is_some_and(|t| now < t + HOLD) {
+            return 0;
+        }
+        // The complete lines now, a partial one when it has waited.
+        pending
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |p| p + 1)
+    }
 }
 
 /// Stdin received for an interactive run whose run stage is not running yet.
@@ -83,13 +110,13 @@ impl Live {
         self.held.remove(id)
     }
 
-    /// When a held partial line must go out at the latest.
+    /// When waiting output must go out at the latest.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.taps
             .values()
-            .flat_map(|t| t.held_since.iter().flatten())
+            .flat_map(|t| t.waiting.iter().flatten())
             .min()
-            .map(|t| *t + LINE_HOLD)
+            .map(|t| *t + HOLD)
     }
 
     /// The output events for what run `id`'s stage read since the last call, at `now`.
@@ -118,20 +145,15 @@ impl Live {
             } else {
                 from + utf8_complete_prefix(&buf[from..])
             };
-            let mut end = ready;
-            if !closed && end > from && buf[end - 1] != b'\n' {
-                let since = *tap.held_since[i].get_or_insert(now);
-                if now < since + LINE_HOLD {
-                    // The complete lines now, the partial one later.
-                    end = buf[from..end]
-                        .iter()
-                        .rposition(|&b| b == b'\n')
-                        .map_or(from, |p| from + p + 1);
-                }
+            let end = if closed {
+                ready
+            } else {
+                from + tap.due(i, &buf[from..ready], now)
+            };
+            if end > from {
+                tap.last[i] = Some(now);
             }
-            if end == ready {
-                tap.held_since[i] = None;
-            }
+            tap.waiting[i] = (ready > end).then(|| tap.waiting[i].unwrap_or(now));
             let mut pieces = split(&buf[from..end]);
             if over && pieces.is_empty() {
                 pieces.push(String::new());
@@ -192,21 +214,20 @@ mod tests {
     #[test]
     fn output_is_sent_once_split_at_characters_and_marked_when_cut() {
         let t0 = Instant::now();
-        let later = t0 + LINE_HOLD;
+        let (t1, t2) = (t0 + HOLD, t0 + 2 * HOLD);
         let mut live = Live::default();
         let mut out: Vec<u8> = b"one\na".to_vec();
         out.extend_from_slice(&"€".as_bytes()[..2]); // half of '€'
         let err = b"oops\n".to_vec();
-        let both =
-            |out: &[u8], err: &[u8], over: bool, closed: bool| -> Vec<(Vec<u8>, bool, bool)> {
-                vec![(out.to_vec(), over, closed), (err.to_vec(), false, closed)]
-            };
+        let both = |out: &[u8], over: bool, closed: bool| -> Vec<(Vec<u8>, bool, bool)> {
+            vec![(out.to_vec(), over, closed), (err.clone(), false, closed)]
+        };
         // Not a live stage (yet): nothing.
         assert!(live
             .chunks("r", t0, |_| (&out[..], false, false))
             .is_empty());
         live.stage_started("r");
-        let s = both(&out, &err, false, false);
+        let s = both(&out, false, false);
         let ev = live.chunks("r", t0, |i| (&s[i].0[..], s[i].1, s[i].2));
         // The complete line at once; the partial one waits for its end.
         assert_eq!(
@@ -216,43 +237,68 @@ mod tests {
                 (OutputStream::Stderr, "oops\n".into(), false)
             ]
         );
-        assert_eq!(live.next_deadline(), Some(t0 + LINE_HOLD));
-        // Its end came: one chunk.
+        assert_eq!(live.next_deadline(), Some(t1));
+        // Its end came at once, but a chunk just went: one chunk per HOLD.
         out.extend_from_slice(&"€".as_bytes()[2..]);
         out.extend_from_slice(b"!\n");
-        let s = both(&out, &err, false, false);
-        let ev = live.chunks("r", t0, |i| (&s[i].0[..], s[i].1, s[i].2));
-        assert_eq!(texts(&ev), [(OutputStream::Stdout, "a€!\n".into(), false)]);
-        assert_eq!(live.next_deadline(), None);
-        // A prompt without a newline goes out once held long enough (but never half a
-        // character).
-        out.extend_from_slice(b"name? ");
-        out.extend_from_slice(&"é".as_bytes()[..1]);
-        let s = both(&out, &err, false, false);
+        let s = both(&out, false, false);
         assert!(live
             .chunks("r", t0, |i| (&s[i].0[..], s[i].1, s[i].2))
             .is_empty());
-        let ev = live.chunks("r", later, |i| (&s[i].0[..], s[i].1, s[i].2));
+        let ev = live.chunks("r", t1, |i| (&s[i].0[..], s[i].1, s[i].2));
+        assert_eq!(texts(&ev), [(OutputStream::Stdout, "a€!\n".into(), false)]);
+        assert_eq!(live.next_deadline(), None);
+        // A prompt without a newline goes out once it has waited (never half a character).
+        out.extend_from_slice(b"name? ");
+        out.extend_from_slice(&"é".as_bytes()[..1]);
+        let s = both(&out, false, false);
+        assert!(live
+            .chunks("r", t1, |i| (&s[i].0[..], s[i].1, s[i].2))
+            .is_empty());
+        let ev = live.chunks("r", t2, |i| (&s[i].0[..], s[i].1, s[i].2));
         assert_eq!(texts(&ev), [(OutputStream::Stdout, "name? ".into(), false)]);
         // Cut at the cap: the rest at once, then nothing more.
         out.extend_from_slice(&"é".as_bytes()[1..]);
         out.extend_from_slice(b"xyz");
-        let s = both(&out, &err, true, true);
-        let ev = live.chunks("r", later, |i| (&s[i].0[..], s[i].1, s[i].2));
+        let s = both(&out, true, true);
+        let ev = live.chunks("r", t2, |i| (&s[i].0[..], s[i].1, s[i].2));
         assert_eq!(texts(&ev), [(OutputStream::Stdout, "éxyz".into(), true)]);
-        assert!(live
-            .chunks("r", later, |_| (&out[..], true, true))
-            .is_empty());
+        assert!(live.chunks("r", t2, |_| (&out[..], true, true)).is_empty());
         // A new stage counts from zero.
         live.stage_started("r");
-        let ev = live.chunks("r", later, |i| {
+        let ev = live.chunks("r", t2, |i| {
             (if i == 0 { &b"2\n"[..] } else { &b""[..] }, false, false)
         });
         assert_eq!(texts(&ev), [(OutputStream::Stdout, "2\n".into(), false)]);
         live.forget("r");
         assert!(live
-            .chunks("r", later, |_| (&out[..], false, false))
+            .chunks("r", t2, |_| (&out[..], false, false))
             .is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_tiny_lines_makes_one_event_per_hold() {
+        let t0 = Instant::now();
+        let mut live = Live::default();
+        live.stage_started("r");
+        let mut out = Vec::new();
+        let mut events = 0;
+        // 1000 lines, one per 10 µs: 10 ms of output.
+        for k in 0..1000u32 {
+            out.extend_from_slice(b"x\n");
+            let now = t0 + Duration::from_micros(10 * u64::from(k));
+            events += live
+                .chunks("r", now, |i| {
+                    (if i == 0 { &out[..] } else { &b""[..] }, false, false)
+                })
+                .len();
+        }
+        events += live
+            .chunks("r", t0 + Duration::from_millis(20), |i| {
+                (if i == 0 { &out[..] } else { &b""[..] }, false, false)
+            })
+            .len();
+        assert!((2..=4).contains(&events), "{events} events");
     }
 
     #[test]
