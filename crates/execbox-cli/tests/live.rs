@@ -954,3 +954,35 @@ async fn stdin_sent_while_the_run_is_queued_reaches_it() {
     assert_eq!(stdout_of(&got), "8\n10\n");
     assert_eq!(got.last().unwrap().1["record"]["status"], "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_over_its_cap_ends_with_a_truncated_chunk() {
+    if !privileged() {
+        return;
+    }
+    let s = Server::start(&[]);
+    let mut ws = live(&s, "flooder").await;
+    let src =
+        "import sys\nprint('start', flush=True)\nwhile True:\n    sys.stdout.write('z' * 1000)\n";
+    let mut req = program(src);
+    req["limits"] = json!({"output_limit_bytes": 4096});
+    send(&mut ws, json!({"type": "run", "request": req})).await;
+    assert_eq!(next(&mut ws).await["type"], "accepted");
+    let got = until_exit(&mut ws).await;
+    let out: Vec<&Value> = got
+        .iter()
+        .map(|(_, m)| m)
+        .filter(|m| m["type"] == "stdout")
+        .collect();
+    let last = out.last().expect("stdout chunks");
+    assert_eq!(last["truncated"], true, "{got:?}");
+    assert!(out[..out.len() - 1]
+        .iter()
+        .all(|m| m.get("truncated").is_none()));
+    let text = stdout_of(&got);
+    assert_eq!(text.len(), 4096);
+    let rec = &got.last().unwrap().1["record"];
+    assert_eq!(rec["status"], "output_limit", "{rec}");
+    assert_eq!(rec["run"]["stdout"], text);
+    assert_eq!(rec["run"]["truncated"], true);
+}
