@@ -246,6 +246,11 @@ fn runtimes(json: bool, languages: Vec<String>, host: &HostArgs) -> Result<ExitC
         host: host.settings(),
         pool: 0,
         languages,
+        // One look at the runtimes: no template worth starting.
+        warm: execbox_proto::spawner::WarmSettings {
+            enabled: false,
+            ..Default::default()
+        },
         ..SpawnerConfig::default()
     };
     let (_spawner, runtimes) = ChildSpawner::start(&cfg)?;
@@ -324,6 +329,11 @@ fn run_in_runtime(a: RunArgs, language: &str, created_at: String) -> Result<Exit
         pool: 0,
         max_limits,
         languages: vec![language.to_owned()],
+        // One run: a template would be ready only after it.
+        warm: execbox_proto::spawner::WarmSettings {
+            enabled: false,
+            ..Default::default()
+        },
         ..SpawnerConfig::default()
     };
     let (mut spawner, runtimes) = ChildSpawner::start(&cfg)?;

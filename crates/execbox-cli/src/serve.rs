@@ -35,9 +35,29 @@ pub struct ServeArgs {
     /// Seconds a finished run stays queryable.
     #[arg(long, env = "EXECBOX_RETENTION_SECS", default_value_t = 600)]
     retention_secs: u64,
-    /// Jails kept prepared ahead of demand (default: min(CPU count, 4)).
+    /// Jails kept prepared ahead of demand (default: 4 x CPU count, 4 to 16).
     #[arg(long, env = "EXECBOX_POOL")]
     pool: Option<usize>,
+    /// The warm path: serve main-mode runs of runtimes with a template (Python) from a
+    /// template process that has the runtime and its modules loaded (docs/security.md,
+    /// "Templates"). `--warm false` (EXECBOX_WARM=false) runs everything cold.
+    #[arg(long, env = "EXECBOX_WARM", default_value_t = true, action = clap::ArgAction::Set,
+          value_name = "BOOL")]
+    warm: bool,
+    /// Children a template forks before a fresh template replaces it.
+    #[arg(long, env = "EXECBOX_WARM_MAX_RUNS", default_value_t = execbox_proto::defaults::WARM_MAX_RUNS)]
+    warm_max_runs: u64,
+    /// Age after which a fresh template replaces it (`10m`, `600`).
+    #[arg(long, env = "EXECBOX_WARM_MAX_AGE", default_value = "10m",
+          value_parser = crate::units::parse_duration, value_name = "DURATION")]
+    warm_max_age: Duration,
+    /// Modules the Python template imports, comma-separated (default: numpy,pandas; empty:
+    /// none).
+    #[arg(long, env = "EXECBOX_WARM_MODULES", value_delimiter = ',')]
+    warm_modules: Option<Vec<String>>,
+    /// The jail library templates load (default: libexecbox_jail.so beside this executable).
+    #[arg(long, env = "EXECBOX_WARM_LIB")]
+    warm_lib: Option<PathBuf>,
     /// Largest request body, bytes.
     #[arg(long, env = "EXECBOX_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     max_body_bytes: usize,
@@ -210,6 +230,16 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
             max_output_files: a.max_output_files,
             max_output_files_bytes: a.max_output_files_bytes,
             languages: Vec::new(),
+            warm: execbox_proto::spawner::WarmSettings {
+                enabled: a.warm,
+                max_runs: a.warm_max_runs.max(1),
+                max_age_secs: a.warm_max_age.as_secs().max(1),
+                modules: a
+                    .warm_modules
+                    .clone()
+                    .map(|m| m.into_iter().filter(|s| !s.is_empty()).collect()),
+                lib: a.warm_lib.clone(),
+            },
         },
         max_body_bytes: a.max_body_bytes,
         shutdown_grace: Duration::from_secs(a.shutdown_grace_secs),

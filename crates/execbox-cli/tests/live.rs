@@ -369,6 +369,7 @@ async fn sigint_reaches_python_as_keyboard_interrupt() {
     let got = until_exit(&mut ws).await;
     let rec = &got.last().unwrap().1["record"];
     assert_eq!(rec["error"]["code"], "exception", "{rec}");
+    eprintln!("main-mode run served warm: {}", rec["warm"]);
     let err = rec["run"]["stderr"].as_str().unwrap_or_default();
     assert!(err.contains("KeyboardInterrupt"), "{err}");
 

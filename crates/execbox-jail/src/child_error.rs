@@ -55,6 +55,10 @@ pub enum Step {
     Seccomp,
     /// `execve` the runtime.
     Exec,
+    /// A template read its request (warm path).
+    TemplateRequest,
+    /// A template cloned its child and wrote its uid/gid maps (warm path).
+    TemplateClone,
 }
 
 impl Step {
@@ -81,6 +85,8 @@ impl Step {
             Step::Landlock => "landlock",
             Step::Seccomp => "seccomp",
             Step::Exec => "exec",
+            Step::TemplateRequest => "template_request",
+            Step::TemplateClone => "template_clone",
         }
     }
 }

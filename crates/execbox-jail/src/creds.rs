@@ -54,3 +54,19 @@ pub fn die_with_parent() -> Result<(), ChildError> {
 pub fn no_new_privs() -> Result<(), ChildError> {
     nix::sys::prctl::set_no_new_privs().step(Step::NoNewPrivs, || "PR_SET_NO_NEW_PRIVS".into())
 }
+
+/// A template's credentials before it execs its interpreter (it is the root of its own user
+/// namespace): the bounding set shrinks to CAP_SETUID and CAP_SETGID, which it needs to write
+/// its children's uid/gid maps; ambient and inheritable are emptied. After `execve` its
+/// permitted and effective sets are those two, and only in its own user namespace.
+pub fn keep_only_id_caps() -> Result<(), ChildError> {
+    const S: Step = Step::DropCapabilities;
+    let keep = [caps::Capability::CAP_SETUID, caps::Capability::CAP_SETGID];
+    for c in caps::all() {
+        if !keep.contains(&c) {
+            caps::drop(None, CapSet::Bounding, c).step(S, || format!("drop {c} from bounding"))?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient).step(S, || "clear ambient set".into())?;
+    caps::clear(None, CapSet::Inheritable).step(S, || "clear inheritable set".into())
+}

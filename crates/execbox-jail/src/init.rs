@@ -14,7 +14,8 @@ use std::time::Instant;
 use nix::sched::{unshare, CloneFlags};
 
 use crate::child_error::{ChildError, Step, StepContext};
-use crate::config::{JailSpec, SANDBOX_ID};
+use crate::config::{JailSpec, Limits, Payload, SANDBOX_ID};
+use crate::rootfs::RootKind;
 use crate::seccomp::SeccompPolicy;
 use crate::{creds, landlock_rules, launch_msg, rlimit, rootfs, seccomp, sys};
 
@@ -46,6 +47,22 @@ pub(crate) struct ChildPlan<'a> {
     pub cgroup_procs: Vec<std::path::PathBuf>,
     pub landlock: bool,
     pub seccomp: &'a SeccompPolicy,
+    /// A run's jail, or a template's (warm path).
+    pub kind: Kind,
+}
+
+/// What the cloned child becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A run: every layer, then `execve` of the payload.
+    Run,
+    /// A template: the root of its user namespace (which maps the run uids) with only
+    /// CAP_SETUID and CAP_SETGID left in its bounding set (to write its children's uid/gid
+    /// maps), no_new_privs, no Landlock and no seccomp (its children need mount, pivot_root
+    /// and namespaces to build their own jail, and a filter cannot be lifted once set); it
+    /// runs only execbox's trusted template code, never user code (docs/security.md,
+    /// "Templates").
+    Template,
 }
 
 /// Run the jail sequence; never returns.
@@ -61,7 +78,7 @@ pub(crate) fn run(plan: &ChildPlan<'_>) -> ! {
 /// Tell the parent which step failed. If even that write fails the parent still learns of the
 /// failure, as end of file on the status pipe before `R` or an exit before `execve`; there is
 /// nobody else to tell, so the write's own result is deliberately not acted on.
-fn report(e: &ChildError) {
+pub(crate) fn report(e: &ChildError) {
     // fd 4 is ours (placed by place_fds); ManuallyDrop keeps it open for later reports.
     let mut f = ManuallyDrop::new(status_file());
     let mut msg = vec![b'E'];
@@ -130,7 +147,10 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, ChildError> {
     //    everything the jail creates belongs to it. Capabilities in the run's own user namespace
     //    are kept for the mounts; they are dropped at step 9.
     if plan.userns {
-        creds::switch_identity(SANDBOX_ID)?;
+        creds::switch_identity(match plan.kind {
+            Kind::Run => SANDBOX_ID,
+            Kind::Template => 0,
+        })?;
         creds::die_with_parent()?;
     }
 
@@ -140,12 +160,22 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, ChildError> {
 
     // 5-6. Mounts and pivot_root (rootfs.rs): needs CAP_SYS_ADMIN in the mount namespace's
     //      owner, which we still hold.
-    let owner = if plan.userns {
-        SANDBOX_ID
-    } else {
-        plan.host_uid
+    let owner = match (plan.userns, plan.kind) {
+        (true, Kind::Run) => SANDBOX_ID,
+        (true, Kind::Template) => 0,
+        (false, _) => plan.host_uid,
     };
-    rootfs::build(plan.jail_root, &plan.spec.binds, &plan.spec.limits, owner)?;
+    let root_kind = match plan.kind {
+        Kind::Run => RootKind::Run,
+        Kind::Template => RootKind::Template,
+    };
+    rootfs::build(
+        plan.jail_root,
+        &plan.spec.binds,
+        &plan.spec.limits,
+        owner,
+        root_kind,
+    )?;
 
     // 7. Ready: a prepared jail may wait here, ahead of demand, for its payload.
     {
@@ -162,44 +192,23 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, ChildError> {
     drop(ManuallyDrop::into_inner(sync));
 
     // 8. Files into /work, refusing any path that would resolve outside it.
-    const W: Step = Step::WriteFiles;
-    let work = File::open("/work").step(W, || "open /work".into())?;
-    for f in &payload.files {
-        let fd = sys::create_beneath(work.as_fd(), &f.name, 0o644)
-            .step(W, || format!("create /work/{}", f.name))?;
-        if !plan.userns {
-            // Still root here in the no-user-namespace case: hand the file to the run's uid.
-            nix::unistd::fchown(&fd, Some(owner.into()), Some(owner.into()))
-                .step(W, || format!("chown /work/{}", f.name))?;
+    write_work_files(&payload, plan.userns, owner)?;
+
+    // 9-11. rlimits, credentials, no_new_privs, Landlock, seccomp (a template: see Kind).
+    match plan.kind {
+        Kind::Run => lock_down(&LockDown {
+            limits: &plan.spec.limits,
+            have_cgroup: plan.have_cgroup,
+            userns: plan.userns,
+            host_uid: plan.host_uid,
+            landlock: plan.landlock,
+            seccomp: plan.seccomp,
+        })?,
+        Kind::Template => {
+            creds::keep_only_id_caps()?;
+            creds::no_new_privs()?;
         }
-        File::from(fd)
-            .write_all(&f.content)
-            .step(W, || format!("write /work/{}", f.name))?;
     }
-    drop(work);
-    nix::unistd::chdir("/work").step(W, || "chdir /work".into())?;
-
-    // 9. rlimits while we still may raise nothing anyway; then credentials: empty bounding,
-    //    ambient and inheritable sets (needs CAP_SETPCAP), switch identity in the degraded
-    //    no-user-namespace case, then clear effective and permitted.
-    rlimit::apply(&plan.spec.limits, plan.have_cgroup)?;
-    creds::drop_inheritable_caps()?;
-    if !plan.userns {
-        creds::switch_identity(plan.host_uid)?;
-        creds::die_with_parent()?;
-    }
-    creds::drop_all_caps()?;
-
-    // 10. no_new_privs: required by Landlock and seccomp for an unprivileged process, and makes
-    //     setuid binaries and file capabilities inert.
-    creds::no_new_privs()?;
-
-    // 11. Landlock, then seccomp last: the filter must allow everything before it (landlock
-    //     syscalls are not on the allowlist).
-    if plan.landlock {
-        landlock_rules::apply()?;
-    }
-    seccomp::apply(plan.seccomp).step(Step::Seccomp, || "install filters".into())?;
 
     // 12. execve. On success fd 4 (CLOEXEC) closes and the parent reads EOF.
     let cs = |v: &[String]| -> Result<Vec<CString>, ChildError> {
@@ -217,4 +226,65 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, ChildError> {
     // execve returns only on failure.
     let Err(e) = nix::unistd::execve(prog, &argv, &env);
     Err(e).step(Step::Exec, || payload.argv[0].clone())
+}
+
+/// Write the payload's files into `/work` (the process's new root), refusing any path that
+/// would resolve outside it, then make `/work` the working directory.
+pub(crate) fn write_work_files(
+    payload: &Payload,
+    userns: bool,
+    owner: u32,
+) -> Result<(), ChildError> {
+    const W: Step = Step::WriteFiles;
+    let work = File::open("/work").step(W, || "open /work".into())?;
+    for f in &payload.files {
+        let fd = sys::create_beneath(work.as_fd(), &f.name, 0o644)
+            .step(W, || format!("create /work/{}", f.name))?;
+        if !userns {
+            // Still root here in the no-user-namespace case: hand the file to the run's uid.
+            nix::unistd::fchown(&fd, Some(owner.into()), Some(owner.into()))
+                .step(W, || format!("chown /work/{}", f.name))?;
+        }
+        File::from(fd)
+            .write_all(&f.content)
+            .step(W, || format!("write /work/{}", f.name))?;
+    }
+    drop(work);
+    nix::unistd::chdir("/work").step(W, || "chdir /work".into())
+}
+
+/// What [`lock_down`] applies.
+pub(crate) struct LockDown<'a> {
+    pub limits: &'a Limits,
+    pub have_cgroup: bool,
+    pub userns: bool,
+    pub host_uid: u32,
+    pub landlock: bool,
+    pub seccomp: &'a SeccompPolicy,
+}
+
+/// The last steps before user code, shared by cold runs (before `execve`) and warm children
+/// (before the template's interpreter runs the user's code).
+pub(crate) fn lock_down(l: &LockDown<'_>) -> Result<(), ChildError> {
+    // 9. rlimits while we still may raise nothing anyway; then credentials: empty bounding,
+    //    ambient and inheritable sets (needs CAP_SETPCAP), switch identity in the degraded
+    //    no-user-namespace case, then clear effective and permitted.
+    rlimit::apply(l.limits, l.have_cgroup)?;
+    creds::drop_inheritable_caps()?;
+    if !l.userns {
+        creds::switch_identity(l.host_uid)?;
+        creds::die_with_parent()?;
+    }
+    creds::drop_all_caps()?;
+
+    // 10. no_new_privs: required by Landlock and seccomp for an unprivileged process, and makes
+    //     setuid binaries and file capabilities inert.
+    creds::no_new_privs()?;
+
+    // 11. Landlock, then seccomp last: the filter must allow everything before it (landlock
+    //     syscalls are not on the allowlist).
+    if l.landlock {
+        landlock_rules::apply()?;
+    }
+    seccomp::apply(l.seccomp).step(Step::Seccomp, || "install filters".into())
 }

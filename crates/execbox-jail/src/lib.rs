@@ -30,6 +30,8 @@ pub mod slots;
 mod spawn;
 mod supervise;
 mod sys;
+pub mod template;
+pub mod warm;
 
 pub use child_error::{ChildError, Step};
 pub use config::{
@@ -45,3 +47,4 @@ pub fn ignore_termination_signals() -> Result<()> {
 }
 pub use spawn::{Jailer, Prepared, Preparing, Running};
 pub use supervise::{Limit, Outcome, Role, Supervisor};
+pub use template::Template;

@@ -120,9 +120,32 @@ fn expose(root: &Path, host: &Path, target: &Path) -> StepResult {
     readonly(&dst, true)
 }
 
+/// Where a template's children build their own root (an empty directory of the template's
+/// root, which is read-only; a child mounts a fresh tmpfs over it in its own mount namespace).
+pub const CHILD_ROOT: &str = "/.execbox/root";
+
+/// What kind of process the root is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootKind {
+    /// A run: `/proc` read-only with host information masked.
+    Run,
+    /// A template (warm path): `/proc` writable and unmasked, because the template writes its
+    /// children's uid/gid maps there and the kernel lets a child mount its own `/proc` only
+    /// where an unobstructed one is already visible; plus the empty [`CHILD_ROOT`]. No user
+    /// code ever runs with this root: each child builds a [`RootKind::Run`] root of its own
+    /// before it gets any.
+    Template,
+}
+
 /// Build the root at `root` (an empty directory on the host, private to this mount namespace),
 /// then pivot into it. On return the process's `/` is the jail root and the host's root is gone.
-pub fn build(root: &Path, binds: &[BindMount], limits: &Limits, owner: u32) -> StepResult {
+pub fn build(
+    root: &Path,
+    binds: &[BindMount],
+    limits: &Limits,
+    owner: u32,
+    kind: RootKind,
+) -> StepResult {
     // Nothing below may propagate back to the host's mount namespace.
     ctx(
         mount(
@@ -160,19 +183,26 @@ pub fn build(root: &Path, binds: &[BindMount], limits: &Limits, owner: u32) -> S
     // A fresh proc for the new pid namespace, read-only; no /sys at all.
     let proc_dir = root.join("proc");
     mkdir_p(&proc_dir)?;
+    let proc_flags = match kind {
+        RootKind::Run => nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        RootKind::Template => nosuid_nodev | MsFlags::MS_NOEXEC,
+    };
     ctx(
         mount(
             Some("proc"),
             &proc_dir,
             Some("proc"),
-            nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+            proc_flags,
             None::<&str>,
         ),
         || "mount proc".into(),
     )?;
+    if kind == RootKind::Template {
+        mkdir_p(&root.join(CHILD_ROOT.trim_start_matches('/')))?;
+    }
     // Host information a run has no business reading: masked with /dev/null, as container
     // runtimes do.
-    for f in PROC_MASKED {
+    for f in PROC_MASKED.iter().filter(|_| kind == RootKind::Run) {
         let p = proc_dir.join(f);
         if p.exists() {
             bind(Path::new("/dev/null"), &p)?;

@@ -48,6 +48,16 @@ impl Slots {
         })
     }
 
+    /// The first slot's uid.
+    pub fn base(&self) -> u32 {
+        self.base
+    }
+
+    /// The number of slots.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
     /// Take a free slot.
     pub fn acquire(&self) -> Result<Slot> {
         for _ in 0..self.count {

@@ -21,7 +21,7 @@ use crate::check::{self, HostReport, Verdict};
 use crate::child_error::ChildError;
 use crate::config::{HostConfig, JailSpec, Payload, SANDBOX_ID};
 use crate::error::{JailError, Result};
-use crate::init::{self, ChildPlan};
+use crate::init::{self, ChildPlan, Kind};
 use crate::seccomp::{self, SeccompPolicy};
 use crate::slots::{Slot, Slots};
 use crate::supervise::Supervisor;
@@ -109,6 +109,17 @@ impl Jailer {
     /// Start preparing a jail and return while the child builds its root. Poll
     /// [`Preparing::ready_fd`] for readability, then call [`Preparing::finish`].
     pub fn start_prepare(&self, spec: &JailSpec) -> Result<Preparing> {
+        self.clone_jail(spec, Kind::Run, None)
+    }
+
+    /// Clone a jail's child: a run's (`Kind::Run`) or a template's, whose descriptors 1 and 2
+    /// are `log` and 3 is `ctl`.
+    pub(crate) fn clone_jail(
+        &self,
+        spec: &JailSpec,
+        kind: Kind,
+        template_fds: Option<(BorrowedFd<'_>, BorrowedFd<'_>)>,
+    ) -> Result<Preparing> {
         let mut t = Timer::new();
         let slot = self.slots.acquire()?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
@@ -126,11 +137,17 @@ impl Jailer {
         let cgroup = self.cgroups.create(&jail_id, &spec.limits)?;
         t.lap("cgroup_create");
 
+        let mut fds = [
+            &stdin_r, &stdout_w, &stderr_w, &result_w, &status_w, &sync_r,
+        ]
+        .map(|f| f.as_raw_fd());
+        if let Some((ctl, log)) = template_fds {
+            fds[1] = log.as_raw_fd();
+            fds[2] = log.as_raw_fd();
+            fds[3] = ctl.as_raw_fd();
+        }
         let plan = ChildPlan {
-            fds: [
-                &stdin_r, &stdout_w, &stderr_w, &result_w, &status_w, &sync_r,
-            ]
-            .map(|f| f.as_raw_fd()),
+            fds,
             userns: self.userns,
             host_uid: slot.uid,
             jail_root: &self.jail_root,
@@ -139,6 +156,7 @@ impl Jailer {
             cgroup_procs: cgroup.self_join_files(),
             landlock: self.landlock,
             seccomp: &self.seccomp,
+            kind,
         };
         let mut flags = (libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
@@ -167,10 +185,12 @@ impl Jailer {
         let mut jail = Prepared {
             proc: JailProc {
                 pid,
-                pidfd,
+                pidfd: Some(pidfd),
                 cgroup: Some(cgroup),
                 slot: Some(slot),
                 reaped: false,
+                exit_report: None,
+                template: None,
             },
             stdin_w,
             stdout_r,
@@ -181,9 +201,13 @@ impl Jailer {
             spec: spec.clone(),
             missing: self.missing.clone(),
             timings: Vec::new(),
+            warm: false,
         };
         if self.userns {
-            let id_map = format!("{SANDBOX_ID} {} 1\n", jail.proc.host_uid());
+            let id_map = match kind {
+                Kind::Run => format!("{SANDBOX_ID} {} 1\n", jail.proc.host_uid()),
+                Kind::Template => self.template_id_map(jail.proc.host_uid()),
+            };
             for f in ["uid_map", "gid_map"] {
                 let path = format!("/proc/{pid}/{f}");
                 fs::write(&path, &id_map).map_err(|e| JailError::io("write", path, e))?;
@@ -195,6 +219,54 @@ impl Jailer {
             .map_err(|e| JailError::io("write", "sync pipe", e))?;
         Ok(Preparing { jail, t })
     }
+
+    /// A template's uid/gid map: itself as root (host uid `own`), and every run slot but its
+    /// own at [`crate::warm::INNER_BASE`] + slot index, so it can map one of them into each
+    /// child's user namespace. At most three lines.
+    fn template_id_map(&self, own: u32) -> String {
+        let (base, count) = (self.slots.base(), self.slots.count());
+        let s = own - base;
+        let mut m = format!("0 {own} 1\n");
+        if s > 0 {
+            m.push_str(&format!("{} {base} {s}\n", crate::warm::INNER_BASE));
+        }
+        if s + 1 < count {
+            let rest = count - s - 1;
+            m.push_str(&format!(
+                "{} {} {rest}\n",
+                crate::warm::INNER_BASE + s + 1,
+                own + 1
+            ));
+        }
+        m
+    }
+
+    /// The host uid range of run slots: (first uid, count).
+    pub(crate) fn slot_range(&self) -> (u32, u32) {
+        (self.slots.base(), self.slots.count())
+    }
+
+    /// Take a uid slot (warm children take theirs here; see [`crate::template`]).
+    pub(crate) fn acquire_slot(&self) -> Result<Slot> {
+        self.slots.acquire()
+    }
+
+    /// Create a run cgroup named uniquely for this process.
+    pub(crate) fn create_cgroup(&self, limits: &crate::Limits) -> Result<Box<dyn RunCgroup>> {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        self.cgroups
+            .create(&format!("j{}-{n}", std::process::id()), limits)
+    }
+
+    /// Whether runs get a cgroup, Landlock and a user namespace here; the compiled filter.
+    pub(crate) fn layers(&self) -> (bool, bool, bool, &SeccompPolicy) {
+        (
+            self.cgroups.name() != "none",
+            self.landlock,
+            self.userns,
+            &self.seccomp,
+        )
+    }
 }
 
 /// A jail whose child is still building its root.
@@ -205,6 +277,10 @@ pub struct Preparing {
 }
 
 impl Preparing {
+    pub(crate) fn new(jail: Prepared, t: Timer) -> Self {
+        Self { jail, t }
+    }
+
     /// Readable once the child is ready (or has failed).
     pub fn ready_fd(&self) -> BorrowedFd<'_> {
         self.jail.status_r.as_fd()
@@ -212,8 +288,15 @@ impl Preparing {
 
     /// Wait for the child's ready message.
     pub fn finish(self) -> Result<Prepared> {
-        let Preparing { mut jail, mut t } = self;
+        let Preparing { mut jail, t } = self;
         let mut ready = [0u8; init::READY_LEN];
+        if jail.warm {
+            // A warm child sends its ready message with a pidfd for itself (template.rs).
+            let pidfd = crate::template::recv_ready(&jail.status_r, &mut ready)?;
+            jail.proc.pid = crate::template::pid_of(&pidfd);
+            jail.proc.pidfd = Some(pidfd);
+            return Ok(finish_ready(jail, t, &ready));
+        }
         match jail.status_r.read(&mut ready[..1]) {
             Ok(1) if ready[0] == b'R' => {}
             Ok(1) if ready[0] == b'E' => return Err(child_report(&mut jail.status_r)),
@@ -223,6 +306,13 @@ impl Preparing {
         jail.status_r
             .read_exact(&mut ready[1..])
             .map_err(|e| JailError::io("read", "ready message", e))?;
+        Ok(finish_ready(jail, t, &ready))
+    }
+}
+
+/// Record the ready message's timings.
+fn finish_ready(mut jail: Prepared, mut t: Timer, ready: &[u8; init::READY_LEN]) -> Prepared {
+    {
         t.lap("jail_init");
         let us = |b: &[u8]| {
             let mut a = [0u8; 8];
@@ -233,12 +323,12 @@ impl Preparing {
         t.laps.push(("child_cgroup_join", us(&ready[1..9])));
         t.laps.push(("child_mounts", us(&ready[9..17])));
         jail.timings = t.laps;
-        Ok(jail)
     }
+    jail
 }
 
 /// The child's report of a failed step (after the `E` already read), bounded.
-fn child_report(f: &mut File) -> JailError {
+pub(crate) fn child_report(f: &mut File) -> JailError {
     let mut bytes = Vec::new();
     match f.take(64 * 1024).read_to_end(&mut bytes) {
         Ok(_) => match ChildError::decode(&bytes) {
@@ -274,11 +364,20 @@ impl Timer {
 /// reaps it, removes the cgroup and frees the uid slot, whatever state the run is in.
 #[derive(Debug)]
 pub(crate) struct JailProc {
+    /// Host pid of the jail's init (0 for a warm child until it said ready).
     pub(crate) pid: Pid,
-    pub(crate) pidfd: OwnedFd,
+    /// None for a warm child until it said ready.
+    pub(crate) pidfd: Option<OwnedFd>,
     pub(crate) cgroup: Option<Box<dyn RunCgroup>>,
     pub(crate) slot: Option<Slot>,
     pub(crate) reaped: bool,
+    /// A warm child is its template's child, not ours: the template reaps it and writes its
+    /// wait status (i32 LE) here; end of file means the template died.
+    pub(crate) exit_report: Option<File>,
+    /// A warm child's template, kept alive (and running) as long as the child is: held for
+    /// its Drop, never read.
+    #[allow(dead_code)]
+    pub(crate) template: Option<std::rc::Rc<crate::template::Template>>,
 }
 
 impl JailProc {
@@ -289,10 +388,10 @@ impl JailProc {
     /// SIGKILL the jail's init; the kernel then kills everything in its pid namespace. An init
     /// that has already exited (`ESRCH`) is not an error.
     pub(crate) fn kill(&self) -> Result<()> {
-        if self.reaped {
+        let Some(pidfd) = self.pidfd.as_ref().filter(|_| !self.reaped) else {
             return Ok(());
-        }
-        match sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL) {
+        };
+        match sys::pidfd_kill(pidfd.as_fd(), libc::SIGKILL) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
             Err(e) => Err(JailError::sys("pidfd_send_signal SIGKILL", e)),
         }
@@ -304,11 +403,21 @@ impl JailProc {
             // If the kill fails, the cgroup's removal below kills what is left; the failure is
             // reported after that, so teardown always goes as far as it can.
             let killed = self.kill();
-            match waitpid(self.pid, None) {
-                // ECHILD: already reaped by someone else (cannot happen for our own child, but
-                // then there is nothing left to wait for)
-                Ok(_) | Err(nix::errno::Errno::ECHILD) => {}
-                Err(e) => return Err(JailError::sys(format!("waitpid {}", self.pid), e)),
+            if let Some(report) = self.exit_report.as_mut() {
+                // The template reaps it: wait for its report (or the template's end). The
+                // slot stays taken until then, so its uid is never reused early.
+                if crate::template::wait_report(report, EXIT_REPORT_WAIT).is_err() {
+                    self.reaped = true;
+                    killed?;
+                    return Err(JailError::ChildVanished("no exit report from the template"));
+                }
+            } else {
+                match waitpid(self.pid, None) {
+                    // ECHILD: already reaped by someone else (cannot happen for our own
+                    // child, but then there is nothing left to wait for)
+                    Ok(_) | Err(nix::errno::Errno::ECHILD) => {}
+                    Err(e) => return Err(JailError::sys(format!("waitpid {}", self.pid), e)),
+                }
             }
             self.reaped = true;
             killed?;
@@ -328,6 +437,9 @@ impl JailProc {
     }
 }
 
+/// How long a teardown waits for a template's report on a killed child.
+const EXIT_REPORT_WAIT: Duration = Duration::from_secs(5);
+
 impl Drop for JailProc {
     fn drop(&mut self) {
         // The explicit teardown (Supervisor::finish) reports its errors; this is the backstop for
@@ -342,19 +454,32 @@ impl Drop for JailProc {
 /// A jail whose child waits for its payload.
 #[derive(Debug)]
 pub struct Prepared {
-    proc: JailProc,
-    stdin_w: OwnedFd,
-    stdout_r: OwnedFd,
-    stderr_r: OwnedFd,
-    result_r: OwnedFd,
-    sync_w: File,
-    status_r: File,
-    spec: JailSpec,
-    missing: Vec<String>,
-    timings: Vec<(&'static str, Duration)>,
+    pub(crate) proc: JailProc,
+    pub(crate) stdin_w: OwnedFd,
+    pub(crate) stdout_r: OwnedFd,
+    pub(crate) stderr_r: OwnedFd,
+    pub(crate) result_r: OwnedFd,
+    pub(crate) sync_w: File,
+    pub(crate) status_r: File,
+    pub(crate) spec: JailSpec,
+    pub(crate) missing: Vec<String>,
+    pub(crate) timings: Vec<(&'static str, Duration)>,
+    /// A template's child (warm path): its status channel is a socket, its init is not ours.
+    pub(crate) warm: bool,
 }
 
 impl Prepared {
+    /// Whether this jail is a template's child (its payload is the warm form: see
+    /// [`crate::template`]).
+    pub fn is_warm(&self) -> bool {
+        self.warm
+    }
+
+    /// The spec it was prepared with.
+    pub fn spec(&self) -> &JailSpec {
+        &self.spec
+    }
+
     /// Host pid of the jail's init.
     pub fn pid(&self) -> Pid {
         self.proc.pid
@@ -362,13 +487,35 @@ impl Prepared {
 
     /// Send the payload; returns once it has `execve`d.
     pub fn launch(mut self, payload: &Payload) -> Result<Running> {
+        let t = self.send_payload(payload)?;
+        let mut timings = self.timings;
+        timings.extend(t.laps);
+        Supervisor::start(
+            self.proc,
+            [self.stdout_r, self.stderr_r, self.result_r],
+            self.stdin_w,
+            payload.stdin.clone(),
+            self.spec.limits,
+            self.missing,
+            timings,
+        )
+    }
+
+    /// A template: send its payload, wait until it has exec'd, keep the process.
+    pub(crate) fn into_template(mut self, payload: &Payload) -> Result<JailProc> {
+        self.send_payload(payload)?;
+        Ok(self.proc)
+    }
+
+    /// Send the payload; return once it has `execve`d (a warm child: once it is locked down).
+    fn send_payload(&mut self, payload: &Payload) -> Result<Timer> {
         payload.validate(&self.spec.limits)?;
         let mut t = Timer::new();
         let msg = launch_msg::encode(payload);
         self.sync_w
             .write_all(&msg)
             .map_err(|e| JailError::io("write", "launch message", e))?;
-        drop(self.sync_w);
+        // The message is length-framed: the child does not wait for end of file on it.
         let mut rest = Vec::new();
         match self.status_r.read_to_end(&mut rest) {
             Ok(_) if rest.is_empty() => {}
@@ -382,17 +529,7 @@ impl Prepared {
             Err(e) => return Err(JailError::io("read", "status pipe", e)),
         }
         t.lap("exec");
-        let mut timings = self.timings;
-        timings.extend(t.laps);
-        Supervisor::start(
-            self.proc,
-            [self.stdout_r, self.stderr_r, self.result_r],
-            self.stdin_w,
-            payload.stdin.clone(),
-            self.spec.limits,
-            self.missing,
-            timings,
-        )
+        Ok(t)
     }
 }
 

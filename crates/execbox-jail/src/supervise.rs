@@ -57,6 +57,8 @@ pub struct Outcome {
     pub missing_layers: Vec<String>,
     /// Time spent in each jail step.
     pub timings: Vec<(&'static str, Duration)>,
+    /// Served by a template's child (the warm path).
+    pub warm: bool,
 }
 
 impl Outcome {
@@ -219,7 +221,14 @@ impl Supervisor {
             }
         }
         if self.status.is_none() {
-            v.push((self.proc.pidfd.as_fd(), PollFlags::POLLIN, Role::Exit));
+            let exit = match (&self.proc.exit_report, &self.proc.pidfd) {
+                (Some(report), _) => Some(report.as_fd()),
+                (None, Some(pidfd)) => Some(pidfd.as_fd()),
+                (None, None) => None,
+            };
+            if let Some(fd) = exit {
+                v.push((fd, PollFlags::POLLIN, Role::Exit));
+            }
         }
         v
     }
@@ -278,14 +287,21 @@ impl Supervisor {
         self.stdin_eof |= eof;
     }
 
-    /// Send `sig` to the run's process group (the jail's init called `setsid`, so its pid is
-    /// the group of every process that did not move to a group of its own, and no process
-    /// outside the jail can be in it). The jail's init itself, as a pid namespace's init,
-    /// only receives signals it installed a handler for (SIGKILL always). Nothing is sent
-    /// once the init was reaped (its pid could be reused) or after a kill.
+    /// Send `sig` to the run's process group (the jail's init, or a warm run's child, called
+    /// `setsid`, so its pid is the group of every process that did not move to a group of its
+    /// own, and no process outside the jail can be in it). A pid namespace's init only
+    /// receives signals it installed a handler for (SIGKILL always). Nothing is sent once the
+    /// process has exited (its pid could be reused: a warm child is reaped by its template,
+    /// not by us, so its pidfd is checked first) or after a kill.
     pub fn signal(&mut self, sig: nix::sys::signal::Signal) {
         if self.status.is_some() || self.killed_at.is_some() {
             return;
+        }
+        if let Some(pidfd) = &self.proc.pidfd {
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0)) {
+                return; // exited (readable), or its state cannot be known
+            }
         }
         match nix::sys::signal::killpg(self.proc.pid, sig) {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
@@ -324,6 +340,35 @@ impl Supervisor {
     }
 
     fn reap(&mut self, flags: Option<WaitPidFlag>) -> Result<()> {
+        if let Some(report) = self.proc.exit_report.as_mut() {
+            // A warm child: its template reaps it and reports the status.
+            let wait = if flags.is_some() {
+                Duration::ZERO
+            } else {
+                KILL_GRACE
+            };
+            return match crate::template::wait_report(report, wait) {
+                Ok(Some(raw)) => {
+                    let s = WaitStatus::from_raw(self.proc.pid, raw)
+                        .map_err(|e| JailError::sys("wait status", e))?;
+                    self.proc.reaped = true;
+                    self.status = Some(s);
+                    self.exited_at = Some(Instant::now());
+                    self.stdin = None;
+                    Ok(())
+                }
+                Ok(None) => Ok(()),
+                Err(e) => {
+                    // The template died (and took the child with it): the run is lost, which
+                    // finish() reports as an error after the teardown.
+                    self.proc.reaped = true;
+                    self.exited_at = Some(Instant::now());
+                    self.stdin = None;
+                    self.kill_error.get_or_insert(e);
+                    Ok(())
+                }
+            };
+        }
         match waitpid(self.proc.pid, flags) {
             Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => Ok(()),
             Ok(s) => {
@@ -398,6 +443,7 @@ impl Supervisor {
     /// Tear the jail down and report. Call once [`Supervisor::is_done`].
     pub fn finish(mut self) -> Result<Outcome> {
         let wall = self.exited_at.unwrap_or_else(Instant::now) - self.started;
+        let warm = self.proc.exit_report.is_some();
         let mut t = Timer::new();
         // Read before teardown removes the cgroup; report a failed read only after teardown, so
         // an error never leaves the jail behind.
@@ -445,6 +491,7 @@ impl Supervisor {
             oom_kills: stats.oom_kills,
             missing_layers: self.missing,
             timings,
+            warm,
         })
     }
 

@@ -346,3 +346,14 @@ pub fn reset_signals() -> Result<(), Errno> {
         None,
     )
 }
+
+/// A pidfd for the calling process itself (`pidfd_open(getpid())`, Linux 5.3), with
+/// `O_CLOEXEC` as pidfds always have.
+pub fn pidfd_open_self() -> Result<OwnedFd, Errno> {
+    let pid = nix::unistd::getpid().as_raw();
+    // SAFETY: pidfd_open takes a pid and flags; on success it returns a new descriptor.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) };
+    let fd = Errno::result(r)?;
+    // SAFETY: the kernel just installed this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}

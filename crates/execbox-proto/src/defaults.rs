@@ -16,8 +16,16 @@ pub const RUNTIMES_DIR: &str = "/opt/execbox/runtimes";
 
 /// Jails with the default limits kept prepared ahead of demand: one per CPU, at most 4.
 pub fn pool() -> usize {
-    cpus().min(4)
+    // Warm children are cheap to keep (page tables, a cgroup, a uid) and a run that finds
+    // none waiting pays the clone and the cgroup join: keep a few per CPU.
+    (cpus() * 4).clamp(4, 16)
 }
+
+/// Children a warm template forks before a fresh one replaces it.
+pub const WARM_MAX_RUNS: u64 = 1000;
+
+/// Seconds after which a warm template is replaced.
+pub const WARM_MAX_AGE_SECS: u64 = 600;
 
 /// CPUs this process may use (2 when unknown).
 pub fn cpus() -> usize {

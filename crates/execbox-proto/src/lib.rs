@@ -173,6 +173,10 @@ pub struct RunRecord {
     /// True when an isolation layer was missing and the operator allowed a degraded run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub degraded: bool,
+    /// True when the run was served by the warm path: a child of a template that had the
+    /// runtime and its modules loaded already (docs/security.md, "Templates").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warm: bool,
     /// Layers that were missing in a degraded run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_layers: Vec<String>,
@@ -227,6 +231,7 @@ impl RunRecord {
             version: version.into(),
             status,
             degraded: false,
+            warm: false,
             missing_layers: vec![],
             error: None,
             compile: None,

@@ -70,6 +70,55 @@ pub struct SpawnerConfig {
     /// (`execbox run --language` starts a spawner for one language).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub languages: Vec<String>,
+    /// The warm path (templates).
+    pub warm: WarmSettings,
+}
+
+/// The warm path's settings (docs/security.md, "Templates"; docs/operations.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarmSettings {
+    /// Serve runs of runtimes that have a template program from warm templates.
+    pub enabled: bool,
+    /// Children a template forks before a fresh template replaces it.
+    pub max_runs: u64,
+    /// Seconds after which a fresh template replaces it.
+    pub max_age_secs: u64,
+    /// Modules the Python template imports (`None`: the manifest's, numpy and pandas).
+    pub modules: Option<Vec<String>>,
+    /// The jail library the template loads (`None`: `libexecbox_jail.so` beside the
+    /// executable).
+    pub lib: Option<PathBuf>,
+}
+
+impl Default for WarmSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_runs: defaults::WARM_MAX_RUNS,
+            max_age_secs: defaults::WARM_MAX_AGE_SECS,
+            modules: None,
+            lib: None,
+        }
+    }
+}
+
+/// The warm path's counters, sent by the spawner whenever they change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WarmStats {
+    /// Runs served by a template's child.
+    pub warm_hits: u64,
+    /// Runs of a warm-capable runtime that took the cold path (no template ready, none
+    /// prepared, or limits the pool's children were not prepared with).
+    pub cold_fallbacks: u64,
+    /// Templates replaced after their run or age limit.
+    pub recycles: u64,
+    /// Templates restarted after they died or failed to start.
+    pub restarts: u64,
+    /// Templates ready now.
+    pub templates_ready: u64,
+    /// Template children prepared and waiting for a run.
+    pub pool_depth: u64,
 }
 
 impl Default for SpawnerConfig {
@@ -82,6 +131,7 @@ impl Default for SpawnerConfig {
             max_output_files: DEFAULT_MAX_OUTPUT_FILES,
             max_output_files_bytes: DEFAULT_MAX_OUTPUT_FILES_BYTES,
             languages: Vec::new(),
+            warm: WarmSettings::default(),
         }
     }
 }
@@ -274,6 +324,8 @@ pub enum Event {
         /// Its final record.
         record: Box<RunRecord>,
     },
+    /// The warm path's counters changed.
+    Warm(WarmStats),
     /// execbox failed to run it; the message is for the log, not the client.
     Failed {
         /// Run id.

@@ -109,6 +109,31 @@ pub struct RunStage {
     pub command: Vec<String>,
 }
 
+/// The warm path (docs/security.md, "Templates"): a template process that has imported the
+/// harness and `modules` once and forks a jailed child per run.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmStage {
+    /// The template program's file, relative to the package directory.
+    pub program: String,
+    /// Its argv template: `{template}` (the program's text), `{lib}` (the jail library inside
+    /// the template's jail), `{harness}`, `{modules}` (comma-separated) and `{python_env}`.
+    pub command: Vec<String>,
+    /// Modules the template imports before it serves (the operator may override them).
+    #[serde(default)]
+    pub modules: Vec<String>,
+    /// Memory of the template's own cgroup, MiB (its children each have their run's).
+    #[serde(default = "template_memory_mib")]
+    pub memory_mib: u64,
+}
+
+fn template_memory_mib() -> u64 {
+    1024
+}
+
+/// Where the jail library appears inside a template's jail.
+pub const TEMPLATE_LIB: &str = "/.execbox/libexecbox_jail.so";
+
 /// The smoke test.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -166,6 +191,9 @@ pub struct Manifest {
     pub limits: ManifestLimits,
     /// The smoke test.
     pub smoke: Smoke,
+    /// The warm path, for runtimes that have a template program.
+    #[serde(default)]
+    pub warm: Option<WarmStage>,
 }
 
 fn program_only() -> Vec<Mode> {
@@ -309,6 +337,8 @@ pub struct Package {
     pub harness: Option<String>,
     /// The Python environment, for `{python_env}`.
     pub python_env: PathBuf,
+    /// The warm template program's text, if the runtime has one.
+    pub template_program: Option<String>,
 }
 
 /// What discovery found.
@@ -339,12 +369,17 @@ impl Package {
             Some(h) => Some(String::from_utf8_lossy(&read(dir.join(h))?).into_owned()),
             None => None,
         };
+        let template_program = match &manifest.warm {
+            Some(w) => Some(String::from_utf8_lossy(&read(dir.join(&w.program))?).into_owned()),
+            None => None,
+        };
         Ok(Self {
             manifest,
             dir: dir.to_path_buf(),
             smoke_source,
             harness,
             python_env: python_env.to_path_buf(),
+            template_program,
         })
     }
 
@@ -359,6 +394,82 @@ impl Package {
             smoke_source: BUILTIN_PYTHON_SMOKE.as_bytes().to_vec(),
             harness: Some(crate::python::HARNESS.to_owned()),
             python_env: python_env.to_path_buf(),
+            template_program: Some(crate::python::TEMPLATE.to_owned()),
+        }
+    }
+
+    /// Whether runs of this runtime can take the warm path (it has a template program).
+    pub fn warm_capable(&self) -> bool {
+        self.manifest.warm.is_some() && self.template_program.is_some()
+    }
+
+    /// The template's jail: the run jail's binds plus the jail library at [`TEMPLATE_LIB`]
+    /// (`lib` on the host), the run's limits but the template's own memory. `None` for a
+    /// runtime without a warm stage.
+    pub fn template_spec(&self, run: &JailSpec, lib: &Path) -> Option<JailSpec> {
+        let w = self.manifest.warm.as_ref()?;
+        let mut spec = run.clone();
+        spec.binds.push(BindMount {
+            source: lib.to_path_buf(),
+            target: PathBuf::from(TEMPLATE_LIB),
+        });
+        spec.limits.memory_bytes = mib(w.memory_mib);
+        Some(spec)
+    }
+
+    /// The template's payload, importing `modules` (the manifest's when `None`).
+    pub fn template_payload(&self, modules: Option<&[String]>) -> Option<Payload> {
+        let w = self.manifest.warm.as_ref()?;
+        let program = self.template_program.as_deref()?;
+        let modules = modules.unwrap_or(&w.modules).join(",");
+        let python_env = self.python_env.display().to_string();
+        let argv = w
+            .command
+            .iter()
+            .map(|t| {
+                substitute(
+                    t,
+                    &[
+                        ("{template}", program),
+                        ("{lib}", TEMPLATE_LIB),
+                        ("{harness}", self.harness.as_deref().unwrap_or_default()),
+                        ("{modules}", &modules),
+                        ("{python_env}", &python_env),
+                    ],
+                )
+            })
+            .collect();
+        Some(Payload {
+            argv,
+            env: self.env(),
+            files: Vec::new(),
+            stdin: Vec::new(),
+        })
+    }
+
+    /// A warm run's payload (main mode, no files out): what the template's program runs in
+    /// the child, as `MODE ENTRY ARGS` after [`execbox_jail::warm::WARM_ARGV0`].
+    pub fn warm_payload(
+        &self,
+        files: Vec<WorkFile>,
+        mode: Mode,
+        stdin: Vec<u8>,
+        args: &[String],
+    ) -> Payload {
+        let entry = files
+            .first()
+            .map_or(self.manifest.entry.clone(), |f| f.name.clone());
+        let mut argv = vec![
+            execbox_jail::warm::WARM_ARGV0.to_owned(),
+            mode.as_str().to_owned(),
+            entry,
+        ];
+        argv.extend(args.iter().cloned());
+        Payload {
+            argv,
+            env: Vec::new(),
+            files,
+            stdin,
         }
     }
 

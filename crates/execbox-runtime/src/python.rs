@@ -11,6 +11,9 @@ use execbox_proto::Mode;
 /// The harness, run with `python3 -I -u -B -c`.
 pub const HARNESS: &str = include_str!("../../../runtimes/python/harness.py");
 
+/// The warm path's template program (`runtimes/python/template.py`).
+pub const TEMPLATE: &str = include_str!("../../../runtimes/python/template.py");
+
 /// Name of the user's script in the work dir.
 pub const SCRIPT_NAME: &str = "main.py";
 

@@ -146,6 +146,7 @@ pub fn build_record(meta: RunMeta, mode: Mode, limits: &Limits, o: Outcome) -> R
     };
     RunRecord {
         degraded: !o.missing_layers.is_empty(),
+        warm: o.warm,
         missing_layers: o.missing_layers,
         error,
         run: Some(run),

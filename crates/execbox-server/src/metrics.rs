@@ -2,7 +2,8 @@
 
 use execbox_proto::{ErrorCode, RunStatus};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// The server's metrics.
@@ -25,6 +26,9 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// Open WebSockets (authenticated or not).
     pub websockets_open: IntGauge,
+    /// The warm path, by counter (`warm_hits`, `cold_fallbacks`, `recycles`, `restarts`,
+    /// `templates_ready`, `pool_depth`), as the spawner running now reports them.
+    pub warm: IntGaugeVec,
 }
 
 impl Metrics {
@@ -61,6 +65,14 @@ impl Metrics {
             "Open connections on the public listener (WebSockets included)",
         )?;
         let websockets_open = IntGauge::new("websockets_open", "Open WebSocket sessions")?;
+        let warm = IntGaugeVec::new(
+            Opts::new(
+                "warm",
+                "Warm path (templates): warm_hits, cold_fallbacks, recycles and restarts since the spawner started; templates_ready and pool_depth now",
+            ),
+            &["what"],
+        )?;
+        registry.register(Box::new(warm.clone()))?;
         registry.register(Box::new(connections_open.clone()))?;
         registry.register(Box::new(websockets_open.clone()))?;
         registry.register(Box::new(runs.clone()))?;
@@ -79,6 +91,7 @@ impl Metrics {
             spawner_restarts,
             connections_open,
             websockets_open,
+            warm,
         })
     }
 

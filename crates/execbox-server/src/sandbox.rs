@@ -95,6 +95,8 @@ pub struct SandboxStatus {
     pub pid: Option<u32>,
     /// How many times it was restarted.
     pub restarts: u64,
+    /// The warm path's counters, as the running spawner last sent them.
+    pub warm: execbox_proto::spawner::WarmStats,
     /// Why the first spawner could not start (no runtime, host refused): it is not restarted
     /// and the server stops.
     pub fatal: Option<String>,

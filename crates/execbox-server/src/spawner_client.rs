@@ -494,6 +494,7 @@ impl Session<'_> {
                 tracing::error!(%message, "canary run failed");
             }
             Ok(Event::Failed { id, message }) => self.answer(&id, Err(message)),
+            Ok(Event::Warm(w)) => self.status.send_modify(|s| s.warm = w),
             Ok(Event::Hello { .. } | Event::Fatal { .. }) => {}
             Err(e) => {
                 // Fail the run it was about rather than leave it waiting forever.

@@ -6,9 +6,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use execbox_jail::{
-    JailError, JailSpec, Jailer, Outcome, Payload, Prepared, Preparing, Role, Supervisor, WorkFile,
-};
+use execbox_jail::{JailError, JailSpec, Jailer, Outcome, Role, WorkFile};
 use execbox_proto::cases::{severity, summarise};
 use execbox_proto::live::Stage;
 use execbox_proto::spawner::{Event, Order, RunOrder, SpawnerConfig, MAX_LINE};
@@ -24,8 +22,9 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::framing::{parse_order, Line, LineBuffer};
-use crate::inflight::{log, InFlight, Jails, Report};
+use crate::inflight::{log, InFlight, Report};
 use crate::live::{signal_of, Live};
+use crate::warm::{Pools, StagePayload, StageSpec, Warm};
 
 /// Errors that end the spawner.
 #[derive(Debug, thiserror::Error)]
@@ -112,39 +111,8 @@ enum Tag {
     Out,
     Prep(usize),
     Run(usize, Role),
-}
-
-impl Jails for Jailer {
-    type Spec = JailSpec;
-    type Payload = Payload;
-    type Preparing = Preparing;
-    type Prepared = Prepared;
-    type Running = Supervisor;
-    type Error = JailError;
-
-    fn start_prepare(&self, spec: &JailSpec) -> Result<Preparing, JailError> {
-        Jailer::start_prepare(self, spec)
-    }
-
-    fn finish_prepare(&self, p: Preparing) -> Result<Prepared, JailError> {
-        p.finish()
-    }
-
-    fn launch(&self, p: Prepared, payload: &Payload) -> Result<Supervisor, JailError> {
-        p.launch(payload)
-    }
-
-    fn cancel(&self, r: &mut Supervisor) {
-        r.cancel();
-    }
-
-    fn is_done(&self, r: &Supervisor) -> bool {
-        r.is_done()
-    }
-
-    fn finish_run(&self, r: Supervisor) -> Result<Outcome, JailError> {
-        r.finish()
-    }
+    /// A template's control socket: (slot, is the successor).
+    Template(usize, bool),
 }
 
 /// The spawner state.
@@ -166,7 +134,9 @@ pub struct Spawner {
     max_limits: Limits,
     /// Caps on the files a run returns from `/work/out`.
     files_cap: FilesCap,
-    inflight: InFlight<Jailer>,
+    inflight: InFlight<Pools>,
+    /// The warm counters last sent.
+    warm_sent: execbox_proto::spawner::WarmStats,
     orders: LineBuffer,
     out: OwnedFd,
     /// Events not yet written: the loop never blocks on a slow reader.
@@ -204,8 +174,20 @@ impl Spawner {
                 binds: vec![],
                 limits: cfg.default_limits,
             });
+        let default_spec = StageSpec {
+            jail: default_spec,
+            warm: packages
+                .get(default_pkg)
+                .filter(|p| p.warm_capable())
+                .map(|_| default_pkg),
+        };
+        let pools = Pools {
+            jailer,
+            warm: std::cell::RefCell::new(Warm::new(cfg.warm.clone())),
+        };
         Self {
-            inflight: InFlight::new(jailer, default_spec, cfg.pool),
+            inflight: InFlight::new(pools, default_spec, cfg.pool),
+            warm_sent: Default::default(),
             smoke_queue: (0..packages.len()).collect(),
             smoke_pending: packages.len(),
             smoke_running: 0,
@@ -282,6 +264,17 @@ impl Spawner {
                 }
             }
             queue.extend(more);
+        }
+        self.send_warm_stats()
+    }
+
+    /// Send the warm counters if they changed.
+    fn send_warm_stats(&mut self) -> io::Result<()> {
+        let mut stats = self.inflight.jails().warm.borrow().stats.clone();
+        stats.pool_depth = self.inflight.pool().filter(|p| p.is_warm()).count() as u64;
+        if stats != self.warm_sent {
+            self.warm_sent = stats.clone();
+            self.emit(&Event::Warm(stats))?;
         }
         Ok(())
     }
@@ -375,7 +368,7 @@ impl Spawner {
             None => (&order.stdin, &order.args),
         };
         let spec = pkg.run_spec(order.limits, &self.max_limits);
-        let mut payload = pkg.run_payload(
+        let mut cold = pkg.run_payload(
             work_files(&order),
             t.archive.clone(),
             order.mode,
@@ -384,10 +377,31 @@ impl Spawner {
             files_out(&order, &spec, &self.files_cap),
         );
         if order.live {
-            // Interpreters that buffer a pipe's output (Python) write as they print.
-            payload.env.push("PYTHONUNBUFFERED=1".into());
+            // Interpreters that buffer a pipe's output (Python) write as they print. (A warm
+            // run's template interpreter runs with -u already.)
+            cold.env.push("PYTHONUNBUFFERED=1".into());
         }
-        self.launch(order, t, spec, payload, out);
+        // The warm path serves main mode of a runtime with a template (no compile stage, no
+        // files out, no cases); everything else, and any run when no template is ready, is
+        // cold.
+        let warm = (pkg.warm_capable()
+            && order.mode == Mode::Main
+            && t.archive.is_none()
+            && order.cases.is_empty()
+            && !t.smoke)
+            .then(|| {
+                pkg.warm_payload(
+                    work_files(&order),
+                    order.mode,
+                    stdin.clone().into_bytes(),
+                    args,
+                )
+            });
+        let stage = StageSpec {
+            warm: warm.as_ref().map(|_| t.pkg),
+            jail: spec,
+        };
+        self.launch(order, t, stage, StagePayload { cold, warm }, out);
     }
 
     /// A run or smoke test is over.
@@ -426,7 +440,14 @@ impl Spawner {
     fn smoke_done(&mut self, passed: Option<(usize, RuntimeInfo)>) -> io::Result<()> {
         self.smoke_running = self.smoke_running.saturating_sub(1);
         self.smoke_pending = self.smoke_pending.saturating_sub(1);
-        if let Some((pkg, info)) = passed {
+        if let Some((pkg, info)) = passed.as_ref().cloned() {
+            let package = &self.packages[pkg];
+            let run = package.run_spec(self.default_limits, &self.max_limits);
+            self.inflight
+                .jails()
+                .warm
+                .borrow_mut()
+                .enable(pkg, package, &run);
             // Two packages with the same language and version: the first found wins.
             if !self
                 .offered
@@ -501,7 +522,7 @@ impl Spawner {
         let hello = Event::Hello {
             language: default.language,
             version: default.version,
-            missing_layers: self.inflight.jails().missing_layers().to_vec(),
+            missing_layers: self.inflight.jails().jailer.missing_layers().to_vec(),
             runtimes: self.offered.iter().map(|(_, i)| i.clone()).collect(),
         };
         self.emit(&hello)
@@ -572,6 +593,10 @@ impl Spawner {
                     Tag::Control => control = true,
                     Tag::Out => self.flush_some()?,
                     Tag::Prep(i) => ready_preps.push(i),
+                    Tag::Template(i, next) => {
+                        self.inflight.jails().warm.borrow_mut().on_ctl(i, next);
+                        self.send_warm_stats()?;
+                    }
                     Tag::Run(i, role) => {
                         let a = &mut self.inflight.running_mut()[i];
                         if let Err(e) = a.run.handle(role, ev) {
@@ -628,6 +653,11 @@ impl Spawner {
         for (i, p) in self.inflight.preparing().enumerate() {
             fds.push(PollFd::new(p.ready_fd(), PollFlags::POLLIN));
             tags.push(Tag::Prep(i));
+        }
+        let warm = self.inflight.jails().warm.borrow();
+        for (fd, i, next) in warm.ctl_fds() {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            tags.push(Tag::Template(i, next));
         }
         for (i, a) in self.inflight.running().enumerate() {
             for (fd, ev, role) in a.run.interest() {
@@ -691,7 +721,7 @@ impl Spawner {
     }
 
     /// The running stage of run `id`.
-    fn running(&mut self, id: &str) -> Option<&mut crate::inflight::Active<Jailer>> {
+    fn running(&mut self, id: &str) -> Option<&mut crate::inflight::Active<Pools>> {
         self.inflight
             .running_mut()
             .iter_mut()
@@ -803,7 +833,14 @@ impl Spawner {
         };
         match compile {
             Some(payload) => {
-                let spec = p.compile_spec(order.limits, &self.max_limits);
+                let spec = StageSpec {
+                    jail: p.compile_spec(order.limits, &self.max_limits),
+                    warm: None,
+                };
+                let payload = StagePayload {
+                    cold: payload,
+                    warm: None,
+                };
                 self.launch(order, track, spec, payload, out);
             }
             None => self.launch_run(order, track, out),
@@ -815,12 +852,12 @@ impl Spawner {
         &mut self,
         order: RunOrder,
         track: Track,
-        spec: JailSpec,
-        payload: Payload,
+        spec: StageSpec,
+        payload: StagePayload,
         out: &mut Vec<Report>,
     ) {
         self.tracks.insert(order.id.clone(), track);
-        if let Err(e) = payload.validate(&spec.limits) {
+        if let Err(e) = payload.cold.validate(&spec.jail.limits) {
             return out.push(Report::Failed(order.id, e.to_string()));
         }
         self.inflight.start(order, &spec, payload, out);

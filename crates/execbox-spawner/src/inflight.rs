@@ -33,6 +33,10 @@ pub(crate) trait Jails {
     fn start_prepare(&self, spec: &Self::Spec) -> Result<Self::Preparing, Self::Error>;
     /// Collect a jail whose preparation said it is done.
     fn finish_prepare(&self, p: Self::Preparing) -> Result<Self::Prepared, Self::Error>;
+    /// Whether a pooled jail can run `payload` (a template's child runs only warm payloads).
+    fn fits(&self, _p: &Self::Prepared, _payload: &Self::Payload) -> bool {
+        true
+    }
     /// Start a payload in a prepared jail.
     fn launch(
         &self,
@@ -115,6 +119,11 @@ impl<J: Jails> InFlight<J> {
         (self.pool.len(), self.preparing.len(), self.running.len())
     }
 
+    /// The pooled jails.
+    pub(crate) fn pool(&self) -> impl Iterator<Item = &J::Prepared> {
+        self.pool.iter()
+    }
+
     /// The jails being prepared; [`InFlight::prepared`] takes indices into this order.
     pub(crate) fn preparing(&self) -> impl Iterator<Item = &J::Preparing> {
         self.preparing.iter().map(|p| &p.preparing)
@@ -167,7 +176,8 @@ impl<J: Jails> InFlight<J> {
         out: &mut Vec<Report>,
     ) {
         if *spec == self.default_spec {
-            while let Some(p) = self.pool.pop_front() {
+            while let Some(i) = self.pool.iter().position(|p| self.jails.fits(p, &payload)) {
+                let Some(p) = self.pool.remove(i) else { break };
                 match self.jails.launch(p, &payload) {
                     Ok(run) => return self.started(order, run, out),
                     // A pooled jail that died while idle: try the next one.

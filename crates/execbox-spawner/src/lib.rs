@@ -16,6 +16,7 @@ pub mod event_loop;
 mod framing;
 mod inflight;
 mod live;
+mod warm;
 
 use std::io::Write;
 use std::os::fd::OwnedFd;

@@ -55,6 +55,10 @@ pub trait RunCgroup: Debug + Send {
     /// child keeps the kernel's wait for an RCU grace period (milliseconds when joins are rare)
     /// off the spawner's thread.
     fn self_join_files(&self) -> Vec<PathBuf>;
+    /// Every `cgroup.procs` file of the run (one per hierarchy). A template's child joins by
+    /// writing `0` into descriptors of these that the spawner opened: the kernel checks the
+    /// opener's credentials and cgroup namespace, not the writer's.
+    fn procs_files(&self) -> Vec<PathBuf>;
     /// Current counters.
     ///
     /// A counter that cannot be read is an error, never a zero: an unreadable `memory.events`
@@ -177,6 +181,9 @@ impl RunCgroup for NoRunCgroup {
         Ok(())
     }
     fn self_join_files(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+    fn procs_files(&self) -> Vec<PathBuf> {
         Vec::new()
     }
     fn stats(&self) -> Result<CgroupStats> {

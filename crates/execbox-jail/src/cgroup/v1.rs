@@ -153,6 +153,10 @@ impl RunCgroup for RunCgroupV1 {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
     }
 
+    fn procs_files(&self) -> Vec<PathBuf> {
+        self.self_join_files()
+    }
+
     fn stats(&self) -> Result<CgroupStats> {
         Ok(CgroupStats {
             cpu_ns: read_u64(&self.cpuacct.join("cpuacct.usage"))?,

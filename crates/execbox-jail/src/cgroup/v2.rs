@@ -104,6 +104,10 @@ impl RunCgroup for RunCgroupV2 {
         Vec::new() // entered at clone time (CLONE_INTO_CGROUP)
     }
 
+    fn procs_files(&self) -> Vec<PathBuf> {
+        vec![self.dir.join("cgroup.procs")]
+    }
+
     fn stats(&self) -> Result<CgroupStats> {
         Ok(CgroupStats {
             cpu_ns: read_key(&self.dir.join("cpu.stat"), "usage_usec")?.saturating_mul(1000),

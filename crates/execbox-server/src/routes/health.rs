@@ -53,8 +53,19 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let m = &state.metrics;
     m.queue_depth.set(state.admission.queued() as i64);
     m.in_flight.set(state.admission.running() as i64);
-    m.spawner_restarts
-        .set(state.sandbox.status().restarts as i64);
+    let status = state.sandbox.status();
+    m.spawner_restarts.set(status.restarts as i64);
+    let w = &status.warm;
+    for (what, v) in [
+        ("warm_hits", w.warm_hits),
+        ("cold_fallbacks", w.cold_fallbacks),
+        ("recycles", w.recycles),
+        ("restarts", w.restarts),
+        ("templates_ready", w.templates_ready),
+        ("pool_depth", w.pool_depth),
+    ] {
+        m.warm.with_label_values(&[what]).set(v as i64);
+    }
     (
         [(
             header::CONTENT_TYPE,
