@@ -369,7 +369,6 @@ async fn sigint_reaches_python_as_keyboard_interrupt() {
     let got = until_exit(&mut ws).await;
     let rec = &got.last().unwrap().1["record"];
     assert_eq!(rec["error"]["code"], "exception", "{rec}");
-    eprintln!("main-mode run served warm: {}", rec["warm"]);
     let err = rec["run"]["stderr"].as_str().unwrap_or_default();
     assert!(err.contains("KeyboardInterrupt"), "{err}");
 
@@ -986,4 +985,41 @@ async fn output_over_its_cap_ends_with_a_truncated_chunk() {
     assert_eq!(rec["status"], "output_limit", "{rec}");
     assert_eq!(rec["run"]["stdout"], text);
     assert_eq!(rec["run"]["truncated"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_run_streams_and_takes_stdin_and_sigint() {
+    if !privileged() {
+        return;
+    }
+    // No cold pool: a main-mode run then takes a template's child (with cold jails pooled
+    // too, the pool hands out whichever comes first).
+    let s = Server::start(&["--pool", "0"]);
+    // Until a template is ready (it imports numpy and pandas first).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = support::http::raw_get(s.private, "/metrics").unwrap_or_default();
+        if support::metric(&text, "execbox_warm", "what=\"templates_ready\"").unwrap_or(0.0) >= 1.0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no warm child prepared: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ws = live(&s, "warm").await;
+    let main = "def main():\n    import time\n    name = input('name? ')\n    print('hi', name)\n    time.sleep(60)\n";
+    let mut req = program(main);
+    req["mode"] = json!("main");
+    send(&mut ws, json!({"type": "run", "request": req})).await;
+    assert_eq!(next(&mut ws).await["type"], "accepted");
+    until_stdout(&mut ws, "name? ").await;
+    send(&mut ws, json!({"type": "stdin", "data": "Ada\n"})).await;
+    until_stdout(&mut ws, "hi Ada\n").await;
+    send(&mut ws, json!({"type": "signal", "signal": "INT"})).await;
+    let got = until_exit(&mut ws).await;
+    let rec = &got.last().unwrap().1["record"];
+    assert_eq!(rec["warm"], true, "not served warm: {rec}");
+    assert_eq!(rec["error"]["code"], "exception", "{rec}");
+    let err = rec["run"]["stderr"].as_str().unwrap_or_default();
+    assert!(err.contains("KeyboardInterrupt"), "{err}");
 }
