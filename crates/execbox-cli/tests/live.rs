@@ -1023,3 +1023,21 @@ async fn a_warm_run_streams_and_takes_stdin_and_sigint() {
     let err = rec["run"]["stderr"].as_str().unwrap_or_default();
     assert!(err.contains("KeyboardInterrupt"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_run_longer_than_the_idle_timeout_still_reports_its_exit() {
+    if !privileged() {
+        return;
+    }
+    let s = Server::start(&["--ws-idle-secs", "1"]);
+    let mut ws = live(&s, "quiet").await;
+    for _ in 0..3 {
+        // Silent for longer than the idle timeout, then over: exit comes, not idle_timeout.
+        send(&mut ws, run("import time\ntime.sleep(1.5)\n")).await;
+        assert_eq!(next(&mut ws).await["type"], "accepted");
+        let got = until_exit(&mut ws).await;
+        assert_eq!(got.last().unwrap().1["record"]["status"], "ok");
+    }
+    // Then, with nothing to do, the session is closed.
+    expect_closed_with(&mut ws, "idle_timeout", 1000).await;
+}

@@ -122,16 +122,21 @@ async fn wake<'a>(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     tx: &'a mpsc::Sender<Message>,
     active: &Option<Active>,
-    idle_deadline: Instant,
+    (idle_deadline, idle_len): (Instant, Duration),
     shutdown: &CancellationToken,
 ) -> Wake<'a> {
     // The idle timer runs when no run is going, or once the run is over and only its events
     // are still unsent (a client that stopped reading does not hold the socket forever).
+    // Counted from the end of the run when it ends during this wait (not from the last event
+    // sent, which for a quiet program may be long before: its `exit` must not race a close).
     let idle = async {
-        if let Some(a) = active {
-            a.log.done().await;
+        match active {
+            Some(a) if !a.log.is_done() => {
+                a.log.done().await;
+                tokio::time::sleep(idle_len).await
+            }
+            _ => tokio::time::sleep_until(idle_deadline).await,
         }
-        tokio::time::sleep_until(idle_deadline).await
     };
     let next = async {
         match active {
@@ -160,7 +165,8 @@ async fn session(
     let idle = state.cfg.ws_idle;
     let mut idle_deadline = Instant::now() + idle;
     loop {
-        let msg = match wake(stream, tx, active, idle_deadline, &state.shutdown).await {
+        let idling = (idle_deadline, idle);
+        let msg = match wake(stream, tx, active, idling, &state.shutdown).await {
             Wake::ShuttingDown => {
                 let e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
