@@ -14,7 +14,7 @@ CARGO       ?= cargo
 EXECBOX     := target/release/execbox
 APT_PKGS    := python3 python3-venv ca-certificates
 
-.PHONY: help deps uv runtime runtimes build run demo test lint unit openapi-check k8s-env k8s-check k8s-docker-test vm-test image-bin image image-full docker-test docker-test-full stack-images stack-test check bench load-bench clean
+.PHONY: help deps uv runtime runtimes examples-env build run demo test lint unit openapi-check k8s-env k8s-check k8s-docker-test vm-test image-bin image image-full docker-test docker-test-full stack-images stack-test check bench load-bench clean
 
 help:
 	@echo "make run     set up and start the service on 0.0.0.0:8080 (execbox serve)"
@@ -68,6 +68,18 @@ runtimes: runtime
 	  else echo "missing Debian packages:$$missing (run as root to install; those runtimes are skipped)"; fi; \
 	fi
 	@mkdir -p $(RUNTIMES_DIR) && cp -a runtimes/. $(RUNTIMES_DIR)/ && chmod -R a+rX,go-w $(RUNTIMES_DIR)
+
+## The example live client's environment (examples/live/requirements.txt, from PyPI); the live
+## suite (crates/execbox-cli/tests/live.rs) drives the example through the real server with it.
+EXAMPLES_ENV ?= $(PREFIX)/examples
+EXAMPLES_REQS := examples/live/requirements.txt
+examples-env: uv
+	@if ! cmp -s $(EXAMPLES_REQS) $(EXAMPLES_ENV)/.requirements; then \
+	  echo "creating $(EXAMPLES_ENV)"; \
+	  $(UV) venv -q --allow-existing --python $(BASE_PYTHON) $(EXAMPLES_ENV) && \
+	  $(UV) pip install -q --python $(EXAMPLES_ENV)/bin/python -r $(EXAMPLES_REQS) && \
+	  cp $(EXAMPLES_REQS) $(EXAMPLES_ENV)/.requirements; \
+	fi
 
 build:
 	$(CARGO) build --release --workspace
@@ -202,7 +214,7 @@ stack-test: stack-images
 
 ## Everything CI runs. Privileged tests run for real as root; with CI=true a missing
 ## capability fails instead of skipping.
-test: runtime runtimes lint unit openapi-check k8s-check
+test: runtime runtimes examples-env lint unit openapi-check k8s-check
 	$(CARGO) test --workspace
 	$(MAKE) vm-test
 	$(MAKE) docker-test

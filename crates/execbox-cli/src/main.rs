@@ -364,6 +364,8 @@ fn run_in_runtime(a: RunArgs, language: &str, created_at: String) -> Result<Exit
         runtime: Some(runtime.to_ref()),
         cases: vec![],
         compare: Default::default(),
+        live: false,
+        interactive: false,
     };
     spawner.send(&Order::Run(order))?;
     let record = loop {

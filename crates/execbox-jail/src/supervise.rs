@@ -130,6 +130,8 @@ pub struct Supervisor {
     stdin: Option<OwnedFd>,
     stdin_data: Vec<u8>,
     stdin_off: usize,
+    /// Close stdin once `stdin_data` is written (an interactive run keeps it open until told).
+    stdin_eof: bool,
     limits: Limits,
     started: Instant,
     deadline: Instant,
@@ -183,10 +185,12 @@ impl Supervisor {
         Ok(Self {
             proc,
             streams,
-            // Empty stdin: EOF at once.
-            stdin: (!stdin_data.is_empty()).then_some(stdin),
+            // Empty stdin: EOF at once (unless the run is made interactive before it is
+            // polled: see keep_stdin_open).
+            stdin: Some(stdin),
             stdin_data,
             stdin_off: 0,
+            stdin_eof: true,
             limits,
             started,
             deadline: started + Duration::from_millis(limits.wall_time_ms),
@@ -205,7 +209,11 @@ impl Supervisor {
     pub fn interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags, Role)> {
         let mut v = Vec::with_capacity(5);
         if let Some(fd) = &self.stdin {
-            v.push((fd.as_fd(), PollFlags::POLLOUT, Role::Stdin));
+            // Writable when there is data to write, or when stdin is to be closed (the next
+            // feed_stdin closes it); an open, idle interactive stdin is not polled.
+            if self.stdin_off < self.stdin_data.len() || self.stdin_eof {
+                v.push((fd.as_fd(), PollFlags::POLLOUT, Role::Stdin));
+            }
         }
         for (i, s) in self.streams.iter().enumerate() {
             if let Some(fd) = &s.fd {
@@ -262,6 +270,50 @@ impl Supervisor {
             }
             self.killed_at = Some(Instant::now());
         }
+    }
+
+    /// Keep stdin open once the data given at launch is written (an interactive run); more
+    /// comes with [`Supervisor::push_stdin`]. Call before the run is first polled.
+    pub fn keep_stdin_open(&mut self) {
+        self.stdin_eof = false;
+    }
+
+    /// Queue more stdin; with `eof`, close stdin once everything queued is written. Dropped
+    /// when the program has closed its stdin or ended. The caller bounds the amount.
+    pub fn push_stdin(&mut self, data: &[u8], eof: bool) {
+        if self.stdin.is_some() {
+            self.stdin_data.extend_from_slice(data);
+        }
+        self.stdin_eof |= eof;
+    }
+
+    /// Send `sig` to the run's process group (the jail's init, or a warm run's child, called
+    /// `setsid`, so its pid is the group of every process that did not move to a group of its
+    /// own, and no process outside the jail can be in it). A pid namespace's init only
+    /// receives signals it installed a handler for (SIGKILL always). Nothing is sent once the
+    /// process has exited (its pid could be reused: a warm child is reaped by its template,
+    /// not by us, so its pidfd is checked first) or after a kill.
+    pub fn signal(&mut self, sig: nix::sys::signal::Signal) {
+        if self.status.is_some() || self.killed_at.is_some() {
+            return;
+        }
+        if let Some(pidfd) = &self.proc.pidfd {
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(0)) {
+                return; // exited (readable), or its state cannot be known
+            }
+        }
+        match nix::sys::signal::killpg(self.proc.pid, sig) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => eprintln!("execbox-jail: signal {sig} to jail {}: {e}", self.proc.pid),
+        }
+    }
+
+    /// What was read of stream `i` (0 stdout, 1 stderr, 2 result) so far, whether it went
+    /// over its cap, and whether it is closed (no more will be read).
+    pub fn output(&self, i: usize) -> (&[u8], bool, bool) {
+        let s = &self.streams[i];
+        (&s.buf, s.over, s.fd.is_none())
     }
 
     /// Cancel the run: kill it; the outcome says `cancelled`.
@@ -451,13 +503,21 @@ impl Supervisor {
         }
         let rest = &self.stdin_data[self.stdin_off..];
         let n = rest.len().min(CHUNK);
-        match nix::unistd::write(fd, &rest[..n]) {
-            Ok(w) => self.stdin_off += w,
-            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
-            Err(_) => self.stdin = None, // EPIPE: the program closed stdin
+        if n > 0 {
+            match nix::unistd::write(fd, &rest[..n]) {
+                Ok(w) => self.stdin_off += w,
+                Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => self.stdin = None, // EPIPE: the program closed stdin
+            }
         }
         if self.stdin_off >= self.stdin_data.len() {
-            self.stdin = None;
+            if self.stdin_eof {
+                self.stdin = None;
+            } else {
+                // Interactive: written so far; keep the buffer from growing.
+                self.stdin_data.clear();
+                self.stdin_off = 0;
+            }
         }
     }
 

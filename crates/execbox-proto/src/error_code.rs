@@ -120,6 +120,15 @@ pub enum ErrorCode {
     IdleTimeout,
     /// The server is shutting down.
     ShuttingDown,
+    // ---- live runs
+    /// A signal off the allow-list (INT, TERM, KILL, QUIT, USR1, USR2).
+    InvalidSignal,
+    /// More signals for one run than allowed.
+    TooManySignals,
+    /// Stdin after it was closed, or for a run that does not keep it open.
+    StdinClosed,
+    /// A `Last-Event-ID` that is not an event id (a decimal number).
+    InvalidLastEventId,
     // ---- run
     /// The script does not parse.
     SyntaxError,
@@ -216,6 +225,10 @@ impl ErrorCode {
         ErrorCode::NoRun,
         ErrorCode::IdleTimeout,
         ErrorCode::ShuttingDown,
+        ErrorCode::InvalidSignal,
+        ErrorCode::TooManySignals,
+        ErrorCode::StdinClosed,
+        ErrorCode::InvalidLastEventId,
         ErrorCode::SyntaxError,
         ErrorCode::NoMain,
         ErrorCode::MainNotCallable,
@@ -291,6 +304,10 @@ impl ErrorCode {
             ErrorCode::NoRun => "no_run",
             ErrorCode::IdleTimeout => "idle_timeout",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::InvalidSignal => "invalid_signal",
+            ErrorCode::TooManySignals => "too_many_signals",
+            ErrorCode::StdinClosed => "stdin_closed",
+            ErrorCode::InvalidLastEventId => "invalid_last_event_id",
             ErrorCode::SyntaxError => "syntax_error",
             ErrorCode::NoMain => "no_main",
             ErrorCode::MainNotCallable => "main_not_callable",

@@ -22,6 +22,7 @@ pub mod error_code;
 pub mod files;
 pub mod layers;
 pub mod limits;
+pub mod live;
 pub mod mode;
 pub mod runtime;
 pub mod spawner;

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::cases::{Compare, TestCase, DEFAULT_MAX_OUTPUT_FILES, DEFAULT_MAX_OUTPUT_FILES_BYTES};
 use crate::files::SourceFile;
 use crate::limits::Limits;
+use crate::live::{LiveSignal, OutputStream, Stage};
 use crate::mode::Mode;
 use crate::runtime::{RuntimeInfo, RuntimeRef};
 use crate::{defaults, RunRecord};
@@ -208,6 +209,18 @@ pub struct RunOrder {
     /// How cases' stdout is compared with their expected output.
     #[serde(default)]
     pub compare: Compare,
+    /// A live run: the spawner reports each stage ([`Event::Stage`]) and the output as it is
+    /// read ([`Event::Output`]), and sets `PYTHONUNBUFFERED=1`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub live: bool,
+    /// The run stage's stdin stays open after `stdin` until an [`Order::Stdin`] with `eof`
+    /// (runs without cases only).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub interactive: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Server → spawner, after the configuration line.
@@ -222,6 +235,26 @@ pub enum Order {
     Cancel {
         /// Run id.
         id: String,
+    },
+    /// More stdin for an interactive run (kept until its run stage reads it); `eof` closes
+    /// its stdin once the data is written. Ignored for an unknown or finished run.
+    Stdin {
+        /// Run id.
+        id: String,
+        /// The bytes (the server bounds them by the run's `stdin_bytes`).
+        #[serde(default)]
+        data: String,
+        /// Close stdin after `data`.
+        #[serde(default)]
+        eof: bool,
+    },
+    /// Send a signal to the running stage's processes (its process group, as a terminal's
+    /// Ctrl-C reaches its foreground job). Ignored when no stage is running.
+    Signal {
+        /// Run id.
+        id: String,
+        /// Which one (an allow-list).
+        signal: LiveSignal,
     },
 }
 
@@ -258,6 +291,31 @@ pub enum Event {
     Started {
         /// Run id.
         id: String,
+    },
+    /// A live run's stage has started (each case's run stage too).
+    Stage {
+        /// Run id.
+        id: String,
+        /// Compile or run.
+        stage: Stage,
+        /// The test case, for a run with cases.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        case: Option<usize>,
+    },
+    /// Output of a live run's current stage, as read (at most
+    /// [`crate::live::MAX_CHUNK_BYTES`], never ending inside a UTF-8 character; invalid bytes
+    /// as U+FFFD).
+    Output {
+        /// Run id.
+        id: String,
+        /// stdout or stderr.
+        stream: OutputStream,
+        /// The text.
+        data: String,
+        /// The stream reached its cap with this chunk: nothing more of it follows (the run is
+        /// killed with `output_limit`, as without streaming).
+        #[serde(default, skip_serializing_if = "is_false")]
+        truncated: bool,
     },
     /// The run is over.
     Finished {
@@ -315,11 +373,34 @@ mod tests {
             runtime: None,
             cases: vec![],
             compare: Compare::default(),
+            live: false,
+            interactive: false,
         });
         let line = run.to_line();
         assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
         let back: Order = serde_json::from_slice(&line).unwrap();
         assert_eq!(back, run);
+        assert!(!String::from_utf8(line).unwrap().contains("live"));
+        let sig = Order::Signal {
+            id: "a".into(),
+            signal: LiveSignal::Int,
+        };
+        assert_eq!(
+            sig.to_line(),
+            b"{\"type\":\"signal\",\"id\":\"a\",\"signal\":\"INT\"}\n"
+        );
+        let bad = br#"{"type":"signal","id":"a","signal":"STOP"}"#;
+        assert!(serde_json::from_slice::<Order>(bad).is_err());
+        let out = Event::Output {
+            id: "a".into(),
+            stream: OutputStream::Stdout,
+            data: "hi".into(),
+            truncated: false,
+        };
+        assert_eq!(
+            out.to_line(),
+            b"{\"type\":\"output\",\"id\":\"a\",\"stream\":\"stdout\",\"data\":\"hi\"}\n"
+        );
     }
 
     #[test]

@@ -655,8 +655,13 @@ impl Package {
             ));
         }
         match files_out {
+            // The shell is the jail's init, which receives only the signals it handles: with
+            // no-op traps a client's signal (live runs) reaches the program (its children get
+            // the default dispositions back) and the shell goes on to report its status and
+            // files. Without them dash, which catches SIGINT under -c, would die of it.
             Some(cap) => script.push_str(&format!(
-                "mkdir -p {OUTPUT_DIR}; \"$@\" 3>&-; s=$?; kill -9 -1 2>/dev/null; \
+                "trap : INT QUIT TERM USR1 USR2; \
+                 mkdir -p {OUTPUT_DIR}; \"$@\" 3>&-; s=$?; kill -9 -1 2>/dev/null; \
                  cd {OUTPUT_DIR} && for f in * .[!.]* ..?*; do [ -e \"$f\" ] || continue; \
                  /usr/bin/tar --format=pax -cf - . 2>/dev/null | /usr/bin/head -c {cap} >&3; \
                  break; done; exit $s"

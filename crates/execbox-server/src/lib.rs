@@ -21,6 +21,7 @@ pub mod config;
 mod error;
 mod extract;
 mod listener;
+pub mod live;
 mod metrics;
 pub mod openapi;
 pub mod origin;
@@ -198,12 +199,14 @@ pub async fn serve_on(
     let grace = cfg.shutdown_grace;
     let retention = cfg.retention;
     let max_runs = cfg.max_stored_runs;
+    let max_stored_bytes = cfg.max_stored_bytes;
     let max_connections = cfg.max_connections;
     let (state, mut spawner_status, spawner_task) = build_state(cfg)?;
 
     // Background tasks hold the store, not the state: the last AppState clone must go away
     // at shutdown so the spawner's order channel closes.
     let gc_store = state.store.clone();
+    let gc_live = state.live.clone();
     let gc_state = std::sync::Arc::downgrade(&state.0);
     // Each second the store's own work (with Redis: leases, cancels requested through other
     // replicas, the sweep of runs whose replica died); every ten, the garbage collection.
@@ -215,6 +218,7 @@ pub async fn serve_on(
             gc_store.tick().await;
             if n % 10 == 0 {
                 gc_store.gc(retention, max_runs);
+                gc_live.gc(retention, max_runs, max_stored_bytes);
                 if let Some(s) = gc_state.upgrade() {
                     s.quotas.gc();
                 }

@@ -9,8 +9,11 @@ use crate::api::{
 };
 use crate::auth::Claims;
 use crate::error::ErrorResponse;
+use crate::live::LiveMessage;
+use crate::routes::ws::live_protocol::LiveClientMessage;
 use crate::routes::ws::protocol::{ClientMessage, ServerMessage};
-use crate::routes::{execute, health, runs, user, ws};
+use crate::routes::{events, execute, health, runs, user, ws};
+use execbox_proto::live::{OutputStream, Stage};
 use execbox_proto::{
     CaseReport, CasesSummary, Compare, ErrorBody, LimitKind, Mode, OutputFile, RunRecord,
     RunStatus, StepReport, TestCase,
@@ -32,6 +35,7 @@ use execbox_proto::{
         runs::create_run,
         runs::get_run,
         runs::cancel_run,
+        events::events,
         runs::runtimes,
         user::user,
         ws::ws,
@@ -63,7 +67,11 @@ use execbox_proto::{
         RunStatus,
         LimitKind, Claims,
         ClientMessage,
-        ServerMessage)),
+        ServerMessage,
+        LiveClientMessage,
+        LiveMessage,
+        Stage,
+        OutputStream)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

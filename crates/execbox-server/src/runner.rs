@@ -8,12 +8,15 @@ use execbox_proto::{
 };
 use std::time::Duration;
 
+use std::sync::Arc;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::{Permit, Room, Ticket};
 use crate::error::ApiError;
+use crate::live::{LiveLog, LiveMessage};
 use crate::quota::{self, RunQuota};
+use crate::sandbox::LiveEvent;
 use crate::state::AppState;
 
 /// A validated run request.
@@ -35,6 +38,10 @@ pub struct RunRequest {
     pub cases: Vec<TestCase>,
     /// How cases' stdout is compared.
     pub compare: Compare,
+    /// Stream its stages and output into a [`LiveLog`] (`/v1/runs`, the WebSocket).
+    pub live: bool,
+    /// Keep its stdin open for the client (a live WebSocket run without cases).
+    pub interactive: bool,
 }
 
 /// A run that was accepted.
@@ -46,6 +53,8 @@ pub struct Submitted {
     pub done: oneshot::Receiver<RunRecord>,
     /// Cancels the run.
     pub cancel: CancellationToken,
+    /// Its events, for a live run.
+    pub live: Option<Arc<LiveLog>>,
 }
 
 /// A record the server writes itself (queued, cancelled before it started, internal error),
@@ -96,18 +105,34 @@ pub async fn submit(
     let quota = quota::reserve_run(state, owner.as_deref(), &id).await?;
     ready(state)?;
     let ticket = admit(state, owner.as_deref().unwrap_or(""), room)?;
+    let live = req.live.then(|| {
+        // Stages: a compile, then one run per case.
+        let stages = req.cases.len().max(1) + 1;
+        let log = Arc::new(LiveLog::new(LiveLog::bound_for(&req.limits, stages)));
+        (log, owner.clone())
+    });
     let (order, cancel) = enqueue(state, id, req, owner).await?;
     let id = order.id.clone();
+    let live = live.map(|(log, owner)| {
+        log.push(LiveMessage::Accepted { id: id.clone() });
+        state.live.insert(&id, owner, log.clone());
+        log
+    });
     let (tx, done) = oneshot::channel();
     tokio::spawn(drive(
         state.clone(),
         ticket,
         quota,
-        order,
+        (order, live.clone()),
         cancel.clone(),
         tx,
     ));
-    Ok(Submitted { id, done, cancel })
+    Ok(Submitted {
+        id,
+        done,
+        cancel,
+        live,
+    })
 }
 
 /// 503 unless the sandbox is up and passed its canary.
@@ -172,6 +197,8 @@ async fn enqueue(
         runtime: req.runtime,
         cases: req.cases,
         compare: req.compare,
+        live: req.live,
+        interactive: req.interactive,
     };
     Ok((order, cancel))
 }
@@ -183,13 +210,13 @@ async fn drive(
     state: AppState,
     ticket: Ticket,
     quota: RunQuota,
-    order: RunOrder,
+    (order, live): (RunOrder, Option<Arc<LiveLog>>),
     cancel: CancellationToken,
     done: oneshot::Sender<RunRecord>,
 ) {
     let rec = match acquire_slot(&ticket, &cancel).await {
         Some(permit) => {
-            let rec = execute(&state, order, &cancel).await;
+            let rec = execute(&state, order, live.clone(), &cancel).await;
             drop(permit);
             rec
         }
@@ -203,6 +230,16 @@ async fn drive(
     };
     drop(ticket);
     quota.settle(&rec).await;
+    if let Some(log) = live {
+        log.push(LiveMessage::Exit {
+            record: Box::new(rec.clone()),
+        });
+        // Completed logs beyond the caps go now, not at the next periodic collection.
+        let cfg = &state.cfg;
+        state
+            .live
+            .gc(cfg.retention, cfg.max_stored_runs, cfg.max_stored_bytes);
+    }
     conclude(&state, rec, done).await;
 }
 
@@ -219,7 +256,12 @@ async fn acquire_slot(ticket: &Ticket, cancel: &CancellationToken) -> Option<Per
 /// limits (a compile within the operator's maximum, then each case) plus teardown; if no
 /// record comes well after that, something inside execbox failed: conclude it as an internal
 /// error rather than hold its slot forever.
-async fn execute(state: &AppState, order: RunOrder, cancel: &CancellationToken) -> RunRecord {
+async fn execute(
+    state: &AppState,
+    order: RunOrder,
+    live: Option<Arc<LiveLog>>,
+    cancel: &CancellationToken,
+) -> RunRecord {
     let runs = order.cases.len().max(1) as u64;
     let backstop = Duration::from_millis(order.limits.wall_time_ms.saturating_mul(runs))
         + Duration::from_millis(state.cfg.max_limits.wall_time_ms)
@@ -229,7 +271,26 @@ async fn execute(state: &AppState, order: RunOrder, cancel: &CancellationToken) 
     let store = state.store.clone();
     let started = id.clone();
     let on_started = Box::new(move || store.set_running(&started));
-    let mut rx = state.sandbox.run(order, on_started);
+    let mut rx = match live {
+        Some(log) => {
+            let input = log.clone();
+            let on_event = Box::new(move |e: LiveEvent| {
+                log.push(match e {
+                    LiveEvent::Stage { stage, case } => LiveMessage::Stage { stage, case },
+                    LiveEvent::Output {
+                        stream,
+                        data,
+                        truncated,
+                    } => LiveMessage::output(stream, data, truncated),
+                })
+            });
+            let rx = state.sandbox.run_live(order, on_started, on_event);
+            // Stdin sent while the run was queued follows its order.
+            input.open_stdin(|data, eof| state.sandbox.stdin(&id, data, eof));
+            rx
+        }
+        None => state.sandbox.run(order, on_started),
+    };
     let result = tokio::select! {
         r = &mut rx => r,
         _ = cancel.cancelled() => {

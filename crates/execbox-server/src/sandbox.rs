@@ -4,6 +4,7 @@
 //! `execbox spawner` process; tests put a fake behind the same trait (`tests/support/fake.rs`),
 //! so the whole router runs in-process without a jail.
 
+use execbox_proto::live::{LiveSignal, OutputStream, Stage};
 use execbox_proto::spawner::RunOrder;
 use execbox_proto::RunRecord;
 use tokio::sync::oneshot;
@@ -13,6 +14,30 @@ pub type RunResult = Result<RunRecord, String>;
 
 /// Called once when the order's payload has started (the run is then `running`).
 pub type OnStarted = Box<dyn FnOnce() + Send>;
+
+/// What a live run reports while it runs (`RunOrder::live`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiveEvent {
+    /// A stage started.
+    Stage {
+        /// Compile or run.
+        stage: Stage,
+        /// The case, for a run with cases.
+        case: Option<usize>,
+    },
+    /// Output, as read.
+    Output {
+        /// Which stream.
+        stream: OutputStream,
+        /// The text.
+        data: String,
+        /// The stream was cut at its cap with this chunk.
+        truncated: bool,
+    },
+}
+
+/// Called with each [`LiveEvent`] of a live run, in order.
+pub type OnLiveEvent = Box<dyn Fn(LiveEvent) + Send + Sync>;
 
 /// The sandbox, as the server's handlers see it. Calls never block: orders and cancels are
 /// queued (their number is bounded by admission: one order per admitted run, at most one
@@ -24,6 +49,28 @@ pub trait Sandbox: Send + Sync + std::fmt::Debug {
 
     /// Ask the sandbox to kill run `id` (it still answers the run with its record).
     fn cancel(&self, id: &str);
+
+    /// Like [`Sandbox::run`], for a live order: `on_event` hears its stages and output as
+    /// they happen, before the record. A sandbox that cannot stream reports nothing live.
+    fn run_live(
+        &self,
+        order: RunOrder,
+        on_started: OnStarted,
+        on_event: OnLiveEvent,
+    ) -> oneshot::Receiver<RunResult> {
+        drop(on_event);
+        self.run(order, on_started)
+    }
+
+    /// More stdin for interactive run `id` (`eof`: then close it). The caller bounds it.
+    fn stdin(&self, id: &str, data: String, eof: bool) {
+        let _ = (id, data, eof);
+    }
+
+    /// Send `signal` to run `id`'s running stage.
+    fn signal(&self, id: &str, signal: LiveSignal) {
+        let _ = (id, signal);
+    }
 
     /// The current status.
     fn status(&self) -> SandboxStatus;

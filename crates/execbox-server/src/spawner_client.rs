@@ -14,11 +14,18 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::sandbox::{OnStarted, RunResult, Sandbox, SandboxStatus};
+use crate::sandbox::{LiveEvent, OnLiveEvent, OnStarted, RunResult, Sandbox, SandboxStatus};
 
 enum Cmd {
-    Run(Box<RunOrder>, OnStarted, oneshot::Sender<RunResult>),
+    Run(
+        Box<RunOrder>,
+        OnStarted,
+        Option<OnLiveEvent>,
+        oneshot::Sender<RunResult>,
+    ),
     Cancel(String),
+    /// Stdin or a signal for a live run: passed on as it is.
+    Live(Box<Order>),
 }
 
 /// How to start the spawner.
@@ -35,7 +42,8 @@ pub struct SpawnerCommand {
 #[derive(Debug, Clone)]
 pub struct SpawnerClient {
     /// Unbounded: admission bounds what is queued (one order per admitted run, at most one
-    /// cancel per run), so sending never waits.
+    /// cancel per run; a live run's stdin is bounded by its `stdin_bytes` and its signals
+    /// by `routes::ws::live::MAX_SIGNALS`), so sending never waits.
     tx: mpsc::UnboundedSender<Cmd>,
     status: watch::Receiver<SandboxStatus>,
 }
@@ -55,19 +63,55 @@ impl SpawnerClient {
     }
 }
 
-impl Sandbox for SpawnerClient {
-    fn run(&self, order: RunOrder, on_started: OnStarted) -> oneshot::Receiver<RunResult> {
+impl SpawnerClient {
+    fn send_run(
+        &self,
+        order: RunOrder,
+        on_started: OnStarted,
+        on_event: Option<OnLiveEvent>,
+    ) -> oneshot::Receiver<RunResult> {
         let (tx, rx) = oneshot::channel();
-        if let Err(mpsc::error::SendError(Cmd::Run(_, _, tx))) =
-            self.tx.send(Cmd::Run(Box::new(order), on_started, tx))
+        if let Err(mpsc::error::SendError(Cmd::Run(_, _, _, tx))) =
+            self.tx
+                .send(Cmd::Run(Box::new(order), on_started, on_event, tx))
         {
             let _ = tx.send(Err("the spawner task is gone".into()));
         }
         rx
     }
+}
+
+impl Sandbox for SpawnerClient {
+    fn run(&self, order: RunOrder, on_started: OnStarted) -> oneshot::Receiver<RunResult> {
+        self.send_run(order, on_started, None)
+    }
 
     fn cancel(&self, id: &str) {
         let _ = self.tx.send(Cmd::Cancel(id.to_owned()));
+    }
+
+    fn run_live(
+        &self,
+        mut order: RunOrder,
+        on_started: OnStarted,
+        on_event: OnLiveEvent,
+    ) -> oneshot::Receiver<RunResult> {
+        order.live = true;
+        self.send_run(order, on_started, Some(on_event))
+    }
+
+    fn stdin(&self, id: &str, data: String, eof: bool) {
+        let id = id.to_owned();
+        let _ = self
+            .tx
+            .send(Cmd::Live(Box::new(Order::Stdin { id, data, eof })));
+    }
+
+    fn signal(&self, id: &str, signal: execbox_proto::live::LiveSignal) {
+        let id = id.to_owned();
+        let _ = self
+            .tx
+            .send(Cmd::Live(Box::new(Order::Signal { id, signal })));
     }
 
     fn status(&self) -> SandboxStatus {
@@ -136,6 +180,8 @@ fn canary_order(limits: Limits) -> RunOrder {
         runtime: None,
         cases: vec![],
         compare: Default::default(),
+        live: false,
+        interactive: false,
     }
 }
 
@@ -325,6 +371,7 @@ fn spawn_writer(
 /// A run sent to the spawner and not yet answered.
 struct Pending {
     on_started: Option<OnStarted>,
+    on_event: Option<OnLiveEvent>,
     done: oneshot::Sender<RunResult>,
 }
 
@@ -380,17 +427,27 @@ impl Session<'_> {
                 // reading so the final records still reach their runs.
                 self.orders = None;
             }
-            Some(Cmd::Run(order, on_started, done)) => {
+            Some(Cmd::Run(order, on_started, on_event, done)) => {
                 let id = order.id.clone();
                 if orders.send(Order::Run(*order).to_line()).is_err() {
                     let _ = done.send(Err("the spawner's order pipe is closed".into()));
                     return Err(Exit::Died("order pipe closed".into()));
                 }
                 let on_started = Some(on_started);
-                self.pending.insert(id, Pending { on_started, done });
+                let pending = Pending {
+                    on_started,
+                    on_event,
+                    done,
+                };
+                self.pending.insert(id, pending);
             }
             Some(Cmd::Cancel(id)) => {
                 if orders.send(Order::Cancel { id }.to_line()).is_err() {
+                    return Err(Exit::Died("order pipe closed".into()));
+                }
+            }
+            Some(Cmd::Live(order)) => {
+                if orders.send(order.to_line()).is_err() {
                     return Err(Exit::Died("order pipe closed".into()));
                 }
             }
@@ -406,6 +463,22 @@ impl Session<'_> {
                     started();
                 }
             }
+            Ok(Event::Stage { id, stage, case }) => {
+                self.live(&id, LiveEvent::Stage { stage, case })
+            }
+            Ok(Event::Output {
+                id,
+                stream,
+                data,
+                truncated,
+            }) => self.live(
+                &id,
+                LiveEvent::Output {
+                    stream,
+                    data,
+                    truncated,
+                },
+            ),
             Ok(Event::Finished { id, record }) if id == self.canary_id => {
                 let ok = record.status == RunStatus::Ok
                     && record.result == Some(serde_json::json!({"canary": 1}));
@@ -435,6 +508,13 @@ impl Session<'_> {
                     self.answer(&id, Err(format!("unreadable event: {e}")));
                 }
             }
+        }
+    }
+
+    /// A live run's event, to its listener.
+    fn live(&mut self, id: &str, event: LiveEvent) {
+        if let Some(on_event) = self.pending.get(id).and_then(|p| p.on_event.as_ref()) {
+            on_event(event);
         }
     }
 

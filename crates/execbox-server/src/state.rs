@@ -7,6 +7,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::Admission;
 use crate::auth::Authenticator;
 use crate::config::ServerConfig;
+use crate::live::LiveRuns;
 use crate::metrics::Metrics;
 use crate::routes::ws::slots::WsSlots;
 use crate::sandbox::Sandbox;
@@ -27,6 +28,8 @@ pub struct Inner {
     pub(crate) cfg: ServerConfig,
     /// Runs: in memory, or in Redis with `--redis-url`.
     pub(crate) store: Arc<dyn RunBackend>,
+    /// The event logs of live runs (this replica's).
+    pub(crate) live: Arc<LiveRuns>,
     /// The admission gate.
     pub(crate) admission: Admission,
     /// The sandbox: the spawner client, or a fake in tests.
@@ -80,6 +83,7 @@ impl AppState {
             admission: Admission::new(cfg.max_running, cfg.max_queued),
             store,
             shutdown: CancellationToken::new(),
+            live: Arc::default(),
             metrics,
             sandbox,
             cfg,

@@ -52,6 +52,8 @@ fn single_file(
         runtime: None,
         cases: vec![],
         compare: Compare::default(),
+        live: false,
+        interactive: false,
     })
 }
 
@@ -116,6 +118,8 @@ pub fn run_request(state: &AppState, req: CreateRunRequest) -> Result<RunRequest
         runtime: Some(runtime.to_ref()),
         cases,
         compare: req.compare.unwrap_or_default(),
+        live: false,
+        interactive: false,
     })
 }
 

@@ -89,6 +89,10 @@ const COVERAGE: &[(ErrorCode, &str)] = &[
         ErrorCode::StateUnavailable,
         "unreachable_redis_is_503_state_unavailable",
     ),
+    (
+        ErrorCode::InvalidLastEventId,
+        "run_events_stream_and_resume",
+    ),
     (ErrorCode::NotFound, "unknown_paths_and_methods"),
     (ErrorCode::MethodNotAllowed, "unknown_paths_and_methods"),
     (
@@ -215,6 +219,21 @@ const NOT_HTTP: &[(ErrorCode, &str)] = &[
     (
         ErrorCode::ShuttingDown,
         "WebSocket only: the session's close reason at SIGTERM; tests/ws.rs",
+    ),
+    (
+        ErrorCode::InvalidSignal,
+        "WebSocket only (execbox.v2): a signal off the allow-list; ws/live_protocol.rs unit \
+         tests, crates/execbox-cli/tests/live.rs",
+    ),
+    (
+        ErrorCode::TooManySignals,
+        "WebSocket only (execbox.v2): more than MAX_SIGNALS signals to one run; \
+         crates/execbox-cli/tests/live.rs",
+    ),
+    (
+        ErrorCode::StdinClosed,
+        "WebSocket only (execbox.v2): stdin after eof or close_stdin; \
+         crates/execbox-cli/tests/live.rs",
     ),
 ];
 
@@ -1444,4 +1463,95 @@ async fn ws_handshake_refusals_are_http_answers() {
         (503, json!(ErrorCode::TooManyWebsockets)),
         "in total: {text}"
     );
+}
+
+// ---- GET /v1/runs/{id}/events
+
+/// The SSE events of a body: (id, event, data as JSON).
+fn sse_events(body: &[u8]) -> Vec<(String, String, Value)> {
+    let text = String::from_utf8_lossy(body);
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .filter_map(|block| {
+            let mut id = String::new();
+            let mut event = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_owned();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data += v.trim_start();
+                }
+            }
+            (!event.is_empty()).then(|| {
+                (
+                    id,
+                    event,
+                    serde_json::from_str(&data).unwrap_or(Value::Null),
+                )
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn run_events_stream_and_resume() {
+    let app = TestApp::new();
+    let src = Script::ok()
+        .stdout("one")
+        .stdout("two")
+        .stderr("err")
+        .source();
+    let r = app.run("u", &src, json!({"wait": false})).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.json);
+    let id = r.json["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/runs/{id}/events");
+    let all = app.get(&path, "u").await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert_eq!(all.header("content-type"), Some("text/event-stream"));
+    let events = sse_events(&all.body);
+    let kinds: Vec<&str> = events.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["accepted", "stage", "stdout", "stdout", "stderr", "exit"],
+        "{events:?}"
+    );
+    assert_eq!(events[0].2, json!({"type": "accepted", "id": id}));
+    assert_eq!(events[1].2, json!({"type": "stage", "stage": "run"}));
+    assert_eq!(events[3].2, json!({"type": "stdout", "data": "two\n"}));
+    assert_eq!(events[5].2["record"]["status"], "ok");
+    let ids: Vec<&str> = events.iter().map(|(i, _, _)| i.as_str()).collect();
+    assert_eq!(ids, ["0", "1", "2", "3", "4", "5"]);
+
+    // Resumed after event 3: the rest.
+    let resumed = app
+        .call(
+            req(Method::GET, &path)
+                .user("u")
+                .header("last-event-id", "3")
+                .empty(),
+        )
+        .await;
+    let rest = sse_events(&resumed.body);
+    assert_eq!(rest.len(), 2, "{rest:?}");
+    assert_eq!((rest[0].0.as_str(), rest[0].1.as_str()), ("4", "stderr"));
+
+    let bad = app
+        .call(
+            req(Method::GET, &path)
+                .user("u")
+                .header("last-event-id", "x")
+                .empty(),
+        )
+        .await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, ErrorCode::InvalidLastEventId);
+    // Another user's run, an unknown one, and one without events (/execute) are not found.
+    let other = app.get(&path, "v").await;
+    assert_error(&other, StatusCode::NOT_FOUND, ErrorCode::RunNotFound);
+    let r = app.get("/v1/runs/nope/events", "u").await;
+    assert_error(&r, StatusCode::NOT_FOUND, ErrorCode::RunNotFound);
+    let doc = app.get("/openapi.json", "u").await;
+    assert!(doc.json["paths"]["/v1/runs/{id}/events"]["get"].is_object());
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use execbox_jail::{JailError, JailSpec, Jailer, Outcome, Role, WorkFile};
 use execbox_proto::cases::{severity, summarise};
+use execbox_proto::live::Stage;
 use execbox_proto::spawner::{Event, Order, RunOrder, SpawnerConfig, MAX_LINE};
 use execbox_proto::{
     now_rfc3339, CaseReport, ErrorBody, Limits, Mode, OutputFile, RunRecord, RunStatus,
@@ -22,6 +23,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::framing::{parse_order, Line, LineBuffer};
 use crate::inflight::{log, InFlight, Report};
+use crate::live::{signal_of, Live};
 use crate::warm::{Pools, StagePayload, StageSpec, Warm};
 
 /// Errors that end the spawner.
@@ -95,6 +97,12 @@ struct Track {
     archive: Option<Vec<u8>>,
     /// Layers missing in any stage (degraded runs).
     missing_layers: Vec<String>,
+    /// A live run: stages and output are reported as they happen.
+    live: bool,
+    /// Its run stage keeps stdin open (a live run without cases).
+    interactive: bool,
+    /// Its order has test cases.
+    has_cases: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -133,6 +141,8 @@ pub struct Spawner {
     out: OwnedFd,
     /// Events not yet written: the loop never blocks on a slow reader.
     outbuf: VecDeque<u8>,
+    /// Output taps and held stdin of live runs.
+    live: Live,
 }
 
 impl std::fmt::Debug for Spawner {
@@ -196,6 +206,7 @@ impl Spawner {
             orders: LineBuffer::new(MAX_LINE),
             out,
             outbuf: VecDeque::new(),
+            live: Live::default(),
         }
     }
 
@@ -219,8 +230,21 @@ impl Spawner {
                     };
                     let tell = !t.started && !t.smoke;
                     t.started = true;
+                    let stage = t.live.then(|| {
+                        let stage = if t.compiling {
+                            Stage::Compile
+                        } else {
+                            Stage::Run
+                        };
+                        let case = t.has_cases.then_some(t.case);
+                        (stage, case, t.interactive && !t.compiling)
+                    });
                     if tell {
-                        self.emit(&Event::Started { id })?;
+                        self.emit(&Event::Started { id: id.clone() })?;
+                    }
+                    if let Some((stage, case, interactive)) = stage {
+                        self.stage_started(&id, interactive);
+                        self.emit(&Event::Stage { id, stage, case })?;
                     }
                 }
                 Report::Ended(end) => {
@@ -230,6 +254,7 @@ impl Spawner {
                     }
                 }
                 Report::Failed(id, message) => {
+                    self.live.forget(&id);
                     let smoke = self.tracks.remove(&id).is_some_and(|t| t.smoke);
                     if smoke {
                         log(&format!("{id}: {message}"));
@@ -344,7 +369,7 @@ impl Spawner {
             None => (&order.stdin, &order.args),
         };
         let spec = pkg.run_spec(order.limits, &self.max_limits);
-        let cold = pkg.run_payload(
+        let mut cold = pkg.run_payload(
             work_files(&order),
             t.archive.clone(),
             order.mode,
@@ -352,6 +377,11 @@ impl Spawner {
             args,
             files_out(&order, &spec, &self.files_cap),
         );
+        if order.live {
+            // Interpreters that buffer a pipe's output (Python) write as they print. (A warm
+            // run's template interpreter runs with -u already.)
+            cold.env.push("PYTHONUNBUFFERED=1".into());
+        }
         // The warm path serves main mode of a runtime with a template (no compile stage, no
         // files out, no cases); everything else, and any run when no template is ready, is
         // cold.
@@ -377,6 +407,7 @@ impl Spawner {
 
     /// A run or smoke test is over.
     fn finish(&mut self, (t, order, rec): (Track, RunOrder, RunRecord)) -> io::Result<()> {
+        self.live.forget(&order.id);
         if !t.smoke {
             return self.emit(&Event::Finished {
                 id: order.id,
@@ -462,6 +493,8 @@ impl Spawner {
                 runtime: None,
                 cases: vec![],
                 compare: Default::default(),
+                live: false,
+                interactive: false,
             };
             self.begin(order, i, String::new(), true, out);
         }
@@ -586,6 +619,9 @@ impl Spawner {
             if control {
                 eof |= self.read_orders(input.as_fd())?;
             }
+            // What live runs read, before a run that is over is reaped (its last output
+            // precedes its record).
+            self.send_live_output()?;
             let mut reports = Vec::new();
             self.inflight.reap(&mut reports);
             self.report(reports)?;
@@ -607,6 +643,9 @@ impl Spawner {
                 let _ = a.run.tick();
             }
             wake = wake.min(a.run.next_wakeup());
+        }
+        if let Some(t) = self.live.next_deadline() {
+            wake = wake.min(t);
         }
         let mut fds = Vec::new();
         let mut tags = Vec::new();
@@ -674,10 +713,76 @@ impl Spawner {
                 Line::Complete(line) => match parse_order(&line) {
                     Ok(Order::Run(o)) => self.start_run(o, &mut reports),
                     Ok(Order::Cancel { id }) => self.inflight.cancel(&id, &mut reports),
+                    Ok(Order::Stdin { id, data, eof }) => self.stdin(&id, data.as_bytes(), eof),
+                    Ok(Order::Signal { id, signal }) => {
+                        if let Some(a) = self.running(&id) {
+                            a.run.signal(signal_of(signal));
+                        }
+                    }
                     Err(e) => log(&format!("bad order line: {e}")),
                 },
             }
             self.report(reports)?;
+        }
+        Ok(())
+    }
+
+    /// The running stage of run `id`.
+    fn running(&mut self, id: &str) -> Option<&mut crate::inflight::Active<Pools>> {
+        self.inflight
+            .running_mut()
+            .iter_mut()
+            .find(|a| a.order.id == id)
+    }
+
+    /// A live stage of `id` started: count its output from zero; an interactive run stage
+    /// keeps stdin open and gets what was held for it.
+    fn stage_started(&mut self, id: &str, interactive: bool) {
+        self.live.stage_started(id);
+        if !interactive {
+            return;
+        }
+        let held = self.live.take_held(id);
+        if let Some(a) = self.running(id) {
+            a.run.keep_stdin_open();
+            if let Some(h) = held {
+                a.run.push_stdin(&h.data, h.eof);
+            }
+        }
+    }
+
+    /// More stdin for run `id`: to its running run stage, else held until that starts.
+    fn stdin(&mut self, id: &str, data: &[u8], eof: bool) {
+        let Some(t) = self.tracks.get(id) else {
+            return;
+        };
+        if !t.interactive {
+            return;
+        }
+        let in_run_stage = !t.compiling && t.started;
+        let max = self.max_limits.stdin_bytes as usize;
+        match self.running(id) {
+            Some(a) if in_run_stage => a.run.push_stdin(data, eof),
+            _ => {
+                if !self.live.hold(id, data, eof, max) {
+                    log(&format!("{id}: stdin beyond {max} bytes held; dropped"));
+                }
+            }
+        }
+    }
+
+    /// Output events for what every live run read since the last call.
+    fn send_live_output(&mut self) -> io::Result<()> {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        for a in self.inflight.running() {
+            if a.order.live {
+                let run = &a.run;
+                events.extend(self.live.chunks(&a.order.id, now, |i| run.output(i)));
+            }
+        }
+        for e in events {
+            self.emit(&e)?;
         }
         Ok(())
     }
@@ -729,6 +834,9 @@ impl Spawner {
             reports: Vec::new(),
             archive: None,
             missing_layers: Vec::new(),
+            live: order.live,
+            interactive: order.live && order.interactive && order.cases.is_empty(),
+            has_cases: !order.cases.is_empty(),
         };
         match compile {
             Some(payload) => {

@@ -424,6 +424,8 @@ mod tests {
             runtime: None,
             cases: vec![],
             compare: Default::default(),
+            live: false,
+            interactive: false,
         }
     }
 

@@ -15,6 +15,7 @@
 pub mod event_loop;
 mod framing;
 mod inflight;
+mod live;
 mod warm;
 
 use std::io::Write;

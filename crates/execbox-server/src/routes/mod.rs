@@ -1,5 +1,6 @@
 //! The router.
 
+pub mod events;
 pub mod execute;
 pub mod health;
 pub mod runs;
@@ -34,6 +35,7 @@ pub fn public_app(state: AppState) -> Router {
         .route("/status/{id}", get(runs::status))
         .route("/v1/runs", post(runs::create_run))
         .route("/v1/runs/{id}", get(runs::get_run).delete(runs::cancel_run))
+        .route("/v1/runs/{id}/events", get(events::events))
         .route("/v1/runtimes", get(runs::runtimes))
         .route("/v1/user", get(user::user))
         // Layers run outside in: authentication, then the rate quota.

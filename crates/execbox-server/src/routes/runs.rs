@@ -213,7 +213,9 @@ pub async fn create_run(
     Json(req): Json<CreateRunRequest>,
 ) -> Result<Response, ApiError> {
     let wait = req.wait.unwrap_or(true);
-    let run = validate::run_request(&state, req)?;
+    let mut run = validate::run_request(&state, req)?;
+    // Its events can be followed with GET /v1/runs/{id}/events.
+    run.live = true;
     start(&state, caller, (run, room), wait, "/v1/runs/").await
 }
 

@@ -18,9 +18,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use execbox_proto::live::{OutputStream, Stage};
 use execbox_proto::spawner::RunOrder;
 use execbox_proto::{ErrorBody, ErrorCode, RunRecord, RunStatus, StepReport};
-use execbox_server::sandbox::{OnStarted, RunResult, Sandbox, SandboxStatus};
+use execbox_server::sandbox::{
+    LiveEvent, OnLiveEvent, OnStarted, RunResult, Sandbox, SandboxStatus,
+};
 use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -123,6 +126,37 @@ impl Sandbox for FakeSandbox {
             let _ = tx.send(answer);
         });
         rx
+    }
+
+    /// Live: a `run` stage, then the script's stdout and stderr, one chunk per line, at once.
+    fn run_live(
+        &self,
+        order: RunOrder,
+        on_started: OnStarted,
+        on_event: OnLiveEvent,
+    ) -> oneshot::Receiver<RunResult> {
+        let script = order
+            .files
+            .first()
+            .map(|f| Script::parse(&f.content))
+            .unwrap_or_default();
+        on_event(LiveEvent::Stage {
+            stage: Stage::Run,
+            case: None,
+        });
+        for (stream, text) in [
+            (OutputStream::Stdout, &script.stdout),
+            (OutputStream::Stderr, &script.stderr),
+        ] {
+            for line in text.split_inclusive('\n') {
+                on_event(LiveEvent::Output {
+                    stream,
+                    data: line.to_owned(),
+                    truncated: false,
+                });
+            }
+        }
+        self.run(order, on_started)
     }
 
     fn cancel(&self, id: &str) {

@@ -19,7 +19,15 @@
 //! message), within `--ws-auth-timeout-secs` (10 s). It counts against the total cap, then
 //! against its user's once the token checks out.
 //!
-//! # Messages (JSON text, tagged by `type`; [`protocol`])
+//! # Two protocols, chosen by subprotocol
+//!
+//! A client that offers `execbox.v2` gets the live protocol ([`live_protocol`], the session in
+//! `live.rs`, specified in `docs/live-protocol.md`): output streamed as it is printed,
+//! `stdin`, `signal`. Any other client (offering `execbox.v1`, or no subprotocol) gets
+//! `execbox.v1`, described below and unchanged. Authentication, caps, quotas and close codes
+//! are the same for both.
+//!
+//! # Messages of `execbox.v1` (JSON text, tagged by `type`; [`protocol`])
 //!
 //! Client → server: `auth` (above), `run` (`{"type": "run", "request": <the POST /v1/runs
 //! body>}`, one run at a time), `cancel` (kills the current run).
@@ -50,6 +58,8 @@
 //!
 //! Closing the socket cancels its active run.
 
+mod live;
+pub mod live_protocol;
 pub mod protocol;
 mod session;
 pub mod slots;
@@ -98,7 +108,7 @@ fn header_token(headers: &HeaderMap) -> Option<String> {
     get,
     path = "/v1/ws",
     responses(
-        (status = 101, description = "WebSocket session: messages are `ClientMessage` and `ServerMessage`; close codes in the README"),
+        (status = 101, description = "WebSocket session. Subprotocol `execbox.v1` (or none): messages `ClientMessage` and `ServerMessage`. Subprotocol `execbox.v2` (live runs, docs/live-protocol.md): client messages `LiveClientMessage`, server messages `LiveMessage` plus `ready` and `error` of `ServerMessage`. Close codes in the README and docs/live-protocol.md"),
         (status = 400, description = "`not_a_websocket`: not a WebSocket handshake (also 405, 426)", body = ErrorResponse),
         (status = 401, description = "a token was sent in a header and is invalid", body = ErrorResponse),
         (status = 403, description = "`origin_not_allowed`: the Origin header is not allowed", body = ErrorResponse),
@@ -151,9 +161,13 @@ pub async fn ws(
         Err(e) => return reject(&state, e.into()),
     };
     let max = state.cfg.max_body_bytes;
+    // A client that offers execbox.v2 gets the live protocol; any other, execbox.v1.
+    let upgrade = upgrade.protocols([live_protocol::PROTOCOL_V2, PROTOCOL]);
+    let live = upgrade
+        .selected_protocol()
+        .is_some_and(|p| p == live_protocol::PROTOCOL_V2);
     upgrade
-        .protocols([PROTOCOL])
         .max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session::run(state, socket, caller, slot))
+        .on_upgrade(move |socket| session::run(state, socket, caller, slot, live))
 }

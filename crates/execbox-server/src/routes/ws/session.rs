@@ -62,7 +62,7 @@ async fn close_with(socket: &mut WebSocket, code: u16, e: &ApiError) {
     }
 }
 
-fn too_large(limit: usize) -> ApiError {
+pub(super) fn too_large(limit: usize) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::MessageTooLarge,
@@ -71,7 +71,7 @@ fn too_large(limit: usize) -> ApiError {
 }
 
 /// Whether a receive error is the transport refusing an over-long message.
-fn is_too_large(e: axum::Error) -> bool {
+pub(super) fn is_too_large(e: axum::Error) -> bool {
     use tungstenite::error::{CapacityError, Error};
     matches!(
         e.into_inner().downcast_ref::<Error>(),
@@ -79,12 +79,14 @@ fn is_too_large(e: axum::Error) -> bool {
     )
 }
 
-/// Entry point after the upgrade.
+/// Entry point after the upgrade; `live` selects the `execbox.v2` session
+/// ([`super::live`]).
 pub(super) async fn run(
     state: AppState,
     mut socket: WebSocket,
     caller: Option<Caller>,
     mut slot: WsSlot,
+    live: bool,
 ) {
     let caller = match caller {
         Some(c) => c,
@@ -99,7 +101,11 @@ pub(super) async fn run(
         max_message_bytes: state.cfg.max_body_bytes,
     };
     if send(&mut socket, &ready).await.is_ok() {
-        let _ = serve(&state, &mut socket, &caller).await;
+        if live {
+            super::live::serve(&state, socket, &caller).await;
+        } else {
+            let _ = serve(&state, &mut socket, &caller).await;
+        }
     }
     drop(slot);
 }
