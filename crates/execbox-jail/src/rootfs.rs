@@ -129,12 +129,32 @@ pub const CHILD_ROOT: &str = "/.execbox/root";
 pub enum RootKind {
     /// A run: `/proc` read-only with host information masked.
     Run,
+    /// A run built inside a template (warm path): as [`RootKind::Run`], but the single `/etc`
+    /// files are copied, not bound: the template's binds of them keep the inode they had when
+    /// it started, and a file the host has replaced since (`ldconfig` renames a new
+    /// `ld.so.cache` into place) can no longer be the source of a bind.
+    TemplateChild,
     /// A template (warm path): `/proc` writable and unmasked, because the template writes its
     /// children's uid/gid maps there and the kernel lets a child mount its own `/proc` only
     /// where an unobstructed one is already visible; plus the empty [`CHILD_ROOT`]. No user
     /// code ever runs with this root: each child builds a [`RootKind::Run`] root of its own
     /// before it gets any.
     Template,
+}
+
+/// Copy the host file `p` (when it exists) to the same path below `root`; the root becomes
+/// read-only with everything else at the end of [`build`].
+fn copy_in(root: &Path, p: &Path) -> StepResult {
+    let dst = root.join(p.strip_prefix("/").unwrap_or(p));
+    let Ok(content) = fs::read(p) else {
+        return Ok(()); // the host (template) does not have it: nothing to expose
+    };
+    if let Some(parent) = dst.parent() {
+        mkdir_p(parent)?;
+    }
+    ctx(fs::write(&dst, content), || {
+        format!("write {}", dst.display())
+    })
 }
 
 /// Build the root at `root` (an empty directory on the host, private to this mount namespace),
@@ -160,8 +180,15 @@ pub fn build(
     let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
     tmpfs(root, "size=1m,nr_inodes=512,mode=0755", nosuid_nodev)?;
 
-    for p in SYSTEM_PATHS.iter().chain(ETC_FILES) {
+    for p in SYSTEM_PATHS {
         expose(root, Path::new(p), Path::new(p))?;
+    }
+    for p in ETC_FILES {
+        if kind == RootKind::TemplateChild {
+            copy_in(root, Path::new(p))?;
+        } else {
+            expose(root, Path::new(p), Path::new(p))?;
+        }
     }
     for b in binds {
         if !b.target.is_absolute() {
@@ -184,7 +211,9 @@ pub fn build(
     let proc_dir = root.join("proc");
     mkdir_p(&proc_dir)?;
     let proc_flags = match kind {
-        RootKind::Run => nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        RootKind::Run | RootKind::TemplateChild => {
+            nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY
+        }
         RootKind::Template => nosuid_nodev | MsFlags::MS_NOEXEC,
     };
     ctx(
@@ -202,7 +231,7 @@ pub fn build(
     }
     // Host information a run has no business reading: masked with /dev/null, as container
     // runtimes do.
-    for f in PROC_MASKED.iter().filter(|_| kind == RootKind::Run) {
+    for f in PROC_MASKED.iter().filter(|_| kind != RootKind::Template) {
         let p = proc_dir.join(f);
         if p.exists() {
             bind(Path::new("/dev/null"), &p)?;

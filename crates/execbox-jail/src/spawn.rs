@@ -371,9 +371,7 @@ pub(crate) struct JailProc {
     /// A warm child is its template's child, not ours: the template reaps it and writes its
     /// wait status (i32 LE) here; end of file means the template died.
     pub(crate) exit_report: Option<File>,
-    /// A warm child's template, kept alive (and running) as long as the child is: held for
-    /// its Drop, never read.
-    #[allow(dead_code)]
+    /// A warm child's template, kept alive (and running) as long as the child is.
     pub(crate) template: Option<std::rc::Rc<crate::template::Template>>,
 }
 
@@ -474,6 +472,11 @@ impl Prepared {
     /// [`crate::template`]).
     pub fn is_warm(&self) -> bool {
         self.warm
+    }
+
+    /// The tag of the template it is a child of (warm only).
+    pub fn template_tag(&self) -> Option<u32> {
+        self.proc.template.as_ref().map(|t| t.tag())
     }
 
     /// The spec it was prepared with.

@@ -39,6 +39,7 @@ use crate::warm::WarmRequest;
 pub struct Template {
     proc: JailProc,
     ctl: OwnedFd,
+    tag: u32,
     started: Instant,
     children: Cell<u64>,
     ready: Cell<bool>,
@@ -90,6 +91,11 @@ impl Template {
         self.children.get()
     }
 
+    /// The tag it was started with (which variant of a runtime's template it is).
+    pub fn tag(&self) -> u32 {
+        self.tag
+    }
+
     /// Host pid of the template.
     pub fn pid(&self) -> Pid {
         self.proc.pid
@@ -100,7 +106,12 @@ impl Jailer {
     /// Start a template: a jail whose payload (the runtime's template program) keeps running
     /// and serves [`Jailer::start_prepare_warm`]. Blocks until the payload has `execve`d; the
     /// template then says `ready` on [`Template::ctl_fd`] once its imports are done.
-    pub fn start_template(&self, spec: &JailSpec, payload: &Payload) -> Result<Rc<Template>> {
+    pub fn start_template(
+        &self,
+        spec: &JailSpec,
+        payload: &Payload,
+        tag: u32,
+    ) -> Result<Rc<Template>> {
         if !self.report().has(LayerName::UserNamespaces) {
             return Err(JailError::LayerUnavailable(
                 "templates need user namespaces".into(),
@@ -120,6 +131,7 @@ impl Jailer {
         Ok(Rc::new(Template {
             proc,
             ctl: ours,
+            tag,
             started: Instant::now(),
             children: Cell::new(0),
             ready: Cell::new(false),

@@ -305,7 +305,7 @@ fn child(
         &req.spec.binds,
         &req.spec.limits,
         SANDBOX_ID,
-        RootKind::Run,
+        RootKind::TemplateChild,
     )?;
 
     // 7. Ready, with a pidfd for ourselves (the spawner kills through it: we are not its

@@ -179,7 +179,7 @@ impl Spawner {
             warm: packages
                 .get(default_pkg)
                 .filter(|p| p.warm_capable())
-                .map(|_| default_pkg),
+                .map(|_| (default_pkg, crate::warm::Variant::Modules)),
         };
         let pools = Pools {
             jailer,
@@ -391,15 +391,20 @@ impl Spawner {
             && order.cases.is_empty()
             && !t.smoke)
             .then(|| {
-                pkg.warm_payload(
+                let mut warm = self.inflight.jails().warm.borrow_mut();
+                let sources: Vec<&str> = order.files.iter().map(|f| f.content.as_str()).collect();
+                let variant = crate::warm::variant_for(&sources, &warm.modules(pkg));
+                warm.note_demand(variant);
+                let payload = pkg.warm_payload(
                     work_files(&order),
                     order.mode,
                     stdin.clone().into_bytes(),
                     args,
-                )
+                );
+                (payload, variant)
             });
         let stage = StageSpec {
-            warm: warm.as_ref().map(|_| t.pkg),
+            warm: warm.as_ref().map(|(_, v)| (t.pkg, *v)),
             jail: spec,
         };
         self.launch(order, t, stage, StagePayload { cold, warm }, out);

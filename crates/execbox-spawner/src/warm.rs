@@ -18,13 +18,38 @@ use execbox_runtime::Package;
 
 use crate::inflight::{log, Jails};
 
-/// What a stage's jail is prepared with: its spec, and the package whose template may serve
-/// it (a warm-capable runtime, main mode). Two specs are the same pool shape when their jails
-/// are; whether a pooled jail fits a run is [`Jails::fits`].
+/// A runtime's templates: one with the configured modules imported, and (when modules are
+/// configured) a bare one, whose children are smaller and so cheaper to fork, fault in and
+/// tear down, for code that imports none of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Variant {
+    /// The configured modules imported.
+    Modules = 0,
+    /// The harness only.
+    Bare = 1,
+}
+
+/// Which template a run wants: the one with the modules if any of its files names one of
+/// them as a word (an import, `__import__("pandas")`), else the bare one.
+pub(crate) fn variant_for(sources: &[&str], modules: &[String]) -> Variant {
+    let names_one = |text: &str| {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|word| modules.iter().any(|m| m.split('.').next() == Some(word)))
+    };
+    if sources.iter().any(|s| names_one(s)) {
+        Variant::Modules
+    } else {
+        Variant::Bare
+    }
+}
+
+/// What a stage's jail is prepared with: its spec, and the package (and template variant)
+/// that may serve it (a warm-capable runtime, main mode). Two specs are the same pool shape
+/// when their jails are; whether a pooled jail fits a run is [`Jails::fits`].
 #[derive(Debug, Clone)]
 pub(crate) struct StageSpec {
     pub(crate) jail: JailSpec,
-    pub(crate) warm: Option<usize>,
+    pub(crate) warm: Option<(usize, Variant)>,
 }
 
 impl PartialEq for StageSpec {
@@ -33,18 +58,19 @@ impl PartialEq for StageSpec {
     }
 }
 
-/// A stage's payload in both forms: the cold one always, the warm one when a template's child
-/// may run it.
+/// A stage's payload in both forms: the cold one always, the warm one (and the template
+/// variant it wants) when a template's child may run it.
 #[derive(Debug)]
 pub(crate) struct StagePayload {
     pub(crate) cold: Payload,
-    pub(crate) warm: Option<Payload>,
+    pub(crate) warm: Option<(Payload, Variant)>,
 }
 
-/// One warm-capable runtime's template.
+/// One warm-capable runtime's template of one variant.
 #[derive(Debug)]
 struct Slot {
     pkg: usize,
+    variant: Variant,
     spec: JailSpec,
     payload: Payload,
     /// The template serving now.
@@ -68,6 +94,11 @@ pub(crate) struct Warm {
     lib: Option<PathBuf>,
     slots: Vec<Slot>,
     pub(crate) stats: WarmStats,
+    /// Recent warm-capable runs per variant (decayed), so the pool prepares children of each
+    /// variant in proportion to demand.
+    demand: [f64; 2],
+    /// Weighted round-robin credit per variant.
+    credit: [f64; 2],
 }
 
 /// Where the jail library is: the settings', else beside this executable.
@@ -98,7 +129,49 @@ impl Warm {
             lib,
             slots: Vec::new(),
             stats: WarmStats::default(),
+            demand: [1.0, 1.0],
+            credit: [0.0, 0.0],
         }
+    }
+
+    /// The modules the templates with modules import for `package`.
+    pub(crate) fn modules(&self, package: &Package) -> Vec<String> {
+        match &self.settings.modules {
+            Some(m) => m.clone(),
+            None => package
+                .manifest
+                .warm
+                .as_ref()
+                .map(|w| w.modules.clone())
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Count a warm-capable run of `variant` (recent runs weigh most).
+    pub(crate) fn note_demand(&mut self, variant: Variant) {
+        for d in &mut self.demand {
+            *d *= 0.97;
+        }
+        self.demand[variant as usize] += 1.0;
+    }
+
+    /// The variant the next pool child is prepared for (weighted round robin by demand).
+    fn next_pool_variant(&mut self, pkg: usize) -> Variant {
+        let have = |v: Variant| self.slots.iter().any(|s| s.pkg == pkg && s.variant == v);
+        if !have(Variant::Bare) {
+            return Variant::Modules;
+        }
+        let total: f64 = self.demand.iter().sum();
+        for (c, d) in self.credit.iter_mut().zip(self.demand) {
+            *c += d / total;
+        }
+        let v = if self.credit[1] > self.credit[0] {
+            Variant::Bare
+        } else {
+            Variant::Modules
+        };
+        self.credit[v as usize] -= 1.0;
+        v
     }
 
     /// Offer templates for `pkg` (its smoke test passed) with children shaped as `run`.
@@ -107,36 +180,56 @@ impl Warm {
         if !package.warm_capable() || self.slots.iter().any(|s| s.pkg == pkg) {
             return;
         }
-        let spec = package.template_spec(run, lib);
-        let payload = package.template_payload(self.settings.modules.as_deref());
-        if let (Some(spec), Some(payload)) = (spec, payload) {
-            self.slots.push(Slot {
-                pkg,
-                spec,
-                payload,
-                current: None,
-                next: None,
-                retry_at: Instant::now(),
-                failures: 0,
-            });
+        let Some(spec) = package.template_spec(run, lib) else {
+            return;
+        };
+        let modules = self.modules(package);
+        let mut variants = vec![(Variant::Modules, modules.clone())];
+        if !modules.is_empty() {
+            variants.push((Variant::Bare, Vec::new()));
+        }
+        for (variant, modules) in variants {
+            if let Some(payload) = package.template_payload(Some(&modules)) {
+                self.slots.push(Slot {
+                    pkg,
+                    variant,
+                    spec: spec.clone(),
+                    payload,
+                    current: None,
+                    next: None,
+                    retry_at: Instant::now(),
+                    failures: 0,
+                });
+            }
         }
     }
 
     /// The template that may serve `pkg` now, if any; starts or replaces templates as due.
-    fn usable(&mut self, pkg: usize, jailer: &Jailer) -> Option<Rc<execbox_jail::Template>> {
+    fn usable(
+        &mut self,
+        pkg: usize,
+        variant: Variant,
+        jailer: &Jailer,
+    ) -> Option<Rc<execbox_jail::Template>> {
         let max_runs = self.settings.max_runs;
         let max_age = Duration::from_secs(self.settings.max_age_secs);
-        let slot = self.slots.iter_mut().find(|s| s.pkg == pkg)?;
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| s.pkg == pkg && s.variant == variant)?;
         let due = slot
             .current
             .as_ref()
             .is_some_and(|t| t.children() >= max_runs || t.started().elapsed() >= max_age);
         if (slot.current.is_none() || due) && slot.next.is_none() && Instant::now() >= slot.retry_at
         {
-            match jailer.start_template(&slot.spec, &slot.payload) {
+            match jailer.start_template(&slot.spec, &slot.payload, slot.variant as u32) {
                 Ok(t) => slot.next = Some(t),
                 Err(e) => {
-                    log(&format!("template for runtime #{pkg} did not start: {e}"));
+                    log(&format!(
+                        "template for runtime #{pkg} ({:?}) did not start: {e}",
+                        slot.variant
+                    ));
                     slot.failures += 1;
                     slot.retry_at = Instant::now() + backoff(slot.failures);
                     self.stats.restarts += 1;
@@ -179,8 +272,9 @@ impl Warm {
         match t.poll_ready() {
             Ok(true) if next => {
                 log(&format!(
-                    "template for runtime #{} ready (pid {})",
+                    "template for runtime #{} ({:?}) ready (pid {})",
                     slot.pkg,
+                    slot.variant,
                     t.pid()
                 ));
                 if slot.current.is_some() {
@@ -193,7 +287,10 @@ impl Warm {
             }
             Ok(_) => {}
             Err(e) => {
-                log(&format!("template for runtime #{} ended: {e}", slot.pkg));
+                log(&format!(
+                    "template for runtime #{} ({:?}) ended: {e}",
+                    slot.pkg, slot.variant
+                ));
                 *which = None;
                 slot.failures += 1;
                 slot.retry_at = Instant::now() + backoff(slot.failures);
@@ -232,8 +329,8 @@ impl Jails for Pools {
     type Error = JailError;
 
     fn start_prepare(&self, spec: &StageSpec) -> Result<Preparing, JailError> {
-        if let Some(pkg) = spec.warm {
-            let t = self.warm.borrow_mut().usable(pkg, &self.jailer);
+        if let Some((pkg, variant)) = spec.warm {
+            let t = self.warm.borrow_mut().usable(pkg, variant, &self.jailer);
             if let Some(t) = t {
                 match self.jailer.start_prepare_warm(&t, &spec.jail) {
                     Ok(p) => return Ok(p),
@@ -249,11 +346,15 @@ impl Jails for Pools {
     }
 
     fn fits(&self, p: &Prepared, payload: &StagePayload) -> bool {
-        !p.is_warm() || payload.warm.is_some()
+        match (p.template_tag(), &payload.warm) {
+            (None, _) => true,
+            (Some(tag), Some((_, v))) => tag == *v as u32,
+            (Some(_), None) => false,
+        }
     }
 
     fn preference(&self, p: &Prepared, payload: &StagePayload) -> u8 {
-        // A warm-capable run takes a template's child first; a cold-only run a cold jail.
+        // A warm-capable run takes a child of its template first; a cold-only run a cold jail.
         u8::from(p.is_warm() != payload.warm.is_some())
     }
 
@@ -270,12 +371,17 @@ impl Jails for Pools {
         if cold < self.cold_share {
             return self.jailer.start_prepare(&spec.jail);
         }
-        self.start_prepare(spec)
+        let mut spec = spec.clone();
+        if let Some((pkg, _)) = spec.warm {
+            let v = self.warm.borrow_mut().next_pool_variant(pkg);
+            spec.warm = Some((pkg, v));
+        }
+        self.start_prepare(&spec)
     }
 
     fn launch(&self, p: Prepared, payload: &StagePayload) -> Result<Supervisor, JailError> {
         let mut warm = self.warm.borrow_mut();
-        match (&payload.warm, p.is_warm()) {
+        match (payload.warm.as_ref().map(|(w, _)| w), p.is_warm()) {
             (Some(w), true) => {
                 warm.stats.warm_hits += 1;
                 drop(warm);
@@ -304,5 +410,60 @@ impl Jails for Pools {
 
     fn finish_run(&self, r: Supervisor) -> Result<Outcome, JailError> {
         r.finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_naming_a_module_gets_the_template_with_modules() {
+        let m = vec!["numpy".to_owned(), "pandas".to_owned()];
+        let v = |src: &str| variant_for(&[src], &m);
+        assert_eq!(v("import pandas as pd\n"), Variant::Modules);
+        assert_eq!(v("from numpy.linalg import inv"), Variant::Modules);
+        assert_eq!(v("x = __import__('pandas')"), Variant::Modules);
+        assert_eq!(v("def main():\n    return 1\n"), Variant::Bare);
+        // a word, not a substring
+        assert_eq!(v("import numpyish\npandas_like = 1"), Variant::Bare);
+        assert_eq!(
+            variant_for(&["print(1)", "import numpy"], &m),
+            Variant::Modules
+        );
+        assert_eq!(variant_for(&["import numpy"], &[]), Variant::Bare);
+    }
+
+    #[test]
+    fn the_pool_follows_demand() {
+        let mut w = Warm::new(WarmSettings {
+            enabled: false,
+            ..WarmSettings::default()
+        });
+        for variant in [Variant::Modules, Variant::Bare] {
+            w.slots.push(Slot {
+                pkg: 0,
+                variant,
+                spec: JailSpec {
+                    binds: vec![],
+                    limits: Default::default(),
+                },
+                payload: Payload::default(),
+                current: None,
+                next: None,
+                retry_at: Instant::now(),
+                failures: 0,
+            });
+        }
+        for _ in 0..200 {
+            w.note_demand(Variant::Bare);
+        }
+        let bare = (0..100)
+            .filter(|_| w.next_pool_variant(0) == Variant::Bare)
+            .count();
+        assert!(
+            bare >= 90,
+            "{bare} of 100 pool children bare under all-bare demand"
+        );
     }
 }
