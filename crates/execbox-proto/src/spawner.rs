@@ -89,6 +89,10 @@ pub struct WarmSettings {
     /// The jail library the template loads (`None`: `libexecbox_jail.so` beside the
     /// executable).
     pub lib: Option<PathBuf>,
+    /// Make cgroup migrations cheap where the kernel offers it (`favordynmods`, Linux 6.0):
+    /// a warm child's cgroup join otherwise waits for an RCU grace period while holding the
+    /// cgroup mutex.
+    pub favordynmods: bool,
 }
 
 impl Default for WarmSettings {
@@ -99,6 +103,7 @@ impl Default for WarmSettings {
             max_age_secs: defaults::WARM_MAX_AGE_SECS,
             modules: None,
             lib: None,
+            favordynmods: true,
         }
     }
 }

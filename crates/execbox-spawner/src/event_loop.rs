@@ -401,10 +401,14 @@ impl Spawner {
                     stdin.clone().into_bytes(),
                     args,
                 );
-                (payload, variant)
+                crate::warm::WarmPayload {
+                    payload,
+                    pkg: t.pkg,
+                    variant,
+                }
             });
         let stage = StageSpec {
-            warm: warm.as_ref().map(|(_, v)| (t.pkg, *v)),
+            warm: warm.as_ref().map(|w| (w.pkg, w.variant)),
             jail: spec,
         };
         self.launch(order, t, stage, StagePayload { cold, warm }, out);

@@ -37,6 +37,10 @@ pub(crate) trait Jails {
     fn fits(&self, _p: &Self::Prepared, _payload: &Self::Payload) -> bool {
         true
     }
+    /// When no pooled jail fits `payload`: whether `p` may be dropped to make room.
+    fn evict_for(&self, _p: &Self::Prepared, _payload: &Self::Payload) -> bool {
+        false
+    }
     /// Among pooled jails that fit, lower is taken first.
     fn preference(&self, _p: &Self::Prepared, _payload: &Self::Payload) -> u8 {
         0
@@ -231,6 +235,15 @@ impl<J: Jails> InFlight<J> {
                     // A pooled jail that died while idle: try the next one.
                     Err(e) => log(&format!("pooled jail unusable: {e}")),
                 }
+            }
+            // None fits: make room for the kind this run needed (the refill prepares by
+            // demand), so a pool full of another kind does not turn every such run away.
+            if let Some(i) = self
+                .pool
+                .iter()
+                .position(|p| self.jails.evict_for(p, &payload))
+            {
+                self.pool.remove(i);
             }
         }
         match self.jails.start_prepare(spec) {

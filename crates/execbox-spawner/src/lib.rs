@@ -21,6 +21,8 @@ mod warm;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 
+use execbox_jail::cgroup::{favor_dynmods, FavorDynmods};
+use execbox_jail::check::LayerName;
 use execbox_jail::{HostConfig, Jailer};
 use execbox_proto::spawner::{Event, HostSettings, SpawnerConfig};
 use execbox_runtime::{discover, Package};
@@ -83,7 +85,22 @@ pub fn run(cfg: SpawnerConfig, input: OwnedFd, output: OwnedFd) -> Result<(), Sp
             .map_err(SpawnerError::from)
     };
     match started {
-        Ok((packages, jailer)) => Spawner::new(jailer, packages, cfg, output).serve(input),
+        Ok((packages, jailer)) => {
+            if cfg.warm.enabled && cfg.warm.favordynmods && jailer.report().has(LayerName::Cgroups)
+            {
+                let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+                match favor_dynmods(&cfg.host.state_dir, &mountinfo) {
+                    FavorDynmods::AlreadyOn => {}
+                    FavorDynmods::Mounted(at) => event_loop::log_line(&format!(
+                        "cgroup favordynmods on (a named v1 hierarchy at {at}): cgroup joins skip the RCU wait"
+                    )),
+                    FavorDynmods::Unavailable(why) => event_loop::log_line(&format!(
+                        "cgroup favordynmods unavailable ({why}): each warm child's cgroup join waits for an RCU grace period"
+                    )),
+                }
+            }
+            Spawner::new(jailer, packages, cfg, output).serve(input)
+        }
         Err(e) => {
             let fatal = Event::Fatal {
                 message: e.to_string(),

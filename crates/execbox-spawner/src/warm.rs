@@ -58,12 +58,20 @@ impl PartialEq for StageSpec {
     }
 }
 
-/// A stage's payload in both forms: the cold one always, the warm one (and the template
-/// variant it wants) when a template's child may run it.
+/// A stage's payload in both forms: the cold one always, the warm one when a template's child
+/// may run it.
 #[derive(Debug)]
 pub(crate) struct StagePayload {
     pub(crate) cold: Payload,
-    pub(crate) warm: Option<(Payload, Variant)>,
+    pub(crate) warm: Option<WarmPayload>,
+}
+
+/// The warm form of a payload and the template (package, variant) it wants.
+#[derive(Debug)]
+pub(crate) struct WarmPayload {
+    pub(crate) payload: Payload,
+    pub(crate) pkg: usize,
+    pub(crate) variant: Variant,
 }
 
 /// One warm-capable runtime's template of one variant.
@@ -239,6 +247,13 @@ impl Warm {
         slot.current.clone()
     }
 
+    /// Whether `pkg`'s template of `variant` is ready now.
+    fn ready(&self, pkg: usize, variant: Variant) -> bool {
+        self.slots.iter().any(|s| {
+            s.pkg == pkg && s.variant == variant && s.current.as_ref().is_some_and(|t| t.is_ready())
+        })
+    }
+
     /// The control sockets to poll, tagged with (slot index, is `next`).
     pub(crate) fn ctl_fds(&self) -> Vec<(BorrowedFd<'_>, usize, bool)> {
         let mut v = Vec::new();
@@ -347,10 +362,18 @@ impl Jails for Pools {
 
     fn fits(&self, p: &Prepared, payload: &StagePayload) -> bool {
         match (p.template_tag(), &payload.warm) {
-            (None, _) => true,
-            (Some(tag), Some((_, v))) => tag == *v as u32,
+            (None, None) => true,
+            // A cold jail serves a warm-capable run only while its template is not ready (a
+            // child prepared on demand costs less than a cold interpreter).
+            (None, Some(w)) => !self.warm.borrow().ready(w.pkg, w.variant),
+            (Some(tag), Some(w)) => tag == w.variant as u32,
             (Some(_), None) => false,
         }
+    }
+
+    fn evict_for(&self, p: &Prepared, payload: &StagePayload) -> bool {
+        // A child of another variant makes way for one of the variant this run wanted.
+        matches!((p.template_tag(), &payload.warm), (Some(tag), Some(w)) if tag != w.variant as u32)
     }
 
     fn preference(&self, p: &Prepared, payload: &StagePayload) -> u8 {
@@ -381,7 +404,7 @@ impl Jails for Pools {
 
     fn launch(&self, p: Prepared, payload: &StagePayload) -> Result<Supervisor, JailError> {
         let mut warm = self.warm.borrow_mut();
-        match (payload.warm.as_ref().map(|(w, _)| w), p.is_warm()) {
+        match (payload.warm.as_ref().map(|w| &w.payload), p.is_warm()) {
             (Some(w), true) => {
                 warm.stats.warm_hits += 1;
                 drop(warm);

@@ -4,8 +4,11 @@
 //! Host paths come in as parameters (the cgroup root and `/proc/self/mountinfo`), so the backends
 //! are unit-tested on a fake tree in a temp dir.
 
+mod favordynmods;
 mod v1;
 mod v2;
+
+pub use favordynmods::{favor_dynmods, FavorDynmods};
 
 use std::fmt::Debug;
 use std::fs;
