@@ -1044,7 +1044,7 @@ fn run_warm_corpus(cold: &Runner, cases: &[Case], report: &mut Report) -> bool {
         support::Options::default(),
         &[("EXECBOX_HOSTILE_SENTINEL", cold.sentinel.as_str())],
     );
-    server.wait_warm(Duration::from_secs(120));
+    server.wait_warm(Duration::from_secs(120), 2.0);
     let runner = Runner {
         bin: cold.bin.clone(),
         fixtures: cold.fixtures.clone(),

@@ -995,11 +995,11 @@ async fn a_warm_run_streams_and_takes_stdin_and_sigint() {
     // No cold pool: a main-mode run then takes a template's child (with cold jails pooled
     // too, the pool hands out whichever comes first).
     let s = Server::start(&["--pool", "0"]);
-    // Until a template is ready (it imports numpy and pandas first).
+    // Until both templates are ready (with numpy and pandas, and bare).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let text = support::http::raw_get(s.private, "/metrics").unwrap_or_default();
-        if support::metric(&text, "execbox_warm", "what=\"templates_ready\"").unwrap_or(0.0) >= 1.0
+        if support::metric(&text, "execbox_warm", "what=\"templates_ready\"").unwrap_or(0.0) >= 2.0
         {
             break;
         }

@@ -40,7 +40,7 @@ fn started(args: &[&str]) -> Option<(Server, Api)> {
         return None;
     }
     let s = Server::start(args);
-    s.wait_warm(Duration::from_secs(120));
+    s.wait_warm(Duration::from_secs(120), 2.0);
     let api = Api::new(&s).with_token(&support::tokens::token("warm"));
     Some((s, api))
 }

@@ -319,15 +319,16 @@ impl Server {
     }
 
     /// Poll `GET /readyz` on the private listener until 200.
-    /// Wait until a warm template is ready (`execbox_warm{what="templates_ready"}` in
-    /// `/metrics`) and a child is prepared, so runs take the warm path.
-    pub fn wait_warm(&self, timeout: Duration) {
+    /// Wait until `templates` warm templates are ready (`execbox_warm{what="templates_ready"}`
+    /// in `/metrics`; Python has two by default, with and without numpy and pandas) and a child
+    /// is prepared, so runs take the warm path.
+    pub fn wait_warm(&self, timeout: Duration, templates: f64) {
         let deadline = Instant::now() + timeout;
         loop {
             let text = super::http::raw_get(self.private, "/metrics").unwrap_or_default();
             let ready = super::http::metric(&text, "execbox_warm", "what=\"templates_ready\"");
             let pool = super::http::metric(&text, "execbox_warm", "what=\"pool_depth\"");
-            if ready.unwrap_or(0.0) >= 1.0 && pool.unwrap_or(0.0) >= 1.0 {
+            if ready.unwrap_or(0.0) >= templates && pool.unwrap_or(0.0) >= 1.0 {
                 return;
             }
             assert!(
