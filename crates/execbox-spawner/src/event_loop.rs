@@ -590,6 +590,7 @@ impl Spawner {
                     break;
                 }
             } else {
+                self.inflight.jails().start_templates();
                 self.inflight.refill(Instant::now());
             }
             let events = self.wait(input.as_fd(), eof)?;

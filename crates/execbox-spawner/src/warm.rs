@@ -247,6 +247,20 @@ impl Warm {
         slot.current.clone()
     }
 
+    /// Start every template that is due (none running or starting, its backoff over): all
+    /// are kept up from the start, so the first run of each kind finds one ready.
+    fn start_due(&mut self, jailer: &Jailer) {
+        let due: Vec<(usize, Variant)> = self
+            .slots
+            .iter()
+            .filter(|s| s.current.is_none() && s.next.is_none() && Instant::now() >= s.retry_at)
+            .map(|s| (s.pkg, s.variant))
+            .collect();
+        for (pkg, variant) in due {
+            self.usable(pkg, variant, jailer);
+        }
+    }
+
     /// Whether `pkg`'s template of `variant` is ready now.
     fn ready(&self, pkg: usize, variant: Variant) -> bool {
         self.slots.iter().any(|s| {
@@ -333,6 +347,13 @@ pub(crate) struct Pools {
 /// The pool's share of cold jails: a quarter, at least one.
 pub(crate) fn cold_share(pool: usize) -> usize {
     (pool / 4).max(1).min(pool)
+}
+
+impl Pools {
+    /// Start the templates that are due (see [`Warm::start_due`]).
+    pub(crate) fn start_templates(&self) {
+        self.warm.borrow_mut().start_due(&self.jailer);
+    }
 }
 
 impl Jails for Pools {
