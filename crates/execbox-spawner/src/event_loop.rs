@@ -271,6 +271,11 @@ impl Spawner {
 
     /// Send the warm counters if they changed.
     fn send_warm_stats(&mut self) -> io::Result<()> {
+        // The server expects the hello first; templates may be ready before the last smoke
+        // test is over.
+        if !self.hello_sent {
+            return Ok(());
+        }
         let mut stats = self.inflight.jails().warm.borrow().stats.clone();
         stats.pool_depth = self.inflight.pool().filter(|p| p.is_warm()).count() as u64;
         if stats != self.warm_sent {
@@ -535,7 +540,9 @@ impl Spawner {
             missing_layers: self.inflight.jails().jailer.missing_layers().to_vec(),
             runtimes: self.offered.iter().map(|(_, i)| i.clone()).collect(),
         };
-        self.emit(&hello)
+        self.emit(&hello)?;
+        // Counters that changed before the hello (templates ready early) follow it.
+        self.send_warm_stats()
     }
 
     /// Write queued events until the pipe is full (EAGAIN) or the queue empty.
