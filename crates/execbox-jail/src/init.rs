@@ -203,10 +203,13 @@ fn jail_and_exec(plan: &ChildPlan<'_>) -> Result<Infallible, ChildError> {
             host_uid: plan.host_uid,
             landlock: plan.landlock,
             seccomp: plan.seccomp,
+            warm_child: false,
         })?,
         Kind::Template => {
             creds::keep_only_id_caps()?;
             creds::no_new_privs()?;
+            seccomp::apply_template_base(plan.seccomp)
+                .step(Step::Seccomp, || "install the template's filter".into())?;
         }
     }
 
@@ -261,6 +264,8 @@ pub(crate) struct LockDown<'a> {
     pub host_uid: u32,
     pub landlock: bool,
     pub seccomp: &'a SeccompPolicy,
+    /// A template's child: its template's filter is in place; it adds the rest.
+    pub warm_child: bool,
 }
 
 /// The last steps before user code, shared by cold runs (before `execve`) and warm children
@@ -286,5 +291,10 @@ pub(crate) fn lock_down(l: &LockDown<'_>) -> Result<(), ChildError> {
     if l.landlock {
         landlock_rules::apply()?;
     }
-    seccomp::apply(l.seccomp).step(Step::Seccomp, || "install filters".into())
+    let installed = if l.warm_child {
+        seccomp::apply_warm_child(l.seccomp)
+    } else {
+        seccomp::apply(l.seccomp)
+    };
+    installed.step(Step::Seccomp, || "install filters".into())
 }

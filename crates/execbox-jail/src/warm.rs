@@ -340,6 +340,7 @@ fn child(
         host_uid: 0,
         landlock: req.landlock,
         seccomp: policy,
+        warm_child: true,
     })?;
 
     // 12. Where a cold jail execs: say so, close the status and sync channels and return to

@@ -135,6 +135,15 @@ fn one_of(arg: u8, values: &[libc::c_int]) -> Result<Vec<SeccompRule>> {
         .collect()
 }
 
+/// One rule that matches when argument `arg` is none of `values` (the negation of [`one_of`]).
+pub(super) fn none_of(arg: u8, values: &[libc::c_int]) -> Result<Vec<SeccompRule>> {
+    let conds = values
+        .iter()
+        .map(|&v| cond(arg, Len::Dword, Op::Ne, v as u64))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(vec![rule(conds)?])
+}
+
 /// Argument `arg` has none of the bits of `mask`.
 fn without_bits(arg: u8, len: Len, mask: u64) -> Result<Vec<SeccompRule>> {
     Ok(vec![rule(vec![cond(arg, len, Op::MaskedEq(mask), 0)?])?])
