@@ -410,6 +410,7 @@ impl Spawner {
                     payload,
                     pkg: t.pkg,
                     variant,
+                    jail: spec.clone(),
                 }
             });
         let stage = StageSpec {

@@ -37,6 +37,14 @@ pub(crate) trait Jails {
     fn fits(&self, _p: &Self::Prepared, _payload: &Self::Payload) -> bool {
         true
     }
+    /// A run's jail failed to prepare or launch: start another kind of jail for it if there is
+    /// one (`payload` is changed so that the next failure is final), else `None`.
+    fn fallback(
+        &self,
+        _payload: &mut Self::Payload,
+    ) -> Option<Result<Self::Preparing, Self::Error>> {
+        None
+    }
     /// When no pooled jail fits `payload`: whether `p` may be dropped to make room.
     fn evict_for(&self, _p: &Self::Prepared, _payload: &Self::Payload) -> bool {
         false
@@ -284,16 +292,38 @@ impl<J: Jails> InFlight<J> {
                 (Ok(p), None) => self.pool.push_back(p),
                 (Ok(p), Some((order, payload))) => match self.jails.launch(p, &payload) {
                     Ok(run) => self.started(order, run, out),
-                    Err(e) => out.push(Report::Failed(order.id, format!("launch: {e}"))),
+                    Err(e) => self.retry_or_fail(order, payload, format!("launch: {e}"), out),
                 },
                 (Err(e), None) => {
                     log(&format!("pool jail failed to prepare: {e}"));
                     self.refill_after = now + REFILL_BACKOFF;
                 }
-                (Err(e), Some((order, _))) => {
-                    out.push(Report::Failed(order.id, format!("prepare: {e}")));
+                (Err(e), Some((order, payload))) => {
+                    self.retry_or_fail(order, payload, format!("prepare: {e}"), out);
                 }
             }
+        }
+    }
+
+    /// A run's jail failed (`why`): prepare another kind for it if the layer has one, else
+    /// report the failure.
+    fn retry_or_fail(
+        &mut self,
+        order: RunOrder,
+        mut payload: J::Payload,
+        why: String,
+        out: &mut Vec<Report>,
+    ) {
+        match self.jails.fallback(&mut payload) {
+            Some(Ok(p)) => {
+                log(&format!("run {}: {why}; trying again", order.id));
+                self.preparing.push(Prep {
+                    preparing: p,
+                    order: Some((order, payload)),
+                });
+            }
+            Some(Err(e)) => out.push(Report::Failed(order.id, format!("{why}; then: {e}"))),
+            None => out.push(Report::Failed(order.id, why)),
         }
     }
 

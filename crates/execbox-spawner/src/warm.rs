@@ -72,6 +72,8 @@ pub(crate) struct WarmPayload {
     pub(crate) payload: Payload,
     pub(crate) pkg: usize,
     pub(crate) variant: Variant,
+    /// The run's jail, for a cold jail if the warm one fails.
+    pub(crate) jail: JailSpec,
 }
 
 /// One warm-capable runtime's template of one variant.
@@ -390,6 +392,13 @@ impl Jails for Pools {
             (Some(tag), Some(w)) => tag == w.variant as u32,
             (Some(_), None) => false,
         }
+    }
+
+    fn fallback(&self, payload: &mut StagePayload) -> Option<Result<Preparing, JailError>> {
+        // A template's child that failed (its template died, say): the run goes cold.
+        let w = payload.warm.take()?;
+        self.warm.borrow_mut().stats.cold_fallbacks += 1;
+        Some(self.jailer.start_prepare(&w.jail))
     }
 
     fn evict_for(&self, p: &Prepared, payload: &StagePayload) -> bool {
