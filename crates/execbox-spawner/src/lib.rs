@@ -92,7 +92,7 @@ pub fn run(cfg: SpawnerConfig, input: OwnedFd, output: OwnedFd) -> Result<(), Sp
                 match favor_dynmods(&cfg.host.state_dir, &mountinfo) {
                     FavorDynmods::AlreadyOn => {}
                     FavorDynmods::Mounted(at) => event_loop::log_line(&format!(
-                        "cgroup favordynmods on (a named v1 hierarchy at {at}): cgroup joins skip the RCU wait"
+                        "cgroup favordynmods on (a named v1 hierarchy at {at}, in the spawner's own mount namespace): cgroup joins skip the RCU wait"
                     )),
                     FavorDynmods::Unavailable(why) => event_loop::log_line(&format!(
                         "cgroup favordynmods unavailable ({why}): each warm child's cgroup join waits for an RCU grace period"

@@ -8,10 +8,19 @@
 //! The option belongs to a hierarchy but the lock is global, so mounting one empty named v1
 //! hierarchy with it is enough, on a v1 host and on a v2 host that still allows named v1
 //! hierarchies; nothing is mounted when some cgroup mount already has it.
+//!
+//! The mount lives in a mount namespace of the calling process's own (its mounts slaved to
+//! the host's: it still sees the host's later mounts, the host never sees this one), so it is
+//! gone when the process exits and nothing on the host trips on it: container runtimes copy
+//! every cgroup mount they find into each container, and refuse to start one when a mount
+//! with `favordynmods` cannot be copied (measured: Docker's runc, "operation not permitted").
+//! While it exists, every process's `/proc/<pid>/cgroup` shows one more line,
+//! `N:name=execbox-favordynmods:/`.
 
 use std::path::Path;
 
 use nix::mount::{mount, MsFlags};
+use nix::sched::{unshare, CloneFlags};
 
 use super::parse_mountinfo;
 
@@ -23,7 +32,8 @@ const NAME: &str = "execbox-favordynmods";
 pub enum FavorDynmods {
     /// A cgroup mount already has the option.
     AlreadyOn,
-    /// execbox mounted its hierarchy at this path.
+    /// execbox mounted its hierarchy at this path, in the calling process's own mount
+    /// namespace.
     Mounted(String),
     /// The kernel or the environment refused (older than 6.0, no named v1 hierarchies, no
     /// privilege to mount): joins pay the RCU wait.
@@ -38,6 +48,19 @@ pub fn favor_dynmods(state_dir: &Path, mountinfo: &str) -> FavorDynmods {
     });
     if on {
         return FavorDynmods::AlreadyOn;
+    }
+    // A mount namespace of our own, receiving the host's mounts but sending none back.
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWNS) {
+        return FavorDynmods::Unavailable(format!("unshare(CLONE_NEWNS): {e}"));
+    }
+    if let Err(e) = mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    ) {
+        return FavorDynmods::Unavailable(format!("make / a slave: {e}"));
     }
     let dir = state_dir.join("favordynmods");
     if let Err(e) = std::fs::create_dir_all(&dir) {
