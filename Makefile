@@ -215,6 +215,9 @@ stack-test: stack-images
 ## Everything CI runs. Privileged tests run for real as root; with CI=true a missing
 ## capability fails instead of skipping.
 test: runtime runtimes examples-env lint unit openapi-check k8s-check
+	@# The warm path's jail library (a cdylib beside target/debug/execbox): `cargo test` builds
+	@# only the rlib of a dependency, and the servers the suites start load this file.
+	$(CARGO) build -p execbox-jail
 	$(CARGO) test --workspace
 	$(MAKE) vm-test
 	$(MAKE) docker-test
