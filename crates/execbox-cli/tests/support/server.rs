@@ -333,7 +333,8 @@ impl Server {
             }
             assert!(
                 Instant::now() < deadline,
-                "no warm template ready after {timeout:?}:\n{}",
+                "no warm template ready after {timeout:?} (is the jail library built beside the \
+                 binary? `cargo build -p execbox-jail`; `make test` does it):\n{}",
                 self.log_tail(40)
             );
             std::thread::sleep(Duration::from_millis(100));
