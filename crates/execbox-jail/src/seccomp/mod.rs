@@ -62,9 +62,9 @@ const WARM_SETUP: &[i64] = &[
 /// A cold jail installs `clone3_enosys` then `allowlist`. The warm path splits the allowlist
 /// in two so that its big part is compiled and installed once per template, not once per run
 /// (the kernel validates, JIT-compiles and builds a syscall cache for every filter a process
-/// installs): a template installs `template_base` (the allowlist, with [`WARM_SETUP`] allowed),
+/// installs): a template installs `template_base` (the allowlist, with the set-up calls allowed),
 /// which its children inherit; each child, once its jail is built, installs `clone3_enosys`
-/// then `warm_child` (the allowlist's verdict on [`WARM_SETUP`], everything else allowed).
+/// then `warm_child` (the allowlist's verdict on the set-up calls, everything else allowed).
 /// The kernel keeps the most restrictive verdict of all filters, so a child ends with exactly
 /// the allowlist (checked by `warm_split_is_the_allowlist`).
 #[derive(Debug, Clone)]
