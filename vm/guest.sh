@@ -126,6 +126,29 @@ EOF
   done < $R/cases.tsv
 fi
 
+# The warm path under cgroup v2: `execbox serve` (built-in Python only), its templates, one run
+# from each (bare, and with numpy and pandas); then it stops and final.json checks that nothing
+# is left.
+if [ -f $R/warm.on ]; then
+  ip link set lo up 2>/dev/null
+  EXECBOX_RUNTIMES_DIR=/nonexistent "$EXECBOX" serve --insecure-no-auth --log-json \
+    --listen 127.0.0.1:8080 --private-listen 127.0.0.1:9090 > $R/warm-serve.log 2>&1 &
+  srv=$!
+  for _ in $(seq 600); do
+    curl -s -m 5 127.0.0.1:9090/metrics | grep -q '^execbox_warm{what="templates_ready"} 2' && break
+    sleep 0.5
+  done
+  curl -s -m 5 127.0.0.1:9090/metrics | grep '^execbox_warm' > $R/warm-metrics-before.txt
+  post() {
+    curl -s -m 300 -X POST 127.0.0.1:8080/v1/runs -H 'content-type: application/json' -d "$1"
+  }
+  post '{"language":"python","mode":"main","files":[{"name":"main.py","content":"import os\ndef main():\n    return {\"pid\": os.getpid(), \"cgroup\": open(\"/proc/self/cgroup\").read(), \"uid\": os.getuid()}\n"}]}' > $R/warm-hello.json
+  post '{"language":"python","mode":"main","files":[{"name":"main.py","content":"import pandas as pd\ndef main():\n    return int(pd.Series([1, 2, 3]).sum())\n"}]}' > $R/warm-pandas.json
+  kill -TERM $srv
+  wait $srv
+  echo "vm-case warm rc=$?" > /dev/console
+fi
+
 cat > $R/final.json <<EOF
 {"leftover_procs": $(json_list $(leftover_procs)),
  "leftover_cgroups": $(json_list $(leftover_cgroups)),

@@ -235,6 +235,7 @@ fn cgroup_v2_on_debian_12s_kernel() {
         })
         .collect();
     fs::write(results.join("cases.tsv"), tsv).unwrap();
+    fs::write(results.join("warm.on"), "").unwrap();
 
     let st = Command::new(repo().join("vm/run.sh"))
         .arg("--execbox")
@@ -369,6 +370,36 @@ fn cgroup_v2_on_debian_12s_kernel() {
             }
         );
         fails.extend(f.into_iter().map(|m| format!("{}: {m}", c.name)));
+    }
+
+    // The warm path under cgroup v2: a template's child joins its cgroup v2 run cgroup through
+    // the spawner's cgroup.procs descriptor and is jailed as a cold run is.
+    eprintln!(
+        "---- warm path in the VM ----\n{}",
+        fs::read_to_string(results.join("warm-metrics-before.txt")).unwrap_or_default()
+    );
+    let hello = read_json(&results.join("warm-hello.json"));
+    let pandas = read_json(&results.join("warm-pandas.json"));
+    for (name, rec) in [("warm hello", &hello), ("warm pandas", &pandas)] {
+        if rec["status"] != "ok" || rec["warm"] != true {
+            fails.push(format!("{name}: not an ok warm run: {rec}"));
+        }
+    }
+    if hello["result"]["pid"] != 1 || hello["result"]["uid"] != 1000 {
+        fails.push(format!(
+            "warm hello: not pid 1 / uid 1000 in its jail: {hello}"
+        ));
+    }
+    // Every hierarchy at its root: the v2 one (`0::/`), and the empty named one the spawner
+    // mounts for favordynmods (`N:name=execbox-favordynmods:/`, visible to every process).
+    let cg = hello["result"]["cgroup"].as_str().unwrap_or("");
+    if !cg.lines().any(|l| l == "0::/") || !cg.lines().all(|l| l.ends_with(":/")) {
+        fails.push(format!(
+            "warm hello: not in a cgroup namespace of its own: {hello}"
+        ));
+    }
+    if pandas["result"] != 6 {
+        fails.push(format!("warm pandas: wrong result: {pandas}"));
     }
 
     let fin = read_json(&results.join("final.json"));
