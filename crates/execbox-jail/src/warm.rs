@@ -198,18 +198,21 @@ pub fn serve_one(ctl: RawFd) -> Result<Served, String> {
     });
     let mut fds = fds;
     let exit = fds.swap_remove(6); // the exit report descriptor; swap_remove keeps 0..=5
-    match mapped {
-        Ok(()) => {
-            let mut go = File::from(go_w);
-            if let Err(e) = go.write_all(b"G") {
-                let _ = sys::pidfd_kill(std::os::fd::AsFd::as_fd(&pidfd), libc::SIGKILL);
-                eprintln!("execbox-template: go: {e}");
-            }
+    let failed = match mapped {
+        Ok(()) => File::from(go_w)
+            .write_all(b"G")
+            .err()
+            .map(|e| format!("go: {e}")),
+        Err(e) => Some(e),
+    };
+    if let Some(why) = failed {
+        // Without its go the child cannot finish setting up: it reads end of file on the go
+        // pipe (closed here) and exits. The kill only makes that immediate; if it fails, that
+        // exit still comes, and the template reaps and reports it like any other.
+        if let Err(e) = sys::pidfd_kill(std::os::fd::AsFd::as_fd(&pidfd), libc::SIGKILL) {
+            eprintln!("execbox-template: kill of a child that failed setup: {e}");
         }
-        Err(e) => {
-            let _ = sys::pidfd_kill(std::os::fd::AsFd::as_fd(&pidfd), libc::SIGKILL);
-            drop(refuse(&fds, e));
-        }
+        drop(refuse(&fds, why));
     }
     Ok(Served::Parent {
         pid: pid.as_raw(),
