@@ -7,7 +7,9 @@
 //! place, so a slow client cannot hold one (see `docs/architecture.md`, "Overload").
 //!
 //! The queue is fair between users: when a slot frees, it goes to the waiting run whose user
-//! has the fewest runs executing, then the fewest waiting, then the earliest, so a user who
+//! has the fewest runs executing, then the fewest waiting, then the earliest admitted (a run
+//! takes its place in line when it is admitted, not when its task first runs, so one user's
+//! runs start in the order they were submitted), so a user who
 //! floods the queue gets no more than its share of the slots while others wait. Written by hand: tokio's
 //! semaphore is FIFO only, and no well-kept crate offers a keyed fair semaphore for tokio.
 
@@ -82,12 +84,14 @@ pub struct Admission {
     max_queued: usize,
 }
 
-/// A place in the queue; dropping it gives the place back.
+/// A place in the queue and in line for a slot; dropping it gives both back.
 #[derive(Debug)]
 pub struct Ticket {
     shared: Arc<Shared>,
     places: Arc<Places>,
     user: String,
+    /// Word of a granted slot; taken by [`Ticket::acquire`].
+    grant: Option<oneshot::Receiver<()>>,
 }
 
 /// Word that a place was free: [`Admission::try_enter_with`] takes it. Dropped unused (the
@@ -121,6 +125,12 @@ pub struct Permit {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        // A slot granted to a run that never took it (refused or cancelled before its task ran).
+        if let Some(mut rx) = self.grant.take() {
+            if rx.try_recv().is_ok() {
+                self.shared.release(&self.user);
+            }
+        }
         self.places.admitted.fetch_sub(1, Ordering::AcqRel);
         self.places.freed.notify_one();
     }
@@ -165,22 +175,22 @@ impl Drop for Waiting<'_> {
 }
 
 impl Ticket {
-    /// Wait for an execution slot. Dropping the future gives up the place in line.
-    pub async fn acquire(&self) -> Permit {
-        let rx = {
-            let mut s = self.shared.lock();
-            if s.running < self.shared.max_running && s.waiting.iter().all(|(_, t)| t.is_closed()) {
-                s.running += 1;
-                *s.per_user.entry(self.user.clone()).or_insert(0) += 1;
-                return self.permit();
+    /// Wait for an execution slot, in the place in line taken at admission. Dropping the
+    /// future gives up that place: a later call waits behind everyone.
+    pub async fn acquire(&mut self) -> Permit {
+        let rx = match self.grant.take() {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = oneshot::channel();
+                let mut s = self.shared.lock();
+                s.waiting.push_back((self.user.clone(), tx));
+                self.shared.dispatch(&mut s);
+                rx
             }
-            let (tx, rx) = oneshot::channel();
-            s.waiting.push_back((self.user.clone(), tx));
-            rx
         };
         let mut waiting = Waiting {
             rx: Some(rx),
-            ticket: self,
+            ticket: &*self,
         };
         if let Some(rx) = waiting.rx.as_mut() {
             // The sender is only dropped unsent by `dispatch` after our receiver is gone, so
@@ -270,11 +280,17 @@ impl Admission {
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
+                    // In line now, so that runs admitted earlier are served earlier.
+                    let (tx, rx) = oneshot::channel();
+                    let mut s = self.shared.lock();
+                    s.waiting.push_back((user.to_owned(), tx));
+                    self.shared.dispatch(&mut s);
                     return Some(Ticket {
                         shared: self.shared.clone(),
                         places: self.places.clone(),
                         user: user.to_owned(),
-                    })
+                        grant: Some(rx),
+                    });
                 }
                 Err(now) => cur = now,
             }
@@ -302,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn refuses_beyond_running_plus_queue_and_frees_on_drop() {
         let a = Admission::new(1, 1);
-        let t1 = a.try_enter("u").unwrap();
+        let mut t1 = a.try_enter("u").unwrap();
         let t2 = a.try_enter("u").unwrap();
         assert!(a.try_enter("u").is_none());
         let p1 = t1.acquire().await;
@@ -317,13 +333,13 @@ mod tests {
     #[tokio::test]
     async fn a_freed_slot_goes_to_the_user_with_the_fewest_running() {
         let a = Arc::new(Admission::new(2, 10));
-        let (f1, f2) = (a.try_enter("flood").unwrap(), a.try_enter("flood").unwrap());
+        let (mut f1, mut f2) = (a.try_enter("flood").unwrap(), a.try_enter("flood").unwrap());
         let (p1, _p2) = (f1.acquire().await, f2.acquire().await);
         // The flooder queues two more, then another user queues one.
         let (order_tx, mut order_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         for user in ["flood", "flood", "other"] {
-            let t = a.try_enter(user).unwrap();
+            let mut t = a.try_enter(user).unwrap();
             let tx = order_tx.clone();
             tasks.push(tokio::spawn(async move {
                 let p = t.acquire().await;
@@ -346,7 +362,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_gate_makes_requests_wait_for_a_freed_place_then_refuses() {
         let a = Arc::new(Admission::new(1, 0));
-        let t1 = a.try_enter("u").unwrap();
+        let mut t1 = a.try_enter("u").unwrap();
         let patience = Duration::from_secs(30);
         assert!(
             a.wait_for_room(Duration::from_millis(10)).await.is_none(),
@@ -372,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn an_unused_room_wakes_the_next_waiter() {
         let a = Arc::new(Admission::new(1, 0));
-        let t1 = a.try_enter("u").unwrap();
+        let mut t1 = a.try_enter("u").unwrap();
         let patience = Duration::from_secs(30);
         let (a1, a2) = (a.clone(), a.clone());
         // The first waiter gives up its room (as a request failing validation would).
@@ -391,16 +407,51 @@ mod tests {
     #[tokio::test]
     async fn a_cancelled_waiter_does_not_take_a_slot() {
         let a = Admission::new(1, 5);
-        let t1 = a.try_enter("a").unwrap();
+        let mut t1 = a.try_enter("a").unwrap();
         let p1 = t1.acquire().await;
-        let t2 = a.try_enter("b").unwrap();
+        let mut t2 = a.try_enter("b").unwrap();
         let waiting =
             tokio::time::timeout(std::time::Duration::from_millis(20), t2.acquire()).await;
         assert!(waiting.is_err(), "no slot while one runs");
         drop(p1);
         assert_eq!(a.running(), 0, "the cancelled waiter got nothing");
-        let t3 = a.try_enter("c").unwrap();
+        let mut t3 = a.try_enter("c").unwrap();
         let _p3 = t3.acquire().await;
         assert_eq!(a.running(), 1);
+    }
+
+    #[tokio::test]
+    async fn runs_are_served_in_the_order_they_were_admitted_not_polled() {
+        let a = Admission::new(1, 5);
+        let mut first = a.try_enter("u").unwrap();
+        let p = first.acquire().await;
+        let (mut second, mut third) = (a.try_enter("u").unwrap(), a.try_enter("u").unwrap());
+        // The third run's task asks first; the second's place was taken at admission.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let t3 = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let p = third.acquire().await;
+                let _ = tx.send(3);
+                p
+            })
+        };
+        tokio::task::yield_now().await;
+        let t2 = tokio::spawn(async move {
+            let p = second.acquire().await;
+            let _ = tx.send(2);
+            tokio::task::yield_now().await;
+            drop(p);
+        });
+        drop(p);
+        assert_eq!(
+            rx.recv().await,
+            Some(2),
+            "the earlier admitted run goes first"
+        );
+        t2.await.unwrap();
+        assert_eq!(rx.recv().await, Some(3));
+        drop(t3.await.unwrap());
+        assert_eq!(a.running(), 0);
     }
 }

@@ -208,13 +208,13 @@ async fn enqueue(
 /// the next run may start as this one's caller reads its result.
 async fn drive(
     state: AppState,
-    ticket: Ticket,
+    mut ticket: Ticket,
     quota: RunQuota,
     (order, live): (RunOrder, Option<Arc<LiveLog>>),
     cancel: CancellationToken,
     done: oneshot::Sender<RunRecord>,
 ) {
-    let rec = match acquire_slot(&ticket, &cancel).await {
+    let rec = match acquire_slot(&mut ticket, &cancel).await {
         Some(permit) => {
             let rec = execute(&state, order, live.clone(), &cancel).await;
             drop(permit);
@@ -244,7 +244,7 @@ async fn drive(
 }
 
 /// Wait for an execution slot; `None` when the run is cancelled first.
-async fn acquire_slot(ticket: &Ticket, cancel: &CancellationToken) -> Option<Permit> {
+async fn acquire_slot(ticket: &mut Ticket, cancel: &CancellationToken) -> Option<Permit> {
     tokio::select! {
         p = ticket.acquire() => Some(p),
         _ = cancel.cancelled() => None,
