@@ -362,7 +362,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_gate_makes_requests_wait_for_a_freed_place_then_refuses() {
         let a = Arc::new(Admission::new(1, 0));
-        let mut t1 = a.try_enter("u").unwrap();
+        let t1 = a.try_enter("u").unwrap();
         let patience = Duration::from_secs(30);
         assert!(
             a.wait_for_room(Duration::from_millis(10)).await.is_none(),
@@ -388,7 +388,7 @@ mod tests {
     #[tokio::test]
     async fn an_unused_room_wakes_the_next_waiter() {
         let a = Arc::new(Admission::new(1, 0));
-        let mut t1 = a.try_enter("u").unwrap();
+        let t1 = a.try_enter("u").unwrap();
         let patience = Duration::from_secs(30);
         let (a1, a2) = (a.clone(), a.clone());
         // The first waiter gives up its room (as a request failing validation would).
