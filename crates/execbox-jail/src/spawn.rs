@@ -399,6 +399,16 @@ impl JailProc {
         let mut first_err = None;
         if !self.reaped {
             let killed = self.kill();
+            // A warm child that has not said ready has no pidfd here; if it has joined its
+            // cgroup, killing the cgroup's tasks ends it now (one that has not joined yet exits
+            // on the closed channels: see `Prepared::proc`).
+            if self.pidfd.is_none() && self.exit_report.is_some() {
+                if let Some(cg) = self.cgroup.as_ref() {
+                    if let Err(e) = cg.kill_all() {
+                        eprintln!("execbox-jail: killing an unready warm child's cgroup: {e}");
+                    }
+                }
+            }
             let waited = match self.exit_report.as_mut() {
                 // The template reaps it: wait for its report (or the template's end, which
                 // took the child with it).
@@ -453,7 +463,6 @@ impl Drop for JailProc {
 /// A jail whose child waits for its payload.
 #[derive(Debug)]
 pub struct Prepared {
-    pub(crate) proc: JailProc,
     pub(crate) stdin_w: OwnedFd,
     pub(crate) stdout_r: OwnedFd,
     pub(crate) stderr_r: OwnedFd,
@@ -465,6 +474,11 @@ pub struct Prepared {
     pub(crate) timings: Vec<(&'static str, Duration)>,
     /// A template's child (warm path): its status channel is a socket, its init is not ours.
     pub(crate) warm: bool,
+    /// Declared last, so dropped last: the channels above close first. A warm child dropped
+    /// before it said ready cannot be signalled (no pidfd yet); with its status socket and
+    /// payload pipe closed it fails its next step and exits on its own, and the template's
+    /// exit report, which the teardown waits for, comes at once instead of after the wait.
+    pub(crate) proc: JailProc,
 }
 
 impl Prepared {
