@@ -17,7 +17,6 @@ use std::fs::File;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
@@ -28,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::child_error::{ChildError, Step, StepContext};
 use crate::config::{JailSpec, SANDBOX_ID};
 use crate::init::{self, LockDown, READY_LEN};
-use crate::rootfs::{self, RootKind, CHILD_ROOT};
+use crate::rootfs;
 use crate::seccomp::{self, SeccompPolicy};
 use crate::{creds, launch_msg, sys};
 
@@ -307,17 +306,12 @@ fn child(
     let join_us = t_join.elapsed().as_micros() as u64;
     let t_mounts = Instant::now();
 
-    // 3-6. Identity, cgroup namespace, root: as a cold jail (init.rs).
+    // 3-6. Identity and cgroup namespace as a cold jail (init.rs); the root is the template's,
+    //      with a run's /proc, /tmp and /work over it (rootfs::enter_template_root).
     creds::switch_identity(SANDBOX_ID)?;
     creds::die_with_parent()?;
     unshare(CloneFlags::CLONE_NEWCGROUP).step(Step::CgroupNamespace, || "unshare".into())?;
-    rootfs::build(
-        Path::new(CHILD_ROOT),
-        &req.spec.binds,
-        &req.spec.limits,
-        SANDBOX_ID,
-        RootKind::TemplateChild,
-    )?;
+    rootfs::enter_template_root(&req.spec.limits, SANDBOX_ID)?;
 
     // 7. Ready, with a pidfd for ourselves (the spawner kills through it: we are not its
     //    child).
