@@ -294,3 +294,42 @@ async fn warm_false_runs_cold() {
     assert!(r.get("warm").is_none(), "a cold run says warm: {r}");
     assert_eq!(warm_metric(&api, "templates_ready").await, 0.0);
 }
+
+/// Runs cancelled while the warm children they wait for are still being prepared (the pool
+/// has too few of their kind) leave nothing stuck: each such child is torn down at once and
+/// the template reports its exit. Before, the spawner waited up to 5 s per child, frozen for
+/// every other run, for a report that could not come (the child waited for its payload on a
+/// pipe the spawner still held), then gave the uid slot up for lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_cancelled_while_their_child_is_prepared_leave_nothing_stuck() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    // A small pool and room for every run at once: most of the pandas runs below need a
+    // child prepared on demand.
+    let Some((s, api)) = started(&["--pool", "4", "--max-running", "12"]) else {
+        return;
+    };
+    let pandas = json!({"language": "python", "mode": "main", "wait": false, "files": [
+        {"name": "main.py", "content": "import pandas\ndef main():\n    return 1\n"}]});
+    for _ in 0..3 {
+        let mut ids = Vec::new();
+        for _ in 0..12 {
+            let r = api.post("/v1/runs", pandas.clone()).await;
+            assert_eq!(r.status, 202, "{}", r.text);
+            ids.push(r.json["id"].as_str().unwrap().to_owned());
+        }
+        for id in &ids {
+            let r = api.delete(&format!("/v1/runs/{id}")).await;
+            assert!(r.status < 300, "cancel {id}: {} {}", r.status, r.text);
+        }
+    }
+    // Every later run still goes through, warm.
+    for _ in 0..4 {
+        assert_warm_ok(&run_main(&api, "import pandas\ndef main():\n    return 2\n").await);
+    }
+    let log = s.log_tail(100_000);
+    assert!(
+        !log.contains("no exit report from the template") && !log.contains("teardown of jail"),
+        "a cancelled child was not torn down cleanly:\n{}",
+        s.log_tail(60)
+    );
+}
