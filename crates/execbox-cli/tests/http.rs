@@ -734,6 +734,7 @@ async fn v1_delete_cancels_a_running_run_and_kills_its_processes() {
     let spawner = spawner_of(s.pid()).expect("the server's spawner");
     let mut tree = Vec::new();
     let mut cgroups = Vec::new();
+    let mut namespaces = Vec::new();
     for &p in &procs {
         assert!(
             jailed(p),
@@ -750,8 +751,14 @@ async fn v1_delete_cancels_a_running_run_and_kills_its_processes() {
         tree.push(proc_id(p).expect("still alive"));
         tree.extend(descendants(p));
         cgroups.extend(cgroups_of(p));
+        namespaces.extend(pid_namespace(p));
     }
     assert!(!cgroups.is_empty(), "the run is in no execbox cgroup");
+    let host_ns = pid_namespace(std::process::id());
+    assert!(
+        !namespaces.is_empty() && namespaces.iter().all(|ns| Some(ns) != host_ns.as_ref()),
+        "the run is not in a pid namespace of its own: {namespaces:?}"
+    );
 
     let t0 = Instant::now();
     let del = api.delete(&path).await;
@@ -767,13 +774,14 @@ async fn v1_delete_cancels_a_running_run_and_kills_its_processes() {
     assert_eq!(rec["error"]["code"], "cancelled", "{rec}");
     assert!(took < Duration::from_secs(10), "cancel took {took:?}");
 
+    // Its cgroups may outlive it (kept for reuse on v1), but nothing in its pid namespace may.
     eventually(
-        "the cancelled run's processes and cgroups",
+        "the cancelled run's processes",
         Duration::from_secs(3),
         || {
             let mut left = still_alive(&tree);
             left.extend(with_arg(&marker).into_iter().map(describe));
-            left.extend(cgroup_names(&cgroups));
+            left.extend(in_pid_namespaces(&namespaces));
             left
         },
     )

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use support::host::{
-    cgroup_names, cgroups_of, descendants, describe, jailed, proc_id, still_alive, unique_marker,
-    with_arg, ProcId,
+    cgroups_of, descendants, describe, in_pid_namespaces, jailed, pid_namespace, proc_id,
+    still_alive, unique_marker, with_arg, ProcId,
 };
 use support::tokens::token;
 use support::{privileged, Api, Server};
@@ -394,8 +394,9 @@ async fn sigint_reaches_python_as_keyboard_interrupt() {
     assert_eq!(got.last().unwrap().1["record"]["status"], "cancelled");
 }
 
-/// The processes and cgroups of the run whose argv holds `marker`, once it runs.
-async fn run_footprint(marker: &str) -> (Vec<ProcId>, Vec<PathBuf>) {
+/// The processes and pid namespaces of the run whose argv holds `marker`, once it runs (it
+/// must be in an execbox cgroup).
+async fn run_footprint(marker: &str) -> (Vec<ProcId>, Vec<String>) {
     let deadline = Instant::now() + PATIENCE;
     let procs = loop {
         let found = with_arg(marker);
@@ -407,6 +408,7 @@ async fn run_footprint(marker: &str) -> (Vec<ProcId>, Vec<PathBuf>) {
     };
     let mut tree = Vec::new();
     let mut cgroups = Vec::new();
+    let mut namespaces = Vec::new();
     for p in procs {
         assert!(
             jailed(p),
@@ -416,15 +418,18 @@ async fn run_footprint(marker: &str) -> (Vec<ProcId>, Vec<PathBuf>) {
         tree.extend(proc_id(p));
         tree.extend(descendants(p));
         cgroups.extend(cgroups_of(p));
+        namespaces.extend(pid_namespace(p));
     }
     assert!(!cgroups.is_empty(), "the run is in no execbox cgroup");
-    (tree, cgroups)
+    (tree, namespaces)
 }
 
-fn leftovers(tree: &[ProcId], marker: &str, cgroups: &[PathBuf]) -> Vec<String> {
+/// What is left of a run while its server lives: its processes, and anything in its pid
+/// namespaces (its cgroups may be kept for reuse: see `support::host::in_pid_namespaces`).
+fn leftovers(tree: &[ProcId], marker: &str, namespaces: &[String]) -> Vec<String> {
     let mut left = still_alive(tree);
     left.extend(with_arg(marker).into_iter().map(describe));
-    left.extend(cgroup_names(cgroups));
+    left.extend(in_pid_namespaces(namespaces));
     left
 }
 
@@ -446,7 +451,7 @@ async fn cancel_and_disconnect_leave_nothing_behind() {
         let accepted = next(&mut ws).await;
         let id = accepted["id"].as_str().expect("an id").to_owned();
         until_stdout(&mut ws, "up\n").await;
-        let (tree, cgroups) = run_footprint(&marker).await;
+        let (tree, namespaces) = run_footprint(&marker).await;
         if how == "cancel" {
             send(&mut ws, json!({"type": "cancel"})).await;
             let got = until_exit(&mut ws).await;
@@ -459,7 +464,7 @@ async fn cancel_and_disconnect_leave_nothing_behind() {
         eventually(
             &format!("the {how} run's processes and cgroups"),
             Duration::from_secs(5),
-            || leftovers(&tree, &marker, &cgroups),
+            || leftovers(&tree, &marker, &namespaces),
         )
         .await;
     }

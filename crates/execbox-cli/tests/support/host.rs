@@ -343,6 +343,26 @@ pub fn cgroup_names(dirs: &[PathBuf]) -> Vec<String> {
         .collect()
 }
 
+/// The pid namespace of `pid` (`pid:[inode]`), if it still exists.
+pub fn pid_namespace(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(|l| l.to_string_lossy().into_owned())
+}
+
+/// Processes anywhere on the host in one of `namespaces` (a run's pid namespaces): a run's
+/// process cannot leave its pid namespace, so none left means nothing of the run survives,
+/// including processes it forked after a snapshot of its tree was taken. While its spawner
+/// lives, this is the check that a run is gone: on cgroup v1 an emptied run cgroup is kept
+/// and given to a later jail (security.md 2.4), so the directory outlives the run.
+pub fn in_pid_namespaces(namespaces: &[String]) -> Vec<String> {
+    pids()
+        .into_iter()
+        .filter(|&p| pid_namespace(p).is_some_and(|ns| namespaces.contains(&ns)))
+        .map(|p| format!("process {} is in the run's pid namespace", describe(p)))
+        .collect()
+}
+
 pub fn still_alive(procs: &[ProcId]) -> Vec<String> {
     procs
         .iter()
