@@ -144,6 +144,13 @@ if [ -f $R/warm.on ]; then
   }
   post '{"language":"python","mode":"main","files":[{"name":"main.py","content":"import os\ndef main():\n    return {\"pid\": os.getpid(), \"cgroup\": open(\"/proc/self/cgroup\").read(), \"uid\": os.getuid()}\n"}]}' > $R/warm-hello.json
   post '{"language":"python","mode":"main","files":[{"name":"main.py","content":"import pandas as pd\ndef main():\n    return int(pd.Series([1, 2, 3]).sum())\n"}]}' > $R/warm-pandas.json
+  # The main-mode hostile cases, through the template's children (bodies written by vm.rs).
+  while read -r name; do
+    [ -n "$name" ] || continue
+    curl -s -m 300 -X POST 127.0.0.1:8080/v1/runs -H 'content-type: application/json' \
+      --data-binary @$R/warm-case-$name.req.json > $R/warm-case-$name.json
+    echo "vm-case warm $name" > /dev/console
+  done < $R/warm-cases.txt
   kill -TERM $srv
   wait $srv
   echo "vm-case warm rc=$?" > /dev/console

@@ -81,6 +81,7 @@ fn expectations() -> BTreeMap<String, Expect> {
 }
 
 /// One case: a name, the fixture (relative to the repo), `execbox run` arguments, expectations.
+#[derive(Clone)]
 struct Case {
     name: &'static str,
     fixture: String,
@@ -162,6 +163,57 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// The main-mode hostile cases again, through the warm server in the VM (a template's children
+/// under cgroup v2), with the root check that matters for them (`20_write_runtime`: no
+/// writable mount but `/tmp` and `/work`). Each request body is written beside the results for
+/// `guest.sh` to post; `warm-cases.txt` lists them in order, canaries first.
+fn warm_cases(cases: &[Case]) -> Vec<Case> {
+    let all = expectations();
+    cases
+        .iter()
+        .filter(|c| c.expect.mode == "main" && c.fixture.starts_with("fixtures/hostile/"))
+        .filter(|c| !c.expect.status.iter().any(|s| s == "timeout"))
+        .cloned()
+        .chain([hostile("write_runtime", "20_write_runtime.py", &[], &all)])
+        .collect()
+}
+
+fn write_warm_requests(results: &Path, cases: &[Case]) {
+    let mut names = String::new();
+    for c in cases {
+        let mut limits = Map::new();
+        let mut it = c.args.iter();
+        while let Some(a) = it.next() {
+            let v = it.next().cloned().unwrap_or_default();
+            match a.as_str() {
+                "--mode" => {}
+                "--timeout-ms" => {
+                    limits.insert("timeout_ms".into(), v.parse::<u64>().unwrap().into());
+                }
+                "--memory" | "--memory-mb" => {
+                    let mib = v.trim_end_matches('M').parse::<u64>().unwrap();
+                    limits.insert("memory_mb".into(), mib.into());
+                }
+                other => panic!("{}: no API form for {other}", c.name),
+            }
+        }
+        let body = serde_json::json!({
+            "language": "python",
+            "mode": "main",
+            "files": [{"name": "main.py", "content": fs::read_to_string(repo().join(&c.fixture)).unwrap()}],
+            "limits": limits,
+        });
+        fs::write(
+            results.join(format!("warm-case-{}.req.json", c.name)),
+            body.to_string(),
+        )
+        .unwrap();
+        names.push_str(c.name);
+        names.push('\n');
+    }
+    fs::write(results.join("warm-cases.txt"), names).unwrap();
+}
+
 fn read_json(p: &Path) -> Value {
     let text = fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", p.display()))
@@ -236,6 +288,8 @@ fn cgroup_v2_on_debian_12s_kernel() {
         .collect();
     fs::write(results.join("cases.tsv"), tsv).unwrap();
     fs::write(results.join("warm.on"), "").unwrap();
+    let warm = warm_cases(&cases);
+    write_warm_requests(&results, &warm);
 
     let st = Command::new(repo().join("vm/run.sh"))
         .arg("--execbox")
@@ -400,6 +454,21 @@ fn cgroup_v2_on_debian_12s_kernel() {
     }
     if pandas["result"] != 6 {
         fails.push(format!("warm pandas: wrong result: {pandas}"));
+    }
+    for c in &warm {
+        let rec = read_json(&results.join(format!("warm-case-{}.json", c.name)));
+        let mut f = Vec::new();
+        check_record(c, &rec, &mut f);
+        if rec["warm"] != true {
+            f.push("not served by a template's child".into());
+        }
+        eprintln!(
+            "{} warm {:14} status {:14}",
+            if f.is_empty() { "pass" } else { "FAIL" },
+            c.name,
+            rec["status"].as_str().unwrap_or("-"),
+        );
+        fails.extend(f.into_iter().map(|m| format!("warm {}: {m}", c.name)));
     }
 
     let fin = read_json(&results.join("final.json"));
