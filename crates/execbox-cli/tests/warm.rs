@@ -333,3 +333,48 @@ async fn runs_cancelled_while_their_child_is_prepared_leave_nothing_stuck() {
         s.log_tail(60)
     );
 }
+
+/// Run cgroups are reused on cgroup v1 (security.md 2.4): a run that the OOM killer ended
+/// leaves its cgroup, with the kernel's `oom_kill` count at 1, to a later run. None of the
+/// later runs may be blamed for it, and each must get the whole memory limit again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_cgroup_carries_no_oom_kill_or_charge_to_the_next_run() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let Some((_s, api)) = started(&["--pool", "4"]) else {
+        return;
+    };
+    let bomb = json!({"language": "python", "mode": "main", "limits": {"memory_mb": 64},
+        "files": [{"name": "main.py", "content":
+            "def main():\n    b = []\n    while True:\n        b.append(bytearray(8 << 20))\n"}]});
+    // Fails on purpose: a run that exits non-zero in a cgroup whose `oom_kill` count rose
+    // would be judged `memory_limit`; this one must be a plain runtime error.
+    let fill = json!({"language": "python", "mode": "main", "limits": {"memory_mb": 64},
+        "files": [{"name": "main.py", "content":
+            "def main():\n    b = bytearray(40 << 20)\n    b[::4096] = b'x' * len(b[::4096])\n    raise ValueError(len(b))\n"}]});
+    for round in 0..3 {
+        let r = api.post("/v1/runs", bomb.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(
+            r.json["run"]["limit"], "memory",
+            "round {round}: {}",
+            r.text
+        );
+        // More runs than the pool holds, so the bomb's cgroup comes back to one of them.
+        for _ in 0..8 {
+            let r = api.post("/v1/runs", fill.clone()).await;
+            assert_eq!(r.status, 200, "{}", r.text);
+            assert_eq!(
+                (r.json["status"].as_str(), &r.json["run"]["limit"]),
+                (Some("runtime_error"), &Value::Null),
+                "round {round}: a run after an OOM kill: {}",
+                r.text
+            );
+            let stderr = r.json["run"]["stderr"].as_str().unwrap_or_default();
+            assert!(
+                stderr.contains(&format!("ValueError: {}", 40 << 20)),
+                "round {round}: it did not get its 40 MiB: {}",
+                r.text
+            );
+        }
+    }
+}
