@@ -38,8 +38,9 @@ pub struct CgroupV1 {
 const MAX_SPARES: usize = 64;
 
 /// A reused cgroup may carry at most this much memory still charged to it once its tasks are
-/// gone and `memory.force_empty` has reclaimed what it can (kernel objects freed after an RCU
-/// grace period, mostly). Above it, the cgroup is removed rather than reused.
+/// gone (page cache, kernel objects freed after an RCU grace period). Above it,
+/// `memory.force_empty` reclaims what it can first; still above it, the cgroup is removed
+/// rather than reused.
 const MAX_RESIDUAL_BYTES: u64 = 1 << 20;
 
 /// An emptied run cgroup waiting to be reused.
